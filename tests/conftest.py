@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny datasets written to tmp_path, and a config writer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from data_io import SyntheticSpec
+from data_io.synthetic import write_cgi_hrdc
+
+TASK2 = "2-Hypertensive Retinopathy Classification"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own cache root unless it sets data.cache_dir itself."""
+    monkeypatch.setenv("FUNDUS_SEARCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="session")
+def _cgi_tree_template(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cgi")
+    return write_cgi_hrdc(SyntheticSpec(n=24, size=48, seed=3, difficulty=0.2), root, task=2)
+
+
+@pytest.fixture
+def cgi_tree(_cgi_tree_template, tmp_path) -> Path:
+    """A 24-image CGI-HRDC task-2 tree (48 px) that the test may damage."""
+    import shutil
+
+    return Path(shutil.copytree(_cgi_tree_template, tmp_path / "cgi"))
+
+
+def image_dir(root: Path) -> Path:
+    return root / TASK2 / "1-Images" / "1-Training Set"
+
+
+def label_csv(root: Path) -> Path:
+    return root / TASK2 / "2-Groundtruths" / "HRDC Hypertensive Retinopathy Classification Training Labels.csv"
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    """Write a YAML config from a dict and return its path."""
+
+    def write(content: dict, name: str = "config.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(content))
+        return path
+
+    return write
