@@ -1,6 +1,8 @@
 """The decoded-image cache: one (N, S, S, 3) uint8 .npy per (dataset fingerprint, preprocessing).
 
-Images are decoded once, in parallel, straight into a memory-mapped temporary file that is
+Images are decoded once, in parallel threads (Pillow releases the GIL while decoding and
+resizing, and threads need no `if __name__ == "__main__"` guard in the caller's script),
+straight into a memory-mapped temporary file that is
 renamed into place when complete; the JSON sidecar is written last, so its presence means
 the cache is whole. A file lock makes concurrent builders of one key build it once.
 """
@@ -10,10 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -29,7 +30,7 @@ from .preprocess import Preprocessing, decode_image, preprocess_file
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1  # bump when the pixels a given Preprocessing produces change
-_CHUNK = 16  # images per task sent to a worker process
+_CHUNK = 16  # images per task handed to a worker thread
 
 
 @dataclass
@@ -82,7 +83,7 @@ def load_or_build_image_cache(
         preprocessing: image size and crop; part of the key.
         cache_dir: the cache root; the array lives in `cache_dir/images/<key>.npy`.
         skip_bad: exclude files that fail to decode (recorded in the sidecar) instead of failing.
-        num_workers: decoding processes; 0 decodes in this process; None uses every core.
+        num_workers: decoding threads; 0 decodes inline; None uses one per core.
 
     Raises:
         BadFilesError: files fail to decode and `skip_bad` is false. Nothing is written.
@@ -159,7 +160,7 @@ def scan_images(manifest: Manifest, *, num_workers: int | None = None) -> list[t
 
 
 def _decode_into(job) -> list[tuple[int, str]]:
-    """Worker: decode a chunk of files into rows of the shared memmap; return failures."""
+    """Worker: decode a chunk of files into rows of the memmap; return failures."""
     tmp, files, rows, preprocessing = job
     out = np.load(tmp, mmap_mode="r+")
     errors = []
@@ -187,19 +188,16 @@ def _chunks(indices: range) -> Iterable[range]:
 
 
 def _map(fn: Callable, jobs: list, num_workers: int | None, desc: str) -> list:
-    """fn over jobs, in order, in worker processes (or inline for 0 workers or one job)."""
+    """fn over jobs, in order, in worker threads (inline for 0 workers or a few jobs)."""
     workers = (os.cpu_count() or 1) if num_workers is None else num_workers
     bar = tqdm(total=len(jobs) * _CHUNK, desc=desc, unit="img", disable=None, leave=False)
-    if workers <= 1 or len(jobs) < 4:  # a pool costs ~1 s to start: not worth it for 64 images
-        results = []
+    results = []
+    if workers <= 1 or len(jobs) < 2:
         for job in jobs:
             results.append(fn(job))
             bar.update(_CHUNK)
     else:
-        # forkserver: the driver may already run Ray and torch threads, which fork would copy.
-        context = multiprocessing.get_context("forkserver")
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
-            results = []
+        with ThreadPoolExecutor(min(workers, len(jobs))) as pool:
             for result in pool.map(fn, jobs):
                 results.append(result)
                 bar.update(_CHUNK)

@@ -105,8 +105,17 @@ def _rgb(color, brightness) -> tuple[int, int, int]:
 
 def generate_image(rng: np.random.Generator, size: int, *, positive: bool, difficulty: float) -> np.ndarray:
     """One synthetic fundus image, (size, size, 3) uint8."""
+    return draw_fundus(rng, size, sign_strength(rng, positive, difficulty), difficulty)[0]
+
+
+def draw_fundus(rng: np.random.Generator, size: int, s: float, difficulty: float) -> tuple[np.ndarray, dict]:
+    """A fundus with retinopathy signs of strength `s`: the image and what was drawn.
+
+    Returns:
+        (size, size, 3) uint8 and attributes: `right_eye`, `haemorrhages`, `cotton_wool`
+        (0/1), `avr` (artery-to-vein width ratio), `nicks` (count).
+    """
     side = size * _SUPERSAMPLE
-    s = sign_strength(rng, positive, difficulty)
     field, mask = _background(rng, side)
     c = side / 2
     eye = rng.choice([-1, 1])  # left or right eye: the disc sits on the nasal side
@@ -124,8 +133,8 @@ def generate_image(rng: np.random.Generator, size: int, *, positive: bool, diffi
     for pts, width in veins:
         draw.line([tuple(p) for p in pts], fill=_rgb(_VEIN_COLOR, brightness), width=max(1, round(width)), joint="curve")
     # AV nicking: the vein vanishes on both sides of an artery crossing it.
-    crossings = _crossings(veins, arteries, min_gap=side * 0.05)
-    for p in crossings[: rng.poisson(4 * s)]:
+    crossings = _crossings(veins, arteries, min_gap=side * 0.05)[: rng.poisson(4 * s)]
+    for p in crossings:
         r = vein_width * 1.3
         x, y = int(np.clip(p[0], 0, side - 1)), int(np.clip(p[1], 0, side - 1))
         draw.ellipse([p[0] - r, p[1] - r, p[0] + r, p[1] + r], fill=_rgb(field[y, x], brightness))
@@ -134,13 +143,14 @@ def generate_image(rng: np.random.Generator, size: int, *, positive: bool, diffi
 
     draw.ellipse([disc[0] - side * 0.055, disc[1] - side * 0.065, disc[0] + side * 0.055, disc[1] + side * 0.065],
                  fill=_rgb((1.0, 0.88, 0.62), brightness))
-    if rng.random() < 0.8 * s:  # flame haemorrhages: elongated, dark red, near the vessels
+    haemorrhages, cotton_wool = rng.random() < 0.8 * s, rng.random() < 0.5 * s
+    if haemorrhages:  # flame haemorrhages: elongated, dark red, near the vessels
         for _ in range(rng.integers(2, 6)):
             pts, _w = veins[rng.integers(len(veins))]
             center = pts[rng.integers(len(pts))] + rng.normal(0, side * 0.02, 2)
             _draw_ellipse(draw, center, side * rng.uniform(0.03, 0.05), side * 0.012, rng.uniform(0, np.pi),
                           _rgb((0.45, 0.03, 0.03), brightness))
-    if rng.random() < 0.5 * s:  # cotton-wool spots: pale, fluffy
+    if cotton_wool:  # cotton-wool spots: pale, fluffy
         for _ in range(rng.integers(1, 4)):
             center = np.array([c, c]) + rng.normal(0, side * 0.18, 2)
             _draw_ellipse(draw, center, side * 0.025, side * 0.018, rng.uniform(0, np.pi),
@@ -151,7 +161,28 @@ def generate_image(rng: np.random.Generator, size: int, *, positive: bool, diffi
     pixels[~mask] = 0
     noise = rng.normal(0, 3, pixels.shape)
     pixels = np.clip(pixels + noise * mask[:, :, None], 0, 255).astype(np.uint8)
-    return np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BOX))
+    attributes = {"right_eye": int(eye > 0), "haemorrhages": int(haemorrhages), "cotton_wool": int(cotton_wool),
+                  "avr": float(avr), "nicks": len(crossings)}
+    return np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BOX)), attributes
+
+
+def generate_pretraining_corpus(n: int, size: int, *, seed: int) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """A fundus corpus labelled with what was drawn, not with a diagnosis.
+
+    The stand-in for a foundation model's pretraining data: sign strengths are uniform, so
+    lesions appear in about half the images, and the targets are lesion presence and
+    anatomy, never the hypertensive-retinopathy label. Seeds are disjoint from datasets'.
+
+    Returns:
+        images (n, size, size, 3) uint8, targets (n, 3) float32 in {0, 1}, target names.
+    """
+    names = ("right_eye", "haemorrhages", "cotton_wool")
+    images, targets = np.empty((n, size, size, 3), np.uint8), np.empty((n, len(names)), np.float32)
+    for i in range(n):
+        rng = np.random.default_rng([seed, 7, i])
+        images[i], attributes = draw_fundus(rng, size, float(rng.random()), difficulty=0.5)
+        targets[i] = [attributes[k] for k in names]
+    return images, targets, names
 
 
 def _draw_ellipse(draw, center, a, b, theta, fill) -> None:

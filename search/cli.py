@@ -9,19 +9,16 @@ import sys
 from pydantic import ValidationError
 
 from data_io import FoldError, ManifestError
+from models import WeightsError
 
-from . import data_commands
+from . import data_commands, train_command
 from .config import ConfigError, format_validation_error
+from .errors import UsageError
 
 EXIT_USAGE = 2  # usage and input errors, as argparse uses
 
-
-class UsageError(ValueError):
-    """A command-line argument is wrong; the message says which and what to do."""
-
-
 # Expected user mistakes: one line on stderr and exit 2. Anything else is a bug: traceback.
-_USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ManifestError, FoldError, UsageError)
+_USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ManifestError, FoldError, WeightsError, UsageError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     data_commands.add_parser(commands)
+    train_command.add_parser(commands)
     return parser
 
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from data_io import DataSpec, SyntheticSpec
+from data_io import Augmentation, DataSpec, SyntheticSpec
+from models import BACKBONES, NORMALIZATIONS, VAL_METRICS, WEIGHT_SOURCES, InitSpec
+
+Strategy = Literal["lp", "ft", "lp_ft"]
+Normalization = Literal[tuple(NORMALIZATIONS)]  # type: ignore[valid-type]
 
 
 class ConfigError(ValueError):
@@ -74,10 +79,179 @@ class DataConfig(_Strict):
         )
 
 
+class InitConfig(_Strict):
+    source: Literal[tuple(WEIGHT_SOURCES)]  # type: ignore[valid-type]
+    weights: str | None = None  # torchvision weights enum member, e.g. IMAGENET1K_V1
+    path: Path | None = None
+    projection: bool = False  # flair only: 512-d projected features
+    normalize: Normalization | None = None  # overrides model.normalize for this init
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo) -> "InitConfig":
+        if self.source == "torchvision" and not (self.weights or self.path):
+            raise ValueError("torchvision source needs weights (e.g. IMAGENET1K_V1) or path")
+        if self.source == "flair" and self.path is None:
+            raise ValueError("flair source needs path (flair_resnet.pth, model.safetensors or their folder)")
+        if self.projection and self.source != "flair":
+            raise ValueError("projection applies to the flair source only")
+        object.__setattr__(self, "path", _resolve(self.path, info))
+        return self
+
+
+class ModelConfig(_Strict):
+    backbone: Literal[tuple(BACKBONES)] = "resnet50"  # type: ignore[valid-type]
+    inits: dict[str, InitConfig] = {"random": InitConfig(source="random")}
+    normalize: Normalization = "none"
+
+    def init_spec(self, name: str) -> InitSpec:
+        init = self.inits[name]
+        return InitSpec(source=init.source, weights=init.weights, path=init.path, projection=init.projection,
+                        normalize=init.normalize or self.normalize)
+
+
+class AugmentationConfig(_Strict):
+    flip: float = Field(0.5, ge=0, le=1)
+    rotation_deg: float = Field(10.0, ge=0, le=180)
+    scale: float = Field(0.1, ge=0, lt=1)
+    brightness: float = Field(0.2, ge=0, lt=1)
+    contrast: float = Field(0.2, ge=0, lt=1)
+
+
+class TrainingConfig(_Strict):
+    """Fixed (not searched) training knobs."""
+
+    lp_solver: Literal["adamw", "lbfgs"] = "adamw"
+    lp_c: float = Field(1.0, gt=0)
+    head_lr_mult: float = Field(1.0, gt=0)
+    grad_clip: float = Field(1.0, gt=0)
+    eval_batch_size: int = Field(64, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    augmentation: AugmentationConfig = AugmentationConfig()
+
+    def augmentation_spec(self) -> Augmentation:
+        return Augmentation(**self.augmentation.model_dump())
+
+
+FloatRange = Union[float, tuple[float, float]]
+IntRange = Union[int, tuple[int, int]]
+
+
+def _check_range(value, name: str, minimum: float, strict: bool):
+    lo, hi = (value, value) if isinstance(value, (int, float)) else value
+    bad = lo <= minimum if strict else lo < minimum
+    if bad:
+        raise ValueError(f"lower bound must be {'>' if strict else '>='} {minimum} (got {lo})")
+    if hi < lo:
+        raise ValueError(f"upper bound {hi} is below lower bound {lo}")
+    return value
+
+
+class SpaceConfig(_Strict):
+    """A scalar fixes a parameter; [low, high] searches it (log-uniform for rates); a list chooses."""
+
+    init: list[str] | None = None  # default: every entry of model.inits
+    strategy: list[Strategy] = ["lp", "ft", "lp_ft"]
+    lp_lr: FloatRange = (1e-4, 1e-1)
+    ft_lr: FloatRange = (1e-6, 1e-3)
+    lp_epochs: IntRange = (1, 20)
+    weight_decay: FloatRange = (1e-4, 1e-1)
+    batch_size: list[int] = [16]
+
+    @field_validator("init", "strategy", "batch_size", mode="before")
+    @classmethod
+    def _scalar_is_one_choice(cls, value):
+        return [value] if isinstance(value, (str, int)) else value
+
+    @field_validator("lp_lr", "ft_lr", "weight_decay")
+    @classmethod
+    def _positive(cls, value):
+        return _check_range(value, "", 0.0, strict=True)
+
+    @field_validator("lp_epochs")
+    @classmethod
+    def _epochs(cls, value):
+        return _check_range(value, "", 1, strict=False)
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batches(cls, value):
+        if not value or min(value) < 2:
+            raise ValueError(f"needs at least one choice, each >= 2 (got {value})")
+        return value
+
+
+class SchedulerConfig(_Strict):
+    type: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(3, ge=1)  # main-phase epochs before the first rung
+    reduction_factor: float = Field(3, ge=2)
+    stratify_by: list[Literal["init", "strategy"]] = ["init", "strategy"]
+
+
+class SearchConfig(_Strict):
+    num_samples: int = Field(60, ge=1)
+    metric: str = "val_average"
+    mode: Literal["max", "min"] = "max"
+    seed: int = 0
+    space: SpaceConfig = SpaceConfig()
+    max_epochs: int = Field(30, ge=1)
+    scheduler: SchedulerConfig = SchedulerConfig()
+
+
+class ResourcesConfig(_Strict):
+    cpus_per_trial: float = Field(1, gt=0)
+    gpus_per_trial: dict[Strategy, float] = {"lp": 0.25, "ft": 1, "lp_ft": 1}
+    max_concurrent_trials: int | None = Field(None, ge=1)
+
+    @field_validator("gpus_per_trial")
+    @classmethod
+    def _gpus(cls, value):
+        bad = {k: v for k, v in value.items() if v < 0}
+        if bad:
+            raise ValueError(f"GPU shares must be >= 0 (got {bad})")
+        return value
+
+
+class StorageConfig(_Strict):
+    path: str = "./runs"  # local folder, shared mount, or s3://bucket/prefix
+    max_failures: int = Field(2, ge=0)
+
+
 class Config(_Strict):
     """A whole search file."""
 
+    name: str = "search"
     data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    search: SearchConfig = SearchConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    storage: StorageConfig = StorageConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            raise ValueError(f"use letters, digits, '.', '_' or '-' (got {value!r})")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_check(self, info: ValidationInfo) -> "Config":
+        unknown = [n for n in self.search.space.init or [] if n not in self.model.inits]
+        if unknown:
+            raise ValueError(f"search.space.init: {unknown} not in model.inits ({', '.join(self.model.inits)})")
+        if self.search.metric not in _REPORTED_METRICS:
+            raise ValueError(f"search.metric: unknown {self.search.metric!r}; use one of {sorted(_REPORTED_METRICS)}")
+        if not self.storage.path.startswith("s3://"):
+            base = Path((info.context or {}).get("base_dir", "."))
+            object.__setattr__(self.storage, "path", str((base / self.storage.path).absolute()))
+        return self
+
+    @property
+    def inits(self) -> list[str]:
+        return self.search.space.init or list(self.model.inits)
+
+
+_REPORTED_METRICS = set(VAL_METRICS) | {"train_loss"}
 
 
 def _describe(error: dict) -> str:
@@ -96,7 +270,7 @@ def _describe(error: dict) -> str:
     else:
         what = error["msg"][0].lower() + error["msg"][1:]
     got = "" if kind in ("extra_forbidden", "value_error", "missing") else f" (got {error.get('input')!r})"
-    return f"{loc or 'config'}: {what}{got}"
+    return f"{loc}: {what}{got}" if loc else what + got
 
 
 def format_validation_error(exc: ValidationError, prefix: str = "") -> str:

@@ -1,0 +1,114 @@
+"""Backbones: torchvision ResNets without their classifier, with input normalisation built in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+
+@dataclass(frozen=True)
+class BackboneEntry:
+    build: Callable[..., nn.Module]
+    feature_dim: int  # size of the pooled features once fc is removed
+    weights_enum: str  # torchvision's weights enum, for the `torchvision` weight source
+
+
+BACKBONES: dict[str, BackboneEntry] = {
+    "resnet18": BackboneEntry(torchvision.models.resnet18, 512, "ResNet18_Weights"),
+    "resnet34": BackboneEntry(torchvision.models.resnet34, 512, "ResNet34_Weights"),
+    "resnet50": BackboneEntry(torchvision.models.resnet50, 2048, "ResNet50_Weights"),
+}
+
+# Input normalisation is an explicit, recorded choice: FLAIR was pretrained on [0, 1] inputs
+# without mean/std normalisation; torchvision's ImageNet weights expect the ImageNet mean/std.
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
+    "none": None,
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+def build_backbone(name: str) -> nn.Module:
+    """A torchvision ResNet with `fc = Identity` and torchvision's default initialisation.
+
+    Raises:
+        KeyError: unknown name (the config schema only lets known names through).
+    """
+    model = BACKBONES[name].build(weights=None)
+    model.fc = nn.Identity()
+    return model
+
+
+class Normalize(nn.Module):
+    """Per-channel (x - mean) / std, or identity for `none`."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        stats = NORMALIZATIONS[name]
+        self.name = name
+        mean, std = stats if stats else ((0.0,) * 3, (1.0,) * 3)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.name == "none" else (x - self.mean) / self.std
+
+
+class FlairProjection(nn.Module):
+    """FLAIR's vision projection: L2-normalise, 2048 -> 512 linear (no bias), L2-normalise."""
+
+    def __init__(self, in_dim: int = 2048, out_dim: int = 512):
+        super().__init__()
+        self.projection = nn.Linear(in_dim, out_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.projection(F.normalize(x, dim=-1)), dim=-1)
+
+
+class FeatureNet(nn.Module):
+    """images (B, 3, S, S) in [0, 1] -> features (B, feature_dim): normalise, backbone, projection."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, *, normalize: str = "none",
+                 projection: nn.Module | None = None):
+        super().__init__()
+        self.normalize = Normalize(normalize)
+        self.backbone = backbone
+        self.projection = projection
+        self.feature_dim = feature_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(self.normalize(x))
+        return self.projection(features) if self.projection is not None else features
+
+
+class Head(nn.Module):
+    """BatchNorm1d without affine parameters, then a linear layer (MAE's linear-probing head).
+
+    Pooled features of different backbones differ in scale by orders of magnitude; the
+    parameter-free normalisation lets one learning-rate range fit every init, and the whole
+    head is copied into the network by LP-FT.
+    """
+
+    def __init__(self, in_dim: int, num_classes: int):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(in_dim, affine=False)
+        self.linear = nn.Linear(in_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.norm(x))
+
+
+class Classifier(nn.Module):
+    """A FeatureNet with a linear head: the one model shape of LP, FT and LP-FT."""
+
+    def __init__(self, features: FeatureNet, head: Head):
+        super().__init__()
+        self.features = features
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))

@@ -1,0 +1,85 @@
+"""Frozen-backbone features of an image cache, extracted once per machine and shared by LP trials."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from filelock import FileLock
+
+from data_io import to_float
+
+from .backbones import FeatureNet
+
+log = logging.getLogger(__name__)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (FT default in DESIGN.md); a no-op context on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@torch.no_grad()
+def extract_features(net: FeatureNet, images: np.ndarray, *, batch_size: int = 64,
+                     device: torch.device | str = "cpu") -> np.ndarray:
+    """Features of every image with the backbone frozen in eval mode, no augmentation.
+
+    Args:
+        net: the feature network (normalisation and projection included).
+        images: (N, S, S, 3) uint8.
+
+    Returns:
+        (N, net.feature_dim) float32.
+    """
+    device = torch.device(device)
+    net = net.to(device).eval()
+    if device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    out = np.empty((len(images), net.feature_dim), dtype=np.float32)
+    for start in range(0, len(images), batch_size):
+        batch = to_float(torch.from_numpy(np.array(images[start:start + batch_size])).to(device))  # copy: memmap is read-only
+        with autocast(device):
+            out[start:start + len(batch)] = net(batch).float().cpu().numpy()
+    return out
+
+
+def feature_cache_key(*, weights_id: str, backbone: str, projection: bool, normalize: str, image_cache_key: str) -> str:
+    payload = json.dumps({"weights": weights_id, "backbone": backbone, "projection": projection,
+                          "normalize": normalize, "images": image_cache_key}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def load_or_extract_features(key: str, cache_dir: Path, build_net: Callable[[], FeatureNet], images: np.ndarray,
+                             *, batch_size: int = 64, device: torch.device | str = "cpu") -> np.ndarray:
+    """Cached features for `key`, extracting them (with `build_net()`) only on a miss.
+
+    Safe when several trials ask at once: the first extracts under a file lock, the others
+    wait and load. Written to a temporary file and renamed, so a reader never sees half a file.
+
+    Args:
+        key: from `feature_cache_key`; covers weights, preprocessing and images.
+        cache_dir: the cache root; files live in `cache_dir/features/<key>.npy`.
+        build_net: called only on a miss, so a hit never reads a weight file.
+        images: (N, S, S, 3) uint8.
+
+    Returns:
+        (N, D) float32.
+    """
+    folder = Path(cache_dir) / "features"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{key}.npy"
+    if not target.exists():
+        with FileLock(str(folder / f"{key}.lock")):
+            if not target.exists():
+                features = extract_features(build_net(), images, batch_size=batch_size, device=device)
+                tmp = folder / f"{key}.{os.getpid()}.tmp.npy"
+                np.save(tmp, features)
+                os.replace(tmp, target)
+                log.info("features %s: extracted %s", key, features.shape)
+    return np.load(target)

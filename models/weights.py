@@ -1,0 +1,210 @@
+"""Weight sources: ImageNet (torchvision), FLAIR and random initialisation, loaded offline and safely."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torchvision
+from safetensors.torch import load_file as load_safetensors
+
+from .backbones import BACKBONES, FeatureNet, FlairProjection, build_backbone
+
+FLAIR_PREFIX = "vision_model.model."
+FLAIR_PROJECTION_KEY = "vision_model.projection_head_vision.projection.weight"
+FLAIR_FILE_NAMES = ("model.safetensors", "flair_resnet.pth")  # looked for inside a folder
+
+
+class WeightsError(ValueError):
+    """A weight file is missing, unsafe or does not fit the backbone; the message says which."""
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    """How one `init` builds its backbone.
+
+    Args:
+        source: `torchvision`, `flair` or `random`.
+        weights: torchvision weights enum member (e.g. IMAGENET1K_V1), for `torchvision`.
+        path: an explicit weight file (or, for `flair`, a folder holding one).
+        projection: FLAIR only: add the 512-d projection head (features become 512-d).
+        normalize: input normalisation, `none` or `imagenet`.
+    """
+
+    source: str
+    weights: str | None = None
+    path: Path | None = None
+    projection: bool = False
+    normalize: str = "none"
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def read_state_dict(path: Path, where: str) -> dict[str, torch.Tensor]:
+    """Tensors of a `.safetensors` or `.pth` file, never unpickling arbitrary objects.
+
+    `.pth` files load with `torch.load(weights_only=True)`; `{"state_dict": ...}` and
+    `{"model": ...}` wrappers are unwrapped.
+    """
+    if path.suffix == ".safetensors":
+        try:
+            return load_safetensors(str(path))
+        except Exception as exc:  # safetensors raises its own SafetensorError for bad headers
+            raise WeightsError(f"{where}: {path} is not a safetensors checkpoint ({exc})") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).splitlines()[0]
+        raise WeightsError(f"{where}: refused {path}: it is not a plain weights file and would run code "
+                           f"on load ({reason}); export a state dict or safetensors instead") from None
+    except Exception as exc:  # zip or pickle framing errors: not a checkpoint at all
+        raise WeightsError(f"{where}: {path} is not a PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{where}: {path} holds no state dict of tensors; pass a weights file")
+    return state
+
+
+def _guess_resnet(state: dict[str, torch.Tensor]) -> str | None:
+    """Which torchvision ResNet a state dict belongs to, from its block structure."""
+    if "layer3.0.conv1.weight" not in state:
+        return None
+    blocks = len({k.split(".")[1] for k in state if k.startswith("layer3.")})
+    bottleneck = "layer1.0.conv3.weight" in state
+    return {(False, 2): "resnet18", (False, 6): "resnet34", (True, 6): "resnet50",
+            (True, 23): "resnet101", (True, 36): "resnet152"}.get((bottleneck, blocks))
+
+
+def load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], backbone: str, where: str) -> None:
+    """`load_state_dict(strict=True)` with a one-line error naming what does not fit."""
+    guessed = _guess_resnet(state)
+    if guessed and guessed != backbone:
+        raise WeightsError(f"{where}: checkpoint is a {guessed} but model.backbone is {backbone}; "
+                           f"set model.backbone: {guessed} or use {backbone} weights")
+    expected = model.state_dict()
+    for key, tensor in state.items():
+        if key in expected and expected[key].shape != tensor.shape:
+            raise WeightsError(f"{where}: shape mismatch at {key}: checkpoint {tuple(tensor.shape)}, "
+                               f"{backbone} expects {tuple(expected[key].shape)}")
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise WeightsError(f"{where}: checkpoint does not fit {backbone}: missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]}; check model.backbone and the file")
+    model.load_state_dict(state, strict=True)
+
+
+def torchvision_weights_file(init: InitSpec, backbone: str, where: str) -> Path:
+    """The file of a torchvision weights enum in the local torch hub cache, or `init.path`."""
+    if init.path is not None:
+        if not init.path.is_file():
+            raise WeightsError(f"{where}.path: no such file {init.path}; put the weights there or fix the path")
+        return init.path
+    enum_name = BACKBONES[backbone].weights_enum
+    try:
+        weights = torchvision.models.get_weight(f"{enum_name}.{init.weights}")
+    except (KeyError, AttributeError, ValueError):
+        valid = [w.name for w in torchvision.models.get_model_weights(backbone)]
+        raise WeightsError(f"{where}.weights: {init.weights!r} is not a {enum_name} member; use one of {valid}") from None
+    name = Path(weights.url).name
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    if not (folder / name).is_file():
+        raise WeightsError(f"{where}: {name} not found in {folder}; this tool never downloads: copy it there "
+                           f"(from {weights.url}) or set {where}.path")
+    return folder / name
+
+
+def flair_weights_file(init: InitSpec, where: str) -> Path:
+    path = init.path
+    if path is not None and path.is_dir():
+        found = [path / n for n in FLAIR_FILE_NAMES if (path / n).is_file()]
+        if not found:
+            raise WeightsError(f"{where}.path: {path} holds none of {list(FLAIR_FILE_NAMES)}; put the FLAIR weights there")
+        path = found[0]
+    if path is None or not path.is_file():
+        raise WeightsError(f"{where}.path: no such file {path}; put the FLAIR weights there or fix the path")
+    return path
+
+
+def _build_torchvision(init: InitSpec, backbone: str, where: str, seed: int) -> FeatureNet:
+    model = build_backbone(backbone)
+    path = torchvision_weights_file(init, backbone, where)
+    state = {k: v for k, v in read_state_dict(path, where).items() if not k.startswith("fc.")}
+    load_strict(model, state, backbone, where)
+    return FeatureNet(model, BACKBONES[backbone].feature_dim, normalize=init.normalize)
+
+
+def _build_flair(init: InitSpec, backbone: str, where: str, seed: int) -> FeatureNet:
+    state = read_state_dict(flair_weights_file(init, where), where)
+    vision = {k[len(FLAIR_PREFIX):]: v for k, v in state.items() if k.startswith(FLAIR_PREFIX)}
+    if not vision:
+        raise WeightsError(f"{where}: no '{FLAIR_PREFIX}*' keys in the checkpoint; is it a FLAIR checkpoint?")
+    model = build_backbone(backbone)
+    load_strict(model, vision, backbone, where)
+    dim, projection = BACKBONES[backbone].feature_dim, None
+    if init.projection:
+        if FLAIR_PROJECTION_KEY not in state:
+            raise WeightsError(f"{where}: projection: true but {FLAIR_PROJECTION_KEY} is not in the checkpoint")
+        weight = state[FLAIR_PROJECTION_KEY]  # (512, 2048)
+        if weight.shape[1] != dim:
+            raise WeightsError(f"{where}: shape mismatch at {FLAIR_PROJECTION_KEY}: checkpoint "
+                               f"{tuple(weight.shape)}, {backbone} gives {dim}-d features")
+        projection = FlairProjection(dim, weight.shape[0])
+        projection.projection.weight.data.copy_(weight)
+        dim = weight.shape[0]
+    return FeatureNet(model, dim, normalize=init.normalize, projection=projection)
+
+
+def _build_random(init: InitSpec, backbone: str, where: str, seed: int) -> FeatureNet:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_backbone(backbone)
+    return FeatureNet(model, BACKBONES[backbone].feature_dim, normalize=init.normalize)
+
+
+WEIGHT_SOURCES: dict[str, Callable[[InitSpec, str, str, int], FeatureNet]] = {
+    "torchvision": _build_torchvision,
+    "flair": _build_flair,
+    "random": _build_random,
+}
+
+
+def weights_file(init: InitSpec, backbone: str, where: str) -> Path | None:
+    """The file an init loads, checked to exist (None for `random`)."""
+    if init.source == "torchvision":
+        return torchvision_weights_file(init, backbone, where)
+    if init.source == "flair":
+        return flair_weights_file(init, where)
+    return None
+
+
+def weights_id(init: InitSpec, backbone: str, *, seed: int, where: str = "model.inits") -> str:
+    """Provenance and cache-key id of an init: the sha256 of its file, or `random-<backbone>-<seed>`."""
+    path = weights_file(init, backbone, where)
+    return file_sha256(path) if path else f"random-{backbone}-{seed}"
+
+
+def build_feature_net(init: InitSpec, backbone: str, *, seed: int = 0, where: str = "model.inits") -> FeatureNet:
+    """The backbone of `init` with its weights, normalisation and optional projection.
+
+    Args:
+        init: the weight source.
+        backbone: a key of BACKBONES.
+        seed: initialisation seed for `random`.
+        where: config key path used in error messages (e.g. `model.inits.flair`).
+
+    Raises:
+        WeightsError: missing, unsafe or mismatched weights (one line naming the file and fix).
+    """
+    if init.source not in WEIGHT_SOURCES:
+        raise WeightsError(f"{where}.source: unknown {init.source!r}; use one of {sorted(WEIGHT_SOURCES)}")
+    return WEIGHT_SOURCES[init.source](init, backbone, where, seed)

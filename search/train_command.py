@@ -1,0 +1,60 @@
+"""`fundus-search train`: one configuration without Ray, a line per epoch (the debugging path)."""
+
+from __future__ import annotations
+
+import argparse
+
+from data_io import prepare_images
+
+from .config import load_config
+from .errors import UsageError
+from .trial import DatasetInfo, make_trainer
+
+_SHOWN = ("train_loss", "val_average", "val_kappa", "val_f1", "val_specificity", "val_auc")
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    train = commands.add_parser("train", help="train one configuration without Ray, printing each epoch")
+    train.add_argument("config")
+    train.add_argument("--init", required=True, help="a name from model.inits")
+    train.add_argument("--strategy", required=True, choices=("lp", "ft", "lp_ft"))
+    train.add_argument("--lp-lr", type=float, help="LP learning rate (lp, lp_ft)")
+    train.add_argument("--ft-lr", type=float, help="fine-tuning learning rate (ft, lp_ft)")
+    train.add_argument("--lp-epochs", type=int, help="LP warm-up epochs (lp_ft)")
+    train.add_argument("--weight-decay", type=float, default=1e-4)
+    train.add_argument("--batch-size", type=int, help="default: first choice of search.space.batch_size")
+    train.add_argument("--fold", type=int, help="default: data.fold")
+    train.add_argument("--epochs", type=int, help="main-phase epochs; default: search.max_epochs")
+    train.add_argument("--seed", type=int, default=0)
+    train.set_defaults(handler=train_one)
+
+
+def check_params(params: dict, *, lbfgs: bool) -> None:
+    """Each strategy names the learning rates it uses, and only those."""
+    needed = {"lp": [] if lbfgs else ["lp_lr"], "ft": ["ft_lr"], "lp_ft": ["ft_lr", "lp_epochs"] + ([] if lbfgs else ["lp_lr"])}
+    missing = [k for k in needed[params["strategy"]] if params.get(k) is None]
+    if missing:
+        flags = ", ".join("--" + k.replace("_", "-") for k in missing)
+        raise UsageError(f"--strategy {params['strategy']} needs {flags}")
+
+
+def train_one(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if args.init not in config.model.inits:
+        raise UsageError(f"--init: {args.init!r} is not in model.inits ({', '.join(config.model.inits)})")
+    params = {"init": args.init, "strategy": args.strategy, "lp_lr": args.lp_lr, "ft_lr": args.ft_lr,
+              "lp_epochs": args.lp_epochs, "weight_decay": args.weight_decay, "seed": args.seed,
+              "batch_size": args.batch_size or config.search.space.batch_size[0],
+              "fold": config.data.fold if args.fold is None else args.fold, "max_epochs": args.epochs}
+    check_params(params, lbfgs=config.training.lp_solver == "lbfgs")
+    spec = config.data.to_spec()
+    cache = prepare_images(spec)
+    info = DatasetInfo(cache.labels, tuple(cache.groups), cache.key, cache.meta["fingerprint"], spec.resolved_cache_dir())
+    trainer, weights = make_trainer(config, params, cache.images, info)
+    print(f"{args.init} / {args.strategy} on {len(cache)} images ({cache.images.shape[1]} px), fold "
+          f"{params['fold']}, weights {weights[:12]}, device {trainer.device}")
+    for metrics in trainer.epochs():
+        warm = f"  (LP warm-up: val_average {metrics['lp_val_average']:.3f})" if "lp_val_average" in metrics else ""
+        shown = "  ".join(f"{k} {metrics[k]:.3f}" for k in _SHOWN)
+        print(f"epoch {metrics['epoch']:>3}  {shown}  {metrics['epoch_seconds']:.1f} s{warm}", flush=True)
+    return 0
