@@ -1,0 +1,7 @@
+"""The Parquet results store and its queries."""
+
+from .query import ResultsError, best_configs, find_searches, init_strategy_table, load_epochs, load_trials
+from .store import EPOCHS_FILE, EPOCHS_SCHEMA, TRIALS_FILE, TRIALS_SCHEMA, ResultsStore
+
+__all__ = ["ResultsError", "best_configs", "find_searches", "init_strategy_table", "load_epochs", "load_trials",
+           "EPOCHS_FILE", "EPOCHS_SCHEMA", "TRIALS_FILE", "TRIALS_SCHEMA", "ResultsStore"]

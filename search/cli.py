@@ -11,14 +11,17 @@ from pydantic import ValidationError
 from data_io import FoldError, ManifestError
 from models import WeightsError
 
-from . import data_commands, train_command
+from results import ResultsError
+
+from . import data_commands, results_commands, search_commands, train_command
 from .config import ConfigError, format_validation_error
 from .errors import UsageError
 
 EXIT_USAGE = 2  # usage and input errors, as argparse uses
 
 # Expected user mistakes: one line on stderr and exit 2. Anything else is a bug: traceback.
-_USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ManifestError, FoldError, WeightsError, UsageError)
+_USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, ManifestError, FoldError, WeightsError, UsageError,
+                                                     ResultsError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     data_commands.add_parser(commands)
     train_command.add_parser(commands)
+    search_commands.add_parsers(commands)
+    results_commands.add_parsers(commands)
     return parser
 
 

@@ -1,0 +1,60 @@
+"""`fundus-search run|resume`: a search from a YAML file, with a summary screen at the end."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from results import best_configs, init_strategy_table, load_trials
+from results.store import EPOCHS_FILE, TRIALS_FILE
+
+from .errors import UsageError
+from .results_commands import best_columns, format_best, format_table, tensorboard_command
+from .tuner import SearchPaths, resume_search, start_search
+
+
+def add_parsers(commands: argparse._SubParsersAction) -> None:
+    run = commands.add_parser("run", help="run a search from a YAML config")
+    run.add_argument("config", type=Path)
+    run.add_argument("--name", help="results folder name under storage.path (default: <name>-<timestamp>)")
+    run.add_argument("--num-samples", type=int, help="override search.num_samples")
+    run.add_argument("--address", help="Ray cluster: auto, HOST:PORT or ray://...; default: embedded local Ray")
+    run.set_defaults(handler=run_command)
+    resume = commands.add_parser("resume", help="continue an interrupted search to its full num_samples")
+    resume.add_argument("results", type=Path, help="the search folder `run` printed")
+    resume.add_argument("--address")
+    resume.set_defaults(handler=resume_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    if args.num_samples is not None and args.num_samples < 1:
+        raise UsageError(f"--num-samples: must be >= 1 (got {args.num_samples})")
+    paths, _ = start_search(args.config, name=args.name, num_samples=args.num_samples, address=args.address)
+    return summarise(paths)
+
+
+def resume_command(args: argparse.Namespace) -> int:
+    paths, _ = resume_search(args.results, address=args.address)
+    return summarise(paths)
+
+
+def summarise(paths: SearchPaths) -> int:
+    """The ending screen: table, best config, where the files are, how to look at them."""
+    trials = load_trials([paths.results])
+    planned = json.loads((paths.local / "search.json").read_text())["num_samples"]
+    finished = trials[trials["status"] != "running"]
+    print()
+    print(format_table(init_strategy_table(trials)))
+    best = best_configs(trials, top=1)
+    if len(best):
+        print("\nbest configuration:")
+        print(format_best(best[best_columns(best, "val_average")]))
+    print(f"\nresults:     {paths.results}/{TRIALS_FILE}")
+    print(f"             {paths.results}/{EPOCHS_FILE}")
+    print(f"tensorboard: {tensorboard_command([paths.local])}")
+    print(f"query:       fundus-search best {paths.results} --top 5")
+    if len(finished) < planned:
+        print(f"\nstopped after {len(finished)} of {planned} trials; continue with: fundus-search resume {paths.local}")
+        return 1
+    return 0

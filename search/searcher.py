@@ -1,0 +1,38 @@
+"""Optuna TPE behind Ray Tune, telling Optuna how each trial really ended."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from .outcome import COMPLETED, ERROR, trial_status
+
+_STATES = {COMPLETED: TrialState.COMPLETE, ERROR: TrialState.FAIL}
+
+
+class PruningOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells scheduler-stopped trials as PRUNED and errored ones as FAIL.
+
+    Ray's OptunaSearch tells an ASHA-stopped trial as COMPLETE with its low-fidelity value,
+    which TPE then treats as a finished result; PRUNED keeps only its intermediate values.
+    """
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials:
+            return
+        status = trial_status(result, error=error)
+        state = _STATES.get(status, TrialState.PRUNED)
+        value = result.get(self.metric) if result and state == TrialState.COMPLETE else None
+        self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
+        self._completed_trials.add(trial_id)
+
+
+def make_searcher(space, *, metric: str, mode: str, seed: int, study_name: str, db_path: Path) -> PruningOptunaSearch:
+    """TPE (multivariate, grouped, constant liar) with the study persisted as SQLite in `db_path`."""
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{db_path}")
+    return PruningOptunaSearch(space=space, metric=metric, mode=mode, sampler=sampler, study_name=study_name,
+                               storage=storage)

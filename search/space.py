@@ -1,0 +1,67 @@
+"""The Optuna define-by-run search space: conditional parameters exist only where they apply."""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+
+from models import STRATEGIES
+
+from .config import Config
+
+
+def trial_seed(search_seed: int, number: int) -> int:
+    """A per-trial seed derived from the search seed and the Optuna trial number."""
+    return int(np.random.SeedSequence([search_seed, number]).generate_state(1)[0] % 2**31)
+
+
+class SearchSpace:
+    """Callable define-by-run space built from a config (a class so Ray can pickle it).
+
+    Only `trial.suggest_*` happens here. `lp_lr` exists for strategies with a linear probe
+    trained by AdamW (lp, lp_ft), `ft_lr` for those that fine-tune (ft, lp_ft), `lp_epochs`
+    for the warm-up of lp_ft. A scalar in the config fixes a parameter (returned as a
+    constant, not searched); a [low, high] pair is searched (log scale for rates).
+    """
+
+    def __init__(self, config: Config):
+        space = config.search.space
+        self.inits = list(config.inits)
+        self.strategies = list(space.strategy)
+        self.ranges = {"lp_lr": space.lp_lr, "ft_lr": space.ft_lr, "weight_decay": space.weight_decay,
+                       "lp_epochs": space.lp_epochs}
+        self.batch_sizes = list(space.batch_size)
+        self.adamw_probe = config.training.lp_solver == "adamw"
+        self.search_seed, self.fold, self.max_epochs = config.search.seed, config.data.fold, config.search.max_epochs
+
+    def __call__(self, trial: optuna.Trial) -> dict:
+        fixed: dict = {}
+        init = self._choose(trial, "init", self.inits, fixed)
+        strategy = self._choose(trial, "strategy", self.strategies, fixed)
+        shape = STRATEGIES[strategy]
+        if self.adamw_probe and (shape.main == "lp" or shape.warmup):
+            self._number(trial, "lp_lr", fixed, log=True)
+        if shape.main == "ft":
+            self._number(trial, "ft_lr", fixed, log=True)
+        if shape.warmup:
+            self._number(trial, "lp_epochs", fixed, log=False)
+        self._number(trial, "weight_decay", fixed, log=True)
+        self._choose(trial, "batch_size", self.batch_sizes, fixed)
+        return {**fixed, "seed": trial_seed(self.search_seed, trial.number), "fold": self.fold,
+                "optuna_number": trial.number, "max_epochs": self.max_epochs}
+
+    @staticmethod
+    def _choose(trial: optuna.Trial, name: str, choices: list, fixed: dict):
+        if len(choices) == 1:
+            fixed[name] = choices[0]
+            return choices[0]
+        return trial.suggest_categorical(name, choices)
+
+    def _number(self, trial: optuna.Trial, name: str, fixed: dict, *, log: bool) -> None:
+        bounds = self.ranges[name]
+        if not isinstance(bounds, (tuple, list)) or bounds[0] == bounds[1]:
+            fixed[name] = bounds[0] if isinstance(bounds, (tuple, list)) else bounds
+        elif name == "lp_epochs":
+            trial.suggest_int(name, int(bounds[0]), int(bounds[1]))
+        else:
+            trial.suggest_float(name, float(bounds[0]), float(bounds[1]), log=log)

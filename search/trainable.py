@@ -1,0 +1,42 @@
+"""The Ray Tune trainable: a thin adapter from a trial config to `models.Trainer`.
+
+The only module that calls `tune.report` / `tune.get_checkpoint`. Every epoch reports every
+metric with a checkpoint, so a retried or resumed trial continues at the next epoch.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from ray import tune
+
+from .config import Config
+from .trial import DatasetInfo, make_trainer
+
+STATE_FILE = "trainer.pt"
+
+
+def train_trial(params: dict, *, images: np.ndarray, info: DatasetInfo, config: Config) -> None:
+    """Train one configuration, reporting each main-phase epoch to Tune.
+
+    Args:
+        params: the trial config from the search space (see `search.space.SearchSpace`).
+        images: (N, S, S, 3) uint8 from the object store (zero-copy, read-only).
+        info: labels, groups and cache keys of `images`.
+        config: the validated search config.
+    """
+    torch.set_num_threads(max(1, int(config.resources.cpus_per_trial)))
+    trainer, weights = make_trainer(config, params, images, info)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            trainer.load_state_dict(torch.load(Path(folder) / STATE_FILE, weights_only=True))
+    for metrics in trainer.epochs():
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(trainer.state_dict(), Path(folder) / STATE_FILE)
+            tune.report({**metrics, "epochs_planned": trainer.main_epochs, "weights_id": weights,
+                         "dataset_fingerprint": info.fingerprint},
+                        checkpoint=tune.Checkpoint.from_directory(folder))

@@ -1,0 +1,197 @@
+"""Build, run and resume a search: Ray Tune + Optuna TPE + stratified ASHA + the results callbacks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Callable
+
+import optuna
+import ray
+import yaml
+from ray import tune
+
+from data_io import ImageCache, prepare_images
+from models import weights_id
+
+from .callbacks import ParquetCallback, ProgressCallback
+from .config import Config, load_config
+from .errors import UsageError
+from .scheduler import make_scheduler
+from .searcher import make_searcher
+from .space import SearchSpace
+from .tensorboard import TensorBoardCallback
+from .trainable import train_trial
+from .trial import DatasetInfo
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE, SEARCH_FILE, STUDY_FILE, TENSORBOARD_DIR = "config.yaml", "search.json", "optuna.db", "tensorboard"
+_OBJECT_STORE_BYTES = 2 * 1024**3  # embedded Ray: bounded, the image cache is the only big object
+
+
+@dataclass(frozen=True)
+class SearchPaths:
+    """Where one search keeps things. `results` may be s3://; `local` is always on this machine."""
+
+    name: str
+    results: str  # Ray experiment, Parquet files
+    local: Path  # config copy, Optuna study, TensorBoard runs, row log
+
+    @classmethod
+    def of(cls, config: Config, name: str) -> "SearchPaths":
+        results = f"{config.storage.path.rstrip('/')}/{name}"
+        remote = "://" in results
+        local = config.data.to_spec().resolved_cache_dir() / "runs" / name if remote else Path(results)
+        return cls(name=name, results=results, local=local)
+
+
+def default_name(config: Config) -> str:
+    """`<config name>-<YYYYmmdd-HHMMSS>`: every run starts a new search beside the old ones."""
+    return f"{config.name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def check_weights(config: Config) -> None:
+    """Every init of the space has its weight file: fail before any trial starts."""
+    for name in config.inits:
+        weights_id(config.model.init_spec(name), config.model.backbone, seed=0, where=f"model.inits.{name}")
+
+
+def provenance(config: Config, fingerprint: str) -> dict[str, str]:
+    packages = ("fundus-search", "ray", "optuna", "torch", "torchvision", "pyarrow", "numpy")
+    versions = {p: _version(p) for p in packages}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        commit = None
+    return {"config": yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False),
+            "versions": json.dumps(versions), "git_commit": commit or "unknown", "dataset_fingerprint": fingerprint}
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib_metadata.version(package)
+    except importlib_metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def trial_dirname(trial) -> str:
+    """Short trial folder names; the readable names live in TensorBoard and Parquet."""
+    return f"trial_{trial.trial_id}"
+
+
+def connect(address: str | None) -> None:
+    """Join a cluster at `address`, or start an embedded local Ray without a dashboard."""
+    # We keep one checkpoint per trial (CheckpointConfig(num_to_keep=1)), which makes Tune
+    # snapshot its state on every report and warn about it each time; the cost is small here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, object_store_memory=_OBJECT_STORE_BYTES,
+                 logging_level=logging.WARNING, log_to_driver=False)
+
+
+def _trainable(config: Config, cache: ImageCache, train_fn: Callable):
+    info = DatasetInfo(cache.labels, tuple(cache.groups), cache.key, cache.meta["fingerprint"],
+                       config.data.to_spec().resolved_cache_dir())
+    has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+    cpus, gpus = config.resources.cpus_per_trial, config.resources.gpus_per_trial
+
+    def resources(params: dict) -> tune.PlacementGroupFactory:
+        # Strategy-aware: an LP trial needs a slice of a GPU, an FT trial a whole one.
+        return tune.PlacementGroupFactory([{"CPU": cpus, "GPU": gpus.get(params["strategy"], 0) if has_gpus else 0}])
+
+    # The image array goes into the object store once; every trial on a node maps it zero-copy.
+    with_data = tune.with_parameters(train_fn, images=cache.images, info=info, config=config)
+    return tune.with_resources(with_data, resources)
+
+
+def build_tuner(config: Config, paths: SearchPaths, cache: ImageCache, *, num_samples: int,
+                train_fn: Callable = train_trial) -> tune.Tuner:
+    """The Tuner of a new search (Ray must be connected)."""
+    s = config.search
+    searcher = make_searcher(SearchSpace(config), metric=s.metric, mode=s.mode, seed=s.seed, study_name=paths.name,
+                             db_path=paths.local / STUDY_FILE)
+    scheduler = make_scheduler(s.scheduler.type, stratify_by=tuple(s.scheduler.stratify_by), metric=s.metric,
+                               mode=s.mode, max_t=s.max_epochs, grace_period=s.scheduler.grace_period,
+                               reduction_factor=s.scheduler.reduction_factor)
+    concurrent = config.resources.max_concurrent_trials or max(
+        1, int(ray.cluster_resources().get("CPU", 1) // config.resources.cpus_per_trial))
+    meta = provenance(config, cache.meta["fingerprint"])
+    remote = "://" in paths.results
+    callbacks = [
+        ParquetCallback(paths.results, search=paths.name, metric=s.metric, mode=s.mode, metadata=meta,
+                        log_path=paths.local / ".rows.jsonl" if remote else None),
+        TensorBoardCallback(str(paths.local / TENSORBOARD_DIR)),
+        ProgressCallback(metric=s.metric, mode=s.mode, total=num_samples),
+    ]
+    return tune.Tuner(
+        _trainable(config, cache, train_fn),
+        tune_config=tune.TuneConfig(num_samples=num_samples, search_alg=searcher, scheduler=scheduler,
+                                    max_concurrent_trials=concurrent, reuse_actors=False,
+                                    trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name=paths.name, storage_path=config.storage.path, callbacks=callbacks, verbose=0,
+            failure_config=tune.FailureConfig(max_failures=config.storage.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+
+
+def start_search(config_path: Path, *, name: str | None = None, num_samples: int | None = None,
+                 address: str | None = None, train_fn: Callable = train_trial) -> tuple[SearchPaths, tune.ResultGrid]:
+    """Validate everything, then write the search folder, then run the search.
+
+    `train_fn` is the function each trial runs (tests inject failures by wrapping it).
+
+    Raises:
+        ConfigError, ManifestError, WeightsError, UsageError: nothing was written.
+    """
+    config = load_config(config_path)
+    paths = SearchPaths.of(config, name or default_name(config))
+    if "://" not in paths.results and Path(paths.results).exists():
+        raise UsageError(f"--name: {paths.results} already exists; pick another name or "
+                         f"`fundus-search resume {paths.results}`")
+    check_weights(config)
+    cache = prepare_images(config.data.to_spec())  # validates every image before anything is written
+    total = num_samples or config.search.num_samples
+    paths.local.mkdir(parents=True, exist_ok=True)
+    (paths.local / CONFIG_FILE).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    (paths.local / SEARCH_FILE).write_text(json.dumps({"name": paths.name, "results": paths.results,
+                                                       "num_samples": total}))
+    connect(address)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate/group TPE
+        tuner = build_tuner(config, paths, cache, num_samples=total, train_fn=train_fn)
+    return paths, tuner.fit()
+
+
+def resume_search(results_dir: Path, *, address: str | None = None,
+                  train_fn: Callable = train_trial) -> tuple[SearchPaths, tune.ResultGrid]:
+    """Continue an interrupted search to its full num_samples (same experiment, same trials).
+
+    Raises:
+        UsageError: `results_dir` is not a search folder.
+    """
+    results_dir = Path(results_dir).absolute()
+    if not (results_dir / SEARCH_FILE).is_file():
+        raise UsageError(f"{results_dir}: not a search folder (no {SEARCH_FILE}); pass the folder `run` printed")
+    meta = json.loads((results_dir / SEARCH_FILE).read_text())
+    config = load_config(results_dir / CONFIG_FILE)
+    paths = SearchPaths(name=meta["name"], results=meta["results"], local=results_dir)
+    cache = prepare_images(config.data.to_spec())
+    connect(address)
+    tuner = tune.Tuner.restore(paths.results, trainable=_trainable(config, cache, train_fn),
+                               resume_unfinished=True, resume_errored=True)
+    return paths, tuner.fit()

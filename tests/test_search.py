@@ -1,0 +1,133 @@
+"""A real search on a local 2-CPU Ray: Parquet schema, conditional nulls, TensorBoard, ASHA -> PRUNED, retries."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+import optuna
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import ray
+import ray.cloudpickle
+from ray import tune
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from results import EPOCHS_SCHEMA, TRIALS_SCHEMA
+from search.trainable import train_trial
+from search.tuner import start_search
+from tests.search_helpers import tiny_search_config
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import test modules
+
+
+@pytest.fixture(scope="module")
+def ray_2_cpus():
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024**2, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def search(ray_2_cpus, pretrained_flair, tmp_path_factory):
+    """One 8-trial search shared by the checks below."""
+    import yaml
+    folder = tmp_path_factory.mktemp("search")
+    config = folder / "config.yaml"
+    config.write_text(yaml.safe_dump(tiny_search_config(storage=folder / "runs", flair=pretrained_flair)))
+    paths, _ = start_search(config, name="s1")
+    return Path(paths.results)
+
+
+def test_parquet_files_have_the_documented_schema(search):
+    for name, schema in (("trials.parquet", TRIALS_SCHEMA), ("epochs.parquet", EPOCHS_SCHEMA)):
+        table = pq.read_table(search / name)
+        assert table.schema.remove_metadata().equals(schema), f"{name} schema drifted"
+        assert b"fundus_search.config" in table.schema.metadata and b"fundus_search.versions" in table.schema.metadata
+    trials = pd.read_parquet(search / "trials.parquet")
+    assert len(trials) == 8 and set(trials["status"]) <= {"completed", "stopped_early"}
+    assert trials["trial_id"].is_unique and sorted(trials["optuna_number"]) == list(range(8))
+    epochs = pd.read_parquet(search / "epochs.parquet")
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    for trial_id, rows in epochs.groupby("trial_id"):
+        run = trials.set_index("trial_id").loc[trial_id, "epochs_run"]
+        assert sorted(rows["epoch"]) == list(range(1, run + 1)), "an epoch row is missing"
+
+
+def test_conditional_parameters_are_null_exactly_where_they_do_not_apply(search):
+    trials = pd.read_parquet(search / "trials.parquet")
+    uses = {"lp_lr": {"lp", "lp_ft"}, "ft_lr": {"ft", "lp_ft"}, "lp_epochs": {"lp_ft"}}
+    for column, strategies in uses.items():
+        applies = trials["strategy"].isin(strategies)
+        assert trials.loc[applies, column].notna().all(), f"{column} missing where it applies"
+        assert trials.loc[~applies, column].isna().all(), f"{column} set where it does not apply"
+    epochs = pd.read_parquet(search / "epochs.parquet").merge(trials[["trial_id", "strategy"]], on="trial_id")
+    first_lp_ft = epochs[(epochs["strategy"] == "lp_ft") & (epochs["epoch"] == 1)]
+    assert first_lp_ft["lp_val_average"].notna().all()
+    assert epochs[epochs["strategy"] != "lp_ft"]["lp_val_average"].isna().all()
+
+
+def test_tensorboard_has_every_metric_of_every_trial(search):
+    runs = sorted((search / "tensorboard").iterdir())
+    trials = pd.read_parquet(search / "trials.parquet")
+    assert len(runs) == len(trials)
+    assert any("init=" in r.name and "strategy=" in r.name for r in runs)
+    for run in runs:
+        events = EventAccumulator(str(run)).Reload()
+        tags = set(events.Tags()["scalars"])
+        assert {"train_loss", "val_average", "val_kappa", "val_f1", "val_specificity", "val_auc"} <= tags
+        number = int(run.name.split()[0])
+        expected = trials.set_index("optuna_number").loc[number, "epochs_run"]
+        assert len(events.Scalars("val_average")) == expected
+        assert events.summary_metadata  # HParams plugin data
+
+
+def test_scheduler_stopped_trials_are_pruned_in_the_optuna_study(search):
+    trials = pd.read_parquet(search / "trials.parquet")
+    study = optuna.load_study(study_name="s1", storage=f"sqlite:///{search / 'optuna.db'}")
+    states = {t.number: t.state for t in study.trials}
+    stopped = trials[trials["status"] == "stopped_early"]["optuna_number"]
+    assert len(stopped) >= 1, "the designed case (grace 1, reduction factor 2) stopped no trial"
+    assert all(states[n] == optuna.trial.TrialState.PRUNED for n in stopped)
+    completed = trials[trials["status"] == "completed"]["optuna_number"]
+    assert all(states[n] == optuna.trial.TrialState.COMPLETE for n in completed)
+    assert len(study.trials) == 8
+
+
+def _fail_once_after_epoch_2(params, **kwargs):
+    """The real trainable, which crashes once right after reporting epoch 2."""
+    marker = Path(kwargs["config"].storage.path) / f"failed-{params['optuna_number']}"
+    real_report = tune.report
+
+    def report(metrics, *, checkpoint=None):
+        real_report(metrics, checkpoint=checkpoint)
+        if metrics["epoch"] == 2 and not marker.exists():
+            marker.touch()
+            raise RuntimeError("injected failure")
+
+    tune.report = report
+    try:
+        train_trial(params, **kwargs)
+    finally:
+        tune.report = real_report
+
+
+def test_a_failed_trial_is_retried_from_its_checkpoint(ray_2_cpus, tmp_path):
+    import yaml
+    config = tiny_search_config(storage=tmp_path / "runs", num_samples=2, max_epochs=4, strategies=("ft",),
+                                scheduler={"type": "fifo"})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    paths, _ = start_search(tmp_path / "c.yaml", name="retry", train_fn=_fail_once_after_epoch_2)
+    assert len(list((tmp_path / "runs").glob("failed-*"))) == 2, "each trial failed once"
+    trials = pd.read_parquet(Path(paths.results) / "trials.parquet")
+    epochs = pd.read_parquet(Path(paths.results) / "epochs.parquet")
+    assert (trials["status"] == "completed").all() and (trials["epochs_run"] == 4).all()
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert sorted(epochs.groupby("trial_id").size()) == [4, 4]
+    # The retry resumed at epoch 3 from the epoch-2 checkpoint: Ray's own log shows 1, 2, 3, 4 once each.
+    for trial_dir in Path(paths.results).glob("trial_*"):
+        lines = (trial_dir / "result.json").read_text().splitlines()
+        assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
