@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/fundus-search data check search/configs/demo.yaml
+	$(BIN)/fundus-search run search/configs/demo.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests -q

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Literal, Union
@@ -29,7 +30,7 @@ def _resolve(path: Path | None, info: ValidationInfo) -> Path | None:
     if path is None:
         return None
     base = Path((info.context or {}).get("base_dir", "."))
-    return (base / Path(path).expanduser()).absolute()
+    return Path(os.path.abspath(base / Path(path).expanduser()))
 
 
 class SyntheticConfig(_Strict):
@@ -243,7 +244,7 @@ class Config(_Strict):
             raise ValueError(f"search.metric: unknown {self.search.metric!r}; use one of {sorted(_REPORTED_METRICS)}")
         if not self.storage.path.startswith("s3://"):
             base = Path((info.context or {}).get("base_dir", "."))
-            object.__setattr__(self.storage, "path", str((base / self.storage.path).absolute()))
+            object.__setattr__(self.storage, "path", os.path.abspath(base / Path(self.storage.path).expanduser()))
         return self
 
     @property

@@ -131,3 +131,11 @@ def test_run_config_errors_exit_2_naming_the_key_and_write_nothing(section, valu
     err = capsys.readouterr().err
     assert message in err, err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "cgi-hrdc-task1.yaml", "cgi-hrdc-task2.yaml"])
+def test_shipped_configs_validate(name):
+    from pathlib import Path
+    from search.config import load_config
+    config = load_config(Path(__file__).parent.parent / "search" / "configs" / name)
+    assert config.search.metric == "val_average" and set(config.inits) <= set(config.model.inits)
