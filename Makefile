@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+DEMO_WEIGHTS := .cache/demo-weights
+
 .PHONY: run test bench clean-venv
 
 $(STAMP): pyproject.toml
@@ -13,7 +15,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-run: $(STAMP)
+# The demo's ImageNet and FLAIR stand-ins: pretrained once (about a minute), then cached.
+$(DEMO_WEIGHTS)/demo-weights.json: $(STAMP)
+	$(BIN)/fundus-search demo-weights $(DEMO_WEIGHTS)
+
+run: $(STAMP) $(DEMO_WEIGHTS)/demo-weights.json
 	$(BIN)/fundus-search run search/configs/demo.yaml
 
 test: $(STAMP)

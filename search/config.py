@@ -196,6 +196,7 @@ class SearchConfig(_Strict):
     space: SpaceConfig = SpaceConfig()
     max_epochs: int = Field(30, ge=1)
     scheduler: SchedulerConfig = SchedulerConfig()
+    cover_cells: bool = True  # first try every init x strategy cell once, then let TPE choose
 
 
 class ResourcesConfig(_Strict):

@@ -78,8 +78,25 @@ def format_table(table: pd.DataFrame, metric: str = "val_average") -> str:
     return header + "\n" + grid.to_string()
 
 
+def format_winners(table: pd.DataFrame, trials: pd.DataFrame, metric: str = "val_average") -> str:
+    """Each cell's winning configuration, one line per cell."""
+    column = metric if metric in table.columns else f"best_{metric}"
+    by_id = trials.set_index(["search", "trial_id"])
+    lines = ["each cell's winner:"]
+    for r in table.dropna(subset=[column]).itertuples():
+        t = by_id.loc[(r.search, r.trial_id)]
+        params = " ".join(f"{k}={t[k]:.2g}" for k in ("lp_lr", "ft_lr", "weight_decay") if pd.notna(t[k]))
+        warmup = f" lp_epochs={int(t['lp_epochs'])}" if pd.notna(t["lp_epochs"]) else ""
+        lines.append(f"  {r.init:<9} {r.strategy:<6} {getattr(r, column):.3f}  #{int(t['optuna_number'])} "
+                     f"{params}{warmup} ({t['status']}, epoch {int(t['best_epoch'])})")
+    return "\n".join(lines)
+
+
 def print_table(args: argparse.Namespace) -> int:
-    print(format_table(init_strategy_table(load_trials(args.results), metric=args.metric), args.metric))
+    trials = load_trials(args.results)
+    table = init_strategy_table(trials, metric=args.metric)
+    print(format_table(table, args.metric))
+    print(format_winners(table, trials, args.metric))
     return 0
 
 

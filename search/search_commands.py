@@ -10,7 +10,7 @@ from results import best_configs, init_strategy_table, load_trials
 from results.store import EPOCHS_FILE, TRIALS_FILE
 
 from .errors import UsageError
-from .results_commands import best_columns, format_best, format_table, tensorboard_command
+from .results_commands import best_columns, format_best, format_table, format_winners, tensorboard_command
 from .tuner import SearchPaths, resume_search, start_search
 
 
@@ -44,8 +44,10 @@ def summarise(paths: SearchPaths) -> int:
     trials = load_trials([paths.results])
     planned = json.loads((paths.local / "search.json").read_text())["num_samples"]
     finished = trials[trials["status"] != "running"]
+    table = init_strategy_table(trials)
     print()
-    print(format_table(init_strategy_table(trials)))
+    print(format_table(table))
+    print(format_winners(table, trials))
     best = best_configs(trials, top=1)
     if len(best):
         print("\nbest configuration:")

@@ -50,6 +50,12 @@ class SearchSpace:
         return {**fixed, "seed": trial_seed(self.search_seed, trial.number), "fold": self.fold,
                 "optuna_number": trial.number, "max_epochs": self.max_epochs}
 
+    def cell_points(self) -> list[dict]:
+        """One partial point per init x strategy cell, naming only the searched keys."""
+        points = [{"init": i, "strategy": s} for i in self.inits for s in self.strategies]
+        searched = [k for k, choices in (("init", self.inits), ("strategy", self.strategies)) if len(choices) > 1]
+        return [{k: p[k] for k in searched} for p in points] if searched else []
+
     @staticmethod
     def _choose(trial: optuna.Trial, name: str, choices: list, fixed: dict):
         if len(choices) == 1:

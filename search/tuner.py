@@ -121,8 +121,10 @@ def build_tuner(config: Config, paths: SearchPaths, cache: ImageCache, *, num_sa
                 train_fn: Callable = train_trial) -> tune.Tuner:
     """The Tuner of a new search (Ray must be connected)."""
     s = config.search
-    searcher = make_searcher(SearchSpace(config), metric=s.metric, mode=s.mode, seed=s.seed, study_name=paths.name,
-                             db_path=paths.local / STUDY_FILE)
+    space = SearchSpace(config)
+    cells = space.cell_points() if s.cover_cells else []
+    searcher = make_searcher(space, metric=s.metric, mode=s.mode, seed=s.seed, study_name=paths.name,
+                             db_path=paths.local / STUDY_FILE, first_points=cells[:num_samples])
     scheduler = make_scheduler(s.scheduler.type, stratify_by=tuple(s.scheduler.stratify_by), metric=s.metric,
                                mode=s.mode, max_t=s.max_epochs, grace_period=s.scheduler.grace_period,
                                reduction_factor=s.scheduler.reduction_factor)

@@ -50,6 +50,7 @@ def test_parquet_files_have_the_documented_schema(search):
     trials = pd.read_parquet(search / "trials.parquet")
     assert len(trials) == 8 and set(trials["status"]) <= {"completed", "stopped_early"}
     assert trials["trial_id"].is_unique and sorted(trials["optuna_number"]) == list(range(8))
+    assert len(set(zip(trials["init"], trials["strategy"]))) == 6, "the first 6 trials cover every cell"
     epochs = pd.read_parquet(search / "epochs.parquet")
     assert not epochs.duplicated(["trial_id", "epoch"]).any()
     for trial_id, rows in epochs.groupby("trial_id"):
