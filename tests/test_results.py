@@ -139,3 +139,31 @@ def test_shipped_configs_validate(name):
     from search.config import load_config
     config = load_config(Path(__file__).parent.parent / "search" / "configs" / name)
     assert config.search.metric == "val_average" and set(config.inits) <= set(config.model.inits)
+
+
+def test_tensorboard_command_serves_on_loopback(results_dir):
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cli = str(Path(sys.executable).parent / "fundus-search")
+    server = subprocess.Popen([cli, "tensorboard", str(results_dir), "--port", str(port)], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert f"at http://127.0.0.1:{port}/" in server.stdout.readline()
+        deadline, status = time.monotonic() + 60, None
+        while time.monotonic() < deadline and status is None:
+            try:
+                status = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).status
+            except OSError:
+                time.sleep(0.5)
+        assert status == 200, "TensorBoard did not answer on 127.0.0.1"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
