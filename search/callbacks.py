@@ -15,7 +15,7 @@ from results.store import EPOCHS_SCHEMA, VAL_COLUMNS, ResultsStore
 from .outcome import COMPLETED, ERROR, STOPPED_EARLY, trial_status
 from .trial import PARAMS
 
-_EPOCH_COLUMNS = [f.name for f in EPOCHS_SCHEMA if f.name not in ("search", "trial_id", "node")]
+_EPOCH_COLUMNS = [f.name for f in EPOCHS_SCHEMA if f.name not in ("search", "trial_id")]
 
 
 def error_line(trial: Trial) -> str | None:
@@ -28,8 +28,7 @@ def error_line(trial: Trial) -> str | None:
 
 
 def epoch_row(trial: Trial, result: dict) -> dict:
-    return {"trial_id": trial.trial_id, **{k: result.get(k) for k in _EPOCH_COLUMNS},
-            "node": result.get("node_ip")}
+    return {"trial_id": trial.trial_id, **{k: result.get(k) for k in _EPOCH_COLUMNS}}
 
 
 class ParquetCallback(Callback):
@@ -83,7 +82,7 @@ class ParquetCallback(Callback):
             **{f"last_{c}": (last or {}).get(c) for c in VAL_COLUMNS},
             "epochs_run": (last or {}).get("epoch", 0), "max_epochs": (last or {}).get("epochs_planned", config.get("max_epochs")),
             "wall_seconds": (last or {}).get("time_total_s"), "cpus": resources.get("CPU"), "gpus": resources.get("GPU", 0.0),
-            "node": (last or {}).get("node_ip"), "error": error, "weights_id": (last or {}).get("weights_id"),
+            "node": (last or {}).get("node"), "error": error, "weights_id": (last or {}).get("weights_id"),
             "dataset_fingerprint": (last or {}).get("dataset_fingerprint"),
         }
 

@@ -13,7 +13,7 @@ from models import WeightsError
 
 from results import ResultsError
 
-from . import data_commands, demo_weights, results_commands, search_commands, train_command
+from . import data_commands, demo_weights, results_commands, search_commands, submit, train_command
 from .config import ConfigError, format_validation_error
 from .errors import UsageError
 
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     search_commands.add_parsers(commands)
     results_commands.add_parsers(commands)
     demo_weights.add_parser(commands)
+    submit.add_parsers(commands)
     return parser
 
 

@@ -6,10 +6,12 @@ metric with a checkpoint, so a retried or resumed trial continues at the next ep
 
 from __future__ import annotations
 
+import socket
 import tempfile
 from pathlib import Path
 
 import numpy as np
+import ray
 import torch
 from ray import tune
 
@@ -30,6 +32,8 @@ def train_trial(params: dict, *, images: np.ndarray, info: DatasetInfo, config: 
     """
     torch.set_num_threads(max(1, int(config.resources.cpus_per_trial)))
     trainer, weights = make_trainer(config, params, images, info)
+    # host:node-id, unique even for several Ray nodes on one machine (cluster/local.sh)
+    node = f"{socket.gethostname()}:{ray.get_runtime_context().get_node_id()[:12]}"
     checkpoint = tune.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
@@ -38,5 +42,5 @@ def train_trial(params: dict, *, images: np.ndarray, info: DatasetInfo, config: 
         with tempfile.TemporaryDirectory() as folder:
             torch.save(trainer.state_dict(), Path(folder) / STATE_FILE)
             tune.report({**metrics, "epochs_planned": trainer.main_epochs, "weights_id": weights,
-                         "dataset_fingerprint": info.fingerprint},
+                         "dataset_fingerprint": info.fingerprint, "node": node},
                         checkpoint=tune.Checkpoint.from_directory(folder))
