@@ -104,8 +104,9 @@ status() {
 
 down() {
   [ -f "$state" ] || { echo "no local cluster (no $state)"; return 0; }
-  local pids
+  local pids gcs_port
   pids=$(awk '$1 == "node" {print $3}' "$state")
+  gcs_port=$(awk '$1 == "address" {print $2}' "$state" | cut -d: -f2)
   for pid in $pids; do kill -TERM -- "-$pid" 2>/dev/null || true; done
   for _ in $(seq 1 30); do
     local left=0
@@ -120,6 +121,10 @@ down() {
     [ $left = 0 ] && break
     sleep 0.5
   done
+  # `ray start --head` points later plain `ray.init()` calls at this cluster; `ray stop` would
+  # remove the pointer, so do the same, but only if it still names this cluster.
+  local pointer=${RAY_TMPDIR:-/tmp}/ray/ray_current_cluster
+  if [ -f "$pointer" ] && grep -q ":$gcs_port\$" "$pointer"; then rm -f "$pointer"; fi
   rm -f "$state"
   echo "cluster down: stopped process groups $(echo $pids)"
 }

@@ -98,8 +98,9 @@ def connect(address: str | None) -> None:
     if address:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, object_store_memory=_OBJECT_STORE_BYTES,
-                 logging_level=logging.WARNING, log_to_driver=False)
+        # address="local": always a new embedded instance, never a cluster found on this machine
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                 object_store_memory=_OBJECT_STORE_BYTES, logging_level=logging.WARNING, log_to_driver=False)
 
 
 def _trainable(config: Config, cache: ImageCache, train_fn: Callable):
@@ -118,8 +119,8 @@ def _trainable(config: Config, cache: ImageCache, train_fn: Callable):
 
 
 def build_tuner(config: Config, paths: SearchPaths, cache: ImageCache, *, num_samples: int,
-                train_fn: Callable = train_trial) -> tune.Tuner:
-    """The Tuner of a new search (Ray must be connected)."""
+                train_fn: Callable = train_trial, extra_callbacks: tuple = ()) -> tune.Tuner:
+    """The Tuner of a new search (Ray must be connected); `extra_callbacks` are added to ours."""
     s = config.search
     space = SearchSpace(config)
     cells = space.cell_points() if s.cover_cells else []
@@ -137,12 +138,15 @@ def build_tuner(config: Config, paths: SearchPaths, cache: ImageCache, *, num_sa
                         log_path=paths.local / ".rows.jsonl" if remote else None),
         TensorBoardCallback(str(paths.local / TENSORBOARD_DIR)),
         ProgressCallback(metric=s.metric, mode=s.mode, total=num_samples),
+        *extra_callbacks,
     ]
     return tune.Tuner(
         _trainable(config, cache, train_fn),
         tune_config=tune.TuneConfig(num_samples=num_samples, search_alg=searcher, scheduler=scheduler,
-                                    max_concurrent_trials=concurrent, reuse_actors=False,
-                                    trial_dirname_creator=trial_dirname),
+                                    max_concurrent_trials=concurrent, trial_dirname_creator=trial_dirname,
+                                    # a new trial reuses a finished trial's worker process (same
+                                    # resources): no torch import and array fetch per trial (B4)
+                                    reuse_actors=True),
         run_config=tune.RunConfig(
             name=paths.name, storage_path=config.storage.path, callbacks=callbacks, verbose=0,
             failure_config=tune.FailureConfig(max_failures=config.storage.max_failures),
@@ -152,10 +156,12 @@ def build_tuner(config: Config, paths: SearchPaths, cache: ImageCache, *, num_sa
 
 
 def start_search(config_path: Path, *, name: str | None = None, num_samples: int | None = None,
-                 address: str | None = None, train_fn: Callable = train_trial) -> tuple[SearchPaths, tune.ResultGrid]:
+                 address: str | None = None, train_fn: Callable = train_trial,
+                 extra_callbacks: tuple = ()) -> tuple[SearchPaths, tune.ResultGrid]:
     """Validate everything, then write the search folder, then run the search.
 
-    `train_fn` is the function each trial runs (tests inject failures by wrapping it).
+    `train_fn` is the function each trial runs (tests inject failures by wrapping it);
+    `extra_callbacks` are more Ray Tune callbacks (the benchmarks time trials with one).
 
     Raises:
         ConfigError, ManifestError, WeightsError, UsageError: nothing was written.
@@ -175,7 +181,8 @@ def start_search(config_path: Path, *, name: str | None = None, num_samples: int
     connect(address)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate/group TPE
-        tuner = build_tuner(config, paths, cache, num_samples=total, train_fn=train_fn)
+        tuner = build_tuner(config, paths, cache, num_samples=total, train_fn=train_fn,
+                            extra_callbacks=extra_callbacks)
     return paths, tuner.fit()
 
 

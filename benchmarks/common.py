@@ -1,0 +1,62 @@
+"""Shared benchmark plumbing: machine description, repeated timing, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+RESULTS = Path(__file__).parent / "results"
+REPEATS = 5
+
+
+def machine() -> dict:
+    """CPU model, cores, memory and GPU (if any) of this machine."""
+    import torch
+
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version()}
+
+
+def versions() -> dict:
+    out = {}
+    for package in ("fundus-search", "torch", "torchvision", "ray", "optuna", "numpy", "pillow"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = None
+    return out
+
+
+def timed(fn: Callable[[], object], repeats: int = REPEATS) -> list[float]:
+    """Wall seconds of `repeats` calls of fn."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def write(name: str, figures: dict, *, target: str, tiny: bool) -> dict:
+    """benchmarks/results/<name>.json with the machine, versions, raw figures and the target."""
+    record = {"benchmark": name, "target": target, "tiny": tiny, "machine": machine(), "versions": versions(),
+              "when": time.strftime("%Y-%m-%dT%H:%M:%S"), **figures}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / (f"{name}.tiny.json" if tiny else f"{name}.json")
+    path.write_text(json.dumps(record, indent=2))
+    return record

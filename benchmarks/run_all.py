@@ -1,0 +1,38 @@
+"""`make bench`: every benchmark in turn, then a summary table (each figure a side-by-side ratio)."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import b1_data_path, b2_lp_trials, b4_orchestration, b6_gpu
+
+BENCHMARKS = {"b1_data_path": b1_data_path, "b2_lp_trials": b2_lp_trials, "b4_orchestration": b4_orchestration,
+              "b6_gpu": b6_gpu}
+
+
+def summary_line(name: str, record: dict) -> str:
+    if record.get("skipped"):
+        return f"{name:<18} skipped: {record['skipped']}"
+    figure = {
+        "b1_data_path": lambda r: f"speedup {r['speedup_min']:.1f}x (min over sizes)",
+        "b2_lp_trials": lambda r: f"speedup {r['speedup']:.1f}x",
+        "b4_orchestration": lambda r: (f"overhead {100 * r['overhead_median']:.1f}%, first report after "
+                                       f"{r['first_report_latency_median_seconds']:.2f} s"),
+        "b6_gpu": lambda r: ", ".join(f"{k} {v['images_per_second']:.0f} img/s" for k, v in r["results"].items()),
+    }[name](record)
+    return f"{name:<18} {figure:<60} target: {record['target']}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tiny", action="store_true", help="seconds-long sizes (the tests use this)")
+    parser.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS))
+    args = parser.parse_args()
+    records = {name: module.run(args.tiny) for name, module in BENCHMARKS.items() if not args.only or name in args.only}
+    print("\nsummary" + (" (tiny sizes: not meaningful figures)" if args.tiny else ""))
+    for name, record in records.items():
+        print(summary_line(name, record))
+
+
+if __name__ == "__main__":
+    main()

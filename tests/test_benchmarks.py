@@ -1,0 +1,21 @@
+"""Each benchmark runs at a tiny size and writes a valid JSON record (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import run_all
+from benchmarks.common import RESULTS
+
+
+@pytest.mark.parametrize("name", sorted(run_all.BENCHMARKS))
+def test_benchmark_runs_tiny_and_writes_json(name):
+    record = run_all.BENCHMARKS[name].run(tiny=True)
+    written = json.loads((RESULTS / f"{name}.tiny.json").read_text())
+    assert written["benchmark"] == name and written["tiny"] is True
+    assert {"cpu", "cores"} <= written["machine"].keys() and written["versions"]["torch"]
+    assert "target" in written and run_all.summary_line(name, record).startswith(name)
+    if not written.get("skipped"):
+        assert any(k in written for k in ("speedup", "speedup_min", "overhead_median", "results"))
