@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import subprocess
+import os
 import sys
 from pathlib import Path
 
@@ -112,7 +112,5 @@ def serve_tensorboard(args: argparse.Namespace) -> int:
     print(f"TensorBoard for {len(searches)} search(es) at {url} (Ctrl-C to stop)", flush=True)
     command = [sys.executable, "-m", "tensorboard.main", "--logdir_spec", spec, "--host", "127.0.0.1",
                "--port", str(args.port)]
-    try:
-        return subprocess.call(command)
-    except KeyboardInterrupt:
-        return 0
+    # Become TensorBoard: stopping this process (Ctrl-C, SIGTERM) stops the server, no orphan.
+    os.execv(sys.executable, command)
