@@ -11,7 +11,7 @@ from results.store import EPOCHS_FILE, TRIALS_FILE
 
 from .errors import UsageError
 from .results_commands import best_columns, format_best, format_table, format_winners, tensorboard_command
-from .tuner import SearchPaths, resume_search, start_search
+from .tuner import SEARCH_FILE, SearchPaths, resume_search, start_search
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -42,7 +42,7 @@ def resume_command(args: argparse.Namespace) -> int:
 def summarise(paths: SearchPaths) -> int:
     """The ending screen: table, best config, where the files are, how to look at them."""
     trials = load_trials([paths.results])
-    planned = json.loads((paths.local / "search.json").read_text())["num_samples"]
+    planned = json.loads((paths.local / SEARCH_FILE).read_text())["num_samples"]
     finished = trials[trials["status"] != "running"]
     table = init_strategy_table(trials)
     print()
