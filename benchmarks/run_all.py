@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from . import b1_data_path, b2_lp_trials, b4_orchestration, b6_gpu
+from . import b1_data_path, b2_lp_trials, b4_orchestration, b5_memory, b6_gpu
 
 BENCHMARKS = {"b1_data_path": b1_data_path, "b2_lp_trials": b2_lp_trials, "b4_orchestration": b4_orchestration,
-              "b6_gpu": b6_gpu}
+              "b5_memory": b5_memory, "b6_gpu": b6_gpu}
 
 
 def summary_line(name: str, record: dict) -> str:
@@ -18,6 +18,8 @@ def summary_line(name: str, record: dict) -> str:
         "b2_lp_trials": lambda r: f"speedup {r['speedup']:.1f}x",
         "b4_orchestration": lambda r: (f"overhead {100 * r['overhead_median']:.1f}%, first report after "
                                        f"{r['first_report_latency_median_seconds']:.2f} s"),
+        "b5_memory": lambda r: (f"2 sharing trials {r['shared_two_over_single']:.2f}x one trial "
+                                f"(own copies {r['own_copy_two_over_single']:.2f}x)"),
         "b6_gpu": lambda r: ", ".join(f"{k} {v['images_per_second']:.0f} img/s" for k, v in r["results"].items()),
     }[name](record)
     return f"{name:<18} {figure:<60} target: {record['target']}"
