@@ -8,7 +8,6 @@ batch (data_io.augment). Both yield the same thing: augmented (B, 3, S, S) float
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from data_io import DataSpec, augment, build_manifest, default_cache_dir, load_o
 from data_io.preprocess import Preprocessing
 from data_io.synthetic import generate_image
 
-from .common import REPEATS, median, timed, write
+from .common import REPEATS, main, median, timed, write
 
 BATCH = 32
 
@@ -112,6 +111,4 @@ def run(tiny: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tiny", action="store_true")
-    print(run(parser.parse_args().tiny)["sizes"])
+    main(run, __doc__, ('speedup_min', 'sizes'))

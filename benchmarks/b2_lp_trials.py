@@ -7,7 +7,6 @@ naive total is 20 x the median of 5 measured naive trials (each trial is the sam
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 from data_io import DataSpec, SyntheticSpec, fold_indices, prepare_images
 from models import InitSpec, Trainer, TrainSettings, build_feature_net, extract_features, load_or_extract_features
 
-from .common import REPEATS, median, timed, write
+from .common import REPEATS, main, median, timed, write
 
 
 def run(tiny: bool = False) -> dict:
@@ -56,7 +55,4 @@ def run(tiny: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tiny", action="store_true")
-    result = run(parser.parse_args().tiny)
-    print({k: result[k] for k in ("naive_total_seconds", "cached_total_seconds", "speedup")})
+    main(run, __doc__, ('naive_total_seconds', 'cached_total_seconds', 'speedup'))

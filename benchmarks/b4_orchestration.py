@@ -8,7 +8,6 @@ start to its first report, minus the work done before that report.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from ray import tune
 
 from search.tuner import start_search
 
-from .common import REPEATS, median, write
+from .common import REPEATS, main, median, write
 
 REPORTS = 5
 
@@ -102,7 +101,4 @@ def run(tiny: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tiny", action="store_true")
-    result = run(parser.parse_args().tiny)
-    print({k: result[k] for k in ("overhead_median", "first_report_latency_median_seconds")})
+    main(run, __doc__, ('overhead_median', 'first_report_latency_median_seconds'))

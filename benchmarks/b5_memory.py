@@ -10,7 +10,6 @@ store's shared memory, mapped by every trial on the node).
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from data_io import to_float
 from models import InitSpec, build_feature_net
 from models.backbones import Classifier, Head
 
-from .common import REPEATS, median, write
+from .common import REPEATS, main, median, write
 
 
 def trial(params: dict, *, images: np.ndarray | None = None, path: str | None = None) -> None:
@@ -90,7 +89,4 @@ def run(tiny: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tiny", action="store_true")
-    result = run(parser.parse_args().tiny)
-    print({k: result[k] for k in ("shared_two_over_single", "own_copy_two_over_single")})
+    main(run, __doc__, ('shared_two_over_single', 'own_copy_two_over_single'))

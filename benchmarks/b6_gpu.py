@@ -6,7 +6,6 @@ Runs only where CUDA is present; elsewhere it prints a skip line and writes a sk
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
@@ -16,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from models import InitSpec, build_feature_net
 from models.backbones import Classifier, Head
 
-from .common import REPEATS, median, write
+from .common import REPEATS, main, median, write
 
 EPOCH_IMAGES = 570  # CGI-HRDC: 712 training images, 4/5 of them train in a 5-fold split
 
@@ -74,6 +73,4 @@ def run(tiny: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--tiny", action="store_true")
-    print(run(parser.parse_args().tiny).get("results", "skipped"))
+    main(run, __doc__, ('results', 'skipped'))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -50,6 +51,14 @@ def timed(fn: Callable[[], object], repeats: int = REPEATS) -> list[float]:
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def main(run: Callable[[bool], dict], doc: str | None, keys: tuple[str, ...]) -> None:
+    """Command line of one benchmark: `python -m benchmarks.<name> [--tiny]`, printing `keys`."""
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--tiny", action="store_true", help="seconds-long sizes (the tests use this)")
+    record = run(parser.parse_args().tiny)
+    print({k: record.get(k) for k in keys})
 
 
 def write(name: str, figures: dict, *, target: str, tiny: bool) -> dict:
