@@ -123,7 +123,7 @@ def torchvision_weights_file(init: InitSpec, backbone: str, where: str) -> Path:
     return folder / name
 
 
-def flair_weights_file(init: InitSpec, where: str) -> Path:
+def flair_weights_file(init: InitSpec, backbone: str, where: str) -> Path:
     path = init.path
     if path is not None and path.is_dir():
         found = [path / n for n in FLAIR_FILE_NAMES if (path / n).is_file()]
@@ -144,7 +144,7 @@ def _build_torchvision(init: InitSpec, backbone: str, where: str, seed: int) -> 
 
 
 def _build_flair(init: InitSpec, backbone: str, where: str, seed: int) -> FeatureNet:
-    state = read_state_dict(flair_weights_file(init, where), where)
+    state = read_state_dict(flair_weights_file(init, backbone, where), where)
     vision = {k[len(FLAIR_PREFIX):]: v for k, v in state.items() if k.startswith(FLAIR_PREFIX)}
     if not vision:
         raise WeightsError(f"{where}: no '{FLAIR_PREFIX}*' keys in the checkpoint; is it a FLAIR checkpoint?")
@@ -171,20 +171,24 @@ def _build_random(init: InitSpec, backbone: str, where: str, seed: int) -> Featu
     return FeatureNet(model, BACKBONES[backbone].feature_dim, normalize=init.normalize)
 
 
-WEIGHT_SOURCES: dict[str, Callable[[InitSpec, str, str, int], FeatureNet]] = {
-    "torchvision": _build_torchvision,
-    "flair": _build_flair,
-    "random": _build_random,
+@dataclass(frozen=True)
+class WeightSource:
+    """How a source finds its file (checked to exist; None when it has none) and builds the network."""
+
+    find_file: Callable[[InitSpec, str, str], Path | None]  # (init, backbone, where)
+    build: Callable[[InitSpec, str, str, int], FeatureNet]  # (init, backbone, where, seed)
+
+
+WEIGHT_SOURCES: dict[str, WeightSource] = {
+    "torchvision": WeightSource(torchvision_weights_file, _build_torchvision),
+    "flair": WeightSource(flair_weights_file, _build_flair),
+    "random": WeightSource(lambda init, backbone, where: None, _build_random),
 }
 
 
 def weights_file(init: InitSpec, backbone: str, where: str) -> Path | None:
     """The file an init loads, checked to exist (None for `random`)."""
-    if init.source == "torchvision":
-        return torchvision_weights_file(init, backbone, where)
-    if init.source == "flair":
-        return flair_weights_file(init, where)
-    return None
+    return WEIGHT_SOURCES[init.source].find_file(init, backbone, where)
 
 
 def weights_id(init: InitSpec, backbone: str, *, seed: int, where: str = "model.inits") -> str:
@@ -207,4 +211,4 @@ def build_feature_net(init: InitSpec, backbone: str, *, seed: int = 0, where: st
     """
     if init.source not in WEIGHT_SOURCES:
         raise WeightsError(f"{where}.source: unknown {init.source!r}; use one of {sorted(WEIGHT_SOURCES)}")
-    return WEIGHT_SOURCES[init.source](init, backbone, where, seed)
+    return WEIGHT_SOURCES[init.source].build(init, backbone, where, seed)

@@ -36,7 +36,8 @@ def load_epochs(paths: list[str | Path]) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(p / EPOCHS_FILE) for p in find_searches(paths)], ignore_index=True)
 
 
-def _column(trials: pd.DataFrame, metric: str) -> str:
+def metric_column(trials: pd.DataFrame, metric: str) -> str:
+    """The column holding `metric`: itself, or its best-epoch column (`val_average` -> `best_val_average`)."""
     column = metric if metric in trials.columns else f"best_{metric}"
     if column not in trials.columns:
         valid = sorted(c.removeprefix("best_") for c in trials.columns if c.startswith("best_val"))
@@ -51,7 +52,7 @@ def best_configs(trials: pd.DataFrame, *, metric: str = "val_average", mode: str
     Args:
         where: a pandas query over trial columns, e.g. "strategy == 'lp_ft' and init == 'flair'".
     """
-    column = _column(trials, metric)
+    column = metric_column(trials, metric)
     rows = trials[trials["status"] != "error"]
     if where:
         try:
@@ -67,7 +68,7 @@ def init_strategy_table(trials: pd.DataFrame, *, metric: str = "val_average", mo
     The shape of the seed paper's table. Columns: init, strategy, trials, and best_val_* of
     the cell's winner, plus its trial_id and search.
     """
-    column = _column(trials, metric)
+    column = metric_column(trials, metric)
     rows = trials[trials["status"] != "error"].dropna(subset=[column])
     order = rows.sort_values(column, ascending=mode == "min")
     winners = order.groupby(["init", "strategy"], as_index=False).head(1)

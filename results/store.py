@@ -80,7 +80,7 @@ class ResultsStore:
                 raise ValueError("results: a remote store needs a local log_path")
             log_path = Path(self.root) / ".rows.jsonl"
         self.log_path = Path(log_path)
-        self.epochs: dict[tuple[str, int], dict] = {}
+        self.epochs: dict[str, dict[int, dict]] = {}  # trial_id -> epoch -> row
         self.trials: dict[str, dict] = {}
         self._last_flush = 0.0
         self._replay()
@@ -103,7 +103,7 @@ class ResultsStore:
 
     def _keep(self, kind: str, row: dict) -> None:
         if kind == EPOCHS_FILE:
-            self.epochs[(row["trial_id"], int(row["epoch"]))] = row
+            self.epochs.setdefault(row["trial_id"], {})[int(row["epoch"])] = row
         else:
             self.trials[row["trial_id"]] = row
 
@@ -123,7 +123,8 @@ class ResultsStore:
 
     def flush(self) -> None:
         """Rewrite both Parquet files from every row (atomic rename)."""
-        self._write(EPOCHS_FILE, EPOCHS_SCHEMA, sorted(self.epochs.values(), key=lambda r: (r["trial_id"], r["epoch"])))
+        epochs = [self.epochs[t][e] for t in sorted(self.epochs) for e in sorted(self.epochs[t])]
+        self._write(EPOCHS_FILE, EPOCHS_SCHEMA, epochs)
         self._write(TRIALS_FILE, TRIALS_SCHEMA, sorted(self.trials.values(), key=lambda r: r["trial_id"]))
         self._last_flush = time.monotonic()
 

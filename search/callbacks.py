@@ -70,7 +70,7 @@ class ParquetCallback(Callback):
 
     def trial_row(self, trial: Trial, last: dict, *, status: str, error: str | None = None) -> dict:
         config = trial.config
-        epochs = [r for (tid, _), r in self.store.epochs.items() if tid == trial.trial_id]
+        epochs = self.store.epochs.get(trial.trial_id, {}).values()
         sign = 1 if self.mode == "max" else -1
         scored = [r for r in epochs if r.get(self.metric) is not None and not math.isnan(r[self.metric])]
         best = max(scored, key=lambda r: (sign * r[self.metric], -r["epoch"]), default={})

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from results import best_configs, find_searches, init_strategy_table, load_trials
+from results import best_configs, find_searches, init_strategy_table, load_trials, metric_column
 
 from .trial import PARAMS
 
@@ -38,7 +38,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
 
 def best_columns(frame: pd.DataFrame, metric: str) -> list[str]:
-    column = metric if metric in frame.columns else f"best_{metric}"
+    column = metric_column(frame, metric)
     extra = [c for c in ("best_val_kappa", "best_val_f1", "best_val_specificity", "best_val_auc") if c != column]
     return ["search", "trial_id", "status", *PARAMS, column, "best_epoch", *extra, "epochs_run"]
 
@@ -64,7 +64,7 @@ def format_best(rows: pd.DataFrame) -> str:
 
 def format_table(table: pd.DataFrame, metric: str = "val_average") -> str:
     """init rows x strategy columns: `0.612 (κ .41 F1 .60 Sp .83) n=4`."""
-    column = metric if metric in table.columns else f"best_{metric}"
+    column = metric_column(table, metric)
 
     def cell(r) -> str:
         if pd.isna(r[column]):
@@ -80,7 +80,7 @@ def format_table(table: pd.DataFrame, metric: str = "val_average") -> str:
 
 def format_winners(table: pd.DataFrame, trials: pd.DataFrame, metric: str = "val_average") -> str:
     """Each cell's winning configuration, one line per cell."""
-    column = metric if metric in table.columns else f"best_{metric}"
+    column = metric_column(table, metric)
     by_id = trials.set_index(["search", "trial_id"])
     lines = ["each cell's winner:"]
     for r in table.dropna(subset=[column]).itertuples():

@@ -49,7 +49,7 @@ def train_one(args: argparse.Namespace) -> int:
     check_params(params, lbfgs=config.training.lp_solver == "lbfgs")
     spec = config.data.to_spec()
     cache = prepare_images(spec)
-    info = DatasetInfo(cache.labels, tuple(cache.groups), cache.key, cache.meta["fingerprint"], spec.resolved_cache_dir())
+    info = DatasetInfo.of(cache, spec.resolved_cache_dir())
     trainer, weights = make_trainer(config, params, cache.images, info)
     print(f"{args.init} / {args.strategy} on {len(cache)} images ({cache.images.shape[1]} px), fold "
           f"{params['fold']}, weights {weights[:12]}, device {trainer.device}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_io import fold_indices
+from data_io import ImageCache, fold_indices
 from models import Trainer, TrainSettings, build_feature_net, feature_cache_key, load_or_extract_features, weights_id
 
 from .config import Config
@@ -26,6 +26,10 @@ class DatasetInfo:
     image_cache_key: str
     fingerprint: str
     cache_dir: Path
+
+    @classmethod
+    def of(cls, cache: ImageCache, cache_dir: Path) -> "DatasetInfo":
+        return cls(cache.labels, tuple(cache.groups), cache.key, cache.meta["fingerprint"], cache_dir)
 
 
 def resolve_device(name: str) -> str:

@@ -104,8 +104,7 @@ def connect(address: str | None) -> None:
 
 
 def _trainable(config: Config, cache: ImageCache, train_fn: Callable):
-    info = DatasetInfo(cache.labels, tuple(cache.groups), cache.key, cache.meta["fingerprint"],
-                       config.data.to_spec().resolved_cache_dir())
+    info = DatasetInfo.of(cache, config.data.to_spec().resolved_cache_dir())
     has_gpus = ray.cluster_resources().get("GPU", 0) > 0
     cpus, gpus = config.resources.cpus_per_trial, config.resources.gpus_per_trial
 
