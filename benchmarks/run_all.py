@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from . import b1_data_path, b2_lp_trials, b4_orchestration, b5_memory, b6_gpu
+from . import b1_data_path, b2_lp_trials, b3_search_efficiency, b4_orchestration, b5_memory, b6_gpu
 
-BENCHMARKS = {"b1_data_path": b1_data_path, "b2_lp_trials": b2_lp_trials, "b4_orchestration": b4_orchestration,
+BENCHMARKS = {"b1_data_path": b1_data_path, "b2_lp_trials": b2_lp_trials,
+              "b3_search_efficiency": b3_search_efficiency, "b4_orchestration": b4_orchestration,
               "b5_memory": b5_memory, "b6_gpu": b6_gpu}
 
 
@@ -20,7 +21,12 @@ def summary_line(name: str, record: dict) -> str:
                                        f"{r['first_report_latency_median_seconds']:.2f} s"),
         "b5_memory": lambda r: (f"2 sharing trials {r['shared_two_over_single']:.2f}x one trial "
                                 f"(own copies {r['own_copy_two_over_single']:.2f}x)"),
-        "b6_gpu": lambda r: ", ".join(f"{k} {v['images_per_second']:.0f} img/s" for k, v in r["results"].items()),
+        "b6_gpu": lambda r: (", ".join(f"{k} {v['images_per_second']:.0f} img/s" for k, v in r["results"].items()
+                                       if "error" not in v)
+                             + f"; Trainer FT epoch {r['trainer']['ft_epoch_seconds_median']:.2f} s"),
+        "b3_search_efficiency": lambda r: ", ".join(
+            f"{m} {'-' if v['fraction_of_grid'] is None else format(v['fraction_of_grid'], '.0%')}"
+            for m, v in r["methods"].items()) + " of grid epochs",
     }[name](record)
     return f"{name:<18} {figure:<60} target: {record['target']}"
 

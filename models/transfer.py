@@ -29,6 +29,17 @@ from .features import autocast
 from .metrics import VAL_PREFIX, classification_metrics
 
 
+RESIDENT_SHARE = 0.25  # of free GPU memory that the uint8 image array may take to stay on the GPU
+
+
+def upload_uint8(images: np.ndarray, device: torch.device, chunk: int = 128) -> torch.Tensor:
+    """Copy a (possibly read-only, memory-mapped) uint8 array to `device` in chunks."""
+    out = torch.empty(images.shape, dtype=torch.uint8, device=device)
+    for start in range(0, len(images), chunk):
+        out[start:start + chunk] = torch.from_numpy(np.array(images[start:start + chunk]))
+    return out
+
+
 @dataclass(frozen=True)
 class Strategy:
     warmup: bool  # LP warm-up on cached features before the main phase
@@ -73,6 +84,7 @@ class TrainSettings:
     eval_batch_size: int = 64
     augmentation: Augmentation = field(default_factory=Augmentation)
     device: str = "cpu"
+    images_on_device: bool = True  # CUDA: upload the uint8 images once when they fit (B6: 1.4x per epoch)
 
 
 class Trainer:
@@ -94,6 +106,8 @@ class Trainer:
         self.strategy = STRATEGIES[settings.strategy]
         self.device = torch.device(settings.device)
         self.images, self.train_idx, self.val_idx = images, np.asarray(train_idx), np.asarray(val_idx)
+        self._resident: torch.Tensor | None = None  # `images` in GPU memory, see _resident_images
+        self._resident_checked = False
         self.labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
         self.num_classes = int(labels.max()) + 1
         counts = torch.bincount(self.labels[torch.as_tensor(self.train_idx)], minlength=self.num_classes).float()
@@ -194,7 +208,7 @@ class Trainer:
         optimizer = optimizer or self.optimizer
         model.train()
         order = self.train_idx[torch.randperm(len(self.train_idx), generator=self.generator).numpy()]
-        total = 0.0
+        total = torch.zeros((), device=self.device)  # summed on the device: no sync per step
         for start in range(0, len(order), self.settings.batch_size):
             idx = order[start:start + self.settings.batch_size]
             with autocast(self.device):
@@ -205,8 +219,8 @@ class Trainer:
             if clip:
                 nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
-            total += loss.item() * len(idx)
-        return total / len(order)
+            total += loss.detach() * len(idx)
+        return total.item() / len(order)
 
     def _fit_lbfgs(self) -> float:
         """Fit the head to convergence with scikit-learn; return its training loss.
@@ -236,8 +250,23 @@ class Trainer:
     def _feature_rows(self, idx: np.ndarray, train: bool) -> torch.Tensor:
         return self.features[torch.as_tensor(idx, device=self.device)]
 
+    def _resident_images(self) -> torch.Tensor | None:
+        """The whole uint8 array on the GPU, uploaded once, if it takes at most RESIDENT_SHARE of
+        the free GPU memory: a batch is then an index on the device, not a host copy and upload."""
+        if not self._resident_checked:
+            self._resident_checked = True
+            if self.device.type == "cuda" and self.settings.images_on_device:
+                free, _ = torch.cuda.mem_get_info(self.device)
+                if self.images.nbytes <= RESIDENT_SHARE * free:
+                    self._resident = upload_uint8(self.images, self.device)
+        return self._resident
+
     def _augmented_image_rows(self, idx: np.ndarray, train: bool) -> torch.Tensor:
-        batch = torch.from_numpy(self.images[idx]).to(self.device, non_blocking=True)  # fancy index: a copy
+        resident = self._resident_images()
+        if resident is not None:
+            batch = resident[torch.as_tensor(idx, device=self.device)]
+        else:
+            batch = torch.from_numpy(self.images[idx]).to(self.device, non_blocking=True)  # fancy index: a copy
         x = to_float(batch)  # (B, 3, S, S) in [0, 1]
         if train:
             x = augment(x, self.generator, self.settings.augmentation)

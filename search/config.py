@@ -193,6 +193,7 @@ class SearchConfig(_Strict):
     metric: str = "val_average"
     mode: Literal["max", "min"] = "max"
     seed: int = 0
+    sampler: Literal["tpe", "random"] = "tpe"  # random: the baseline TPE is measured against (B3)
     space: SpaceConfig = SpaceConfig()
     max_epochs: int = Field(30, ge=1)
     scheduler: SchedulerConfig = SchedulerConfig()

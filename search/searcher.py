@@ -30,15 +30,24 @@ class PruningOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
+def make_sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:
+    """`tpe` (multivariate, grouped for the conditional space, constant liar for parallel
+    trials) or `random` (the baseline)."""
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+
+
 def make_searcher(space, *, metric: str, mode: str, seed: int, study_name: str, db_path: Path,
-                  first_points: list[dict] | None = None) -> PruningOptunaSearch:
-    """TPE (multivariate, grouped, constant liar) with the study persisted as SQLite in `db_path`.
+                  first_points: list[dict] | None = None, sampler: str = "tpe") -> PruningOptunaSearch:
+    """An Optuna search (TPE or random) with the study persisted as SQLite in `db_path`.
 
     Args:
         first_points: partial parameter sets Optuna tries first (enqueued), e.g. one per
             init x strategy cell so every cell of the comparison is measured; TPE fills in the rest.
+        sampler: `tpe` or `random`, see make_sampler.
     """
-    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+    sampler = make_sampler(sampler, seed)
     storage = optuna.storages.RDBStorage(f"sqlite:///{db_path}")
     return PruningOptunaSearch(space=space, metric=metric, mode=mode, sampler=sampler, study_name=study_name,
                                storage=storage, points_to_evaluate=first_points or None)

@@ -17,6 +17,7 @@ import optuna
 import ray
 import yaml
 from ray import tune
+from ray.tune.schedulers import TrialScheduler
 
 from data_io import ImageCache, prepare_images
 from models import weights_id
@@ -25,7 +26,7 @@ from .callbacks import ParquetCallback, ProgressCallback
 from .config import Config, load_config
 from .errors import UsageError
 from .scheduler import make_scheduler
-from .searcher import make_searcher
+from .searcher import PruningOptunaSearch, make_searcher
 from .space import SearchSpace
 from .tensorboard import TensorBoardCallback
 from .trainable import train_trial
@@ -117,17 +118,26 @@ def _trainable(config: Config, cache: ImageCache, train_fn: Callable):
     return tune.with_resources(with_data, resources)
 
 
+def search_algorithms(config: Config, *, study_name: str, db_path: Path,
+                      num_samples: int) -> tuple[PruningOptunaSearch, TrialScheduler]:
+    """The searcher (Optuna, persisted in `db_path`) and the scheduler that `config.search` asks for."""
+    s = config.search
+    space = SearchSpace(config)
+    cells = space.cell_points() if s.cover_cells else []
+    searcher = make_searcher(space, metric=s.metric, mode=s.mode, seed=s.seed, study_name=study_name,
+                             db_path=db_path, first_points=cells[:num_samples], sampler=s.sampler)
+    scheduler = make_scheduler(s.scheduler.type, stratify_by=tuple(s.scheduler.stratify_by), metric=s.metric,
+                               mode=s.mode, max_t=s.max_epochs, grace_period=s.scheduler.grace_period,
+                               reduction_factor=s.scheduler.reduction_factor)
+    return searcher, scheduler
+
+
 def build_tuner(config: Config, paths: SearchPaths, cache: ImageCache, *, num_samples: int,
                 train_fn: Callable = train_trial, extra_callbacks: tuple = ()) -> tune.Tuner:
     """The Tuner of a new search (Ray must be connected); `extra_callbacks` are added to ours."""
     s = config.search
-    space = SearchSpace(config)
-    cells = space.cell_points() if s.cover_cells else []
-    searcher = make_searcher(space, metric=s.metric, mode=s.mode, seed=s.seed, study_name=paths.name,
-                             db_path=paths.local / STUDY_FILE, first_points=cells[:num_samples])
-    scheduler = make_scheduler(s.scheduler.type, stratify_by=tuple(s.scheduler.stratify_by), metric=s.metric,
-                               mode=s.mode, max_t=s.max_epochs, grace_period=s.scheduler.grace_period,
-                               reduction_factor=s.scheduler.reduction_factor)
+    searcher, scheduler = search_algorithms(config, study_name=paths.name, db_path=paths.local / STUDY_FILE,
+                                            num_samples=num_samples)
     concurrent = config.resources.max_concurrent_trials or max(
         1, int(ray.cluster_resources().get("CPU", 1) // config.resources.cpus_per_trial))
     meta = provenance(config, cache.meta["fingerprint"])
