@@ -125,3 +125,7 @@ def trainer_figures(tiny: bool, device: str = "cuda") -> dict:
     return {"images": n, "image_size": size, "train_images": len(train_idx), **trainer,
             "ft_epoch_seconds_median": gpu, "images_on_gpu_speedup": host / gpu,
             "extract_seconds": extract, "extract_images_per_second": n / median(extract)}
+
+
+if __name__ == "__main__":
+    main(run, __doc__, ("results", "trainer", "skipped"))
