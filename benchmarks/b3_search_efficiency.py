@@ -1,16 +1,20 @@
 """B3 search efficiency: TPE + stratified ASHA vs random search and the full grid, on stored curves.
 
 The curves of `benchmarks.b3_curves` (a grid of real trainings on the demo's synthetic task)
-stand in for training: each trial takes the grid point nearest to its sampled parameters (log
-scale, within its init x strategy cell) and reports that point's stored curve epoch by epoch.
+stand in for training. The search space is the grid's values (`{choices: [...]}`); each trial
+takes the grid point nearest to its sampled parameters (log scale, within its init x strategy
+cell) and reports that point's stored curve epoch by epoch.
 Everything else is the real search stack: SearchSpace, PruningOptunaSearch (TPE or random),
 StratifiedASHA (per cell or plain) or FIFO, Ray Tune on a local Ray.
 
-Per method, over SEEDS searches: main-phase epochs consumed (reports received by the driver)
-until the best-so-far val_average is within TOLERANCE of the grid's best, as a fraction of the
-full grid's epochs (every point trained to max_epochs); and, for the ASHA methods, how often
-the best configuration a search sampled in each init x strategy cell (judged by its whole
-stored curve) survived to max_epochs.
+Per method, over SEEDS searches of as many trials as the grid has points:
+- epochs to target: main-phase epochs consumed (reports received by the driver) until the
+  best-so-far val_average is within TOLERANCE of the grid's best, against the full grid's
+  epochs (every point trained to max_epochs); the same in the stored training seconds;
+- best at a quarter: the best-so-far val_average once a quarter of the grid's epochs is spent;
+- survival (ASHA): how often the best configuration a search sampled in each init x strategy
+  cell (judged by its whole stored curve) ran to max_epochs instead of being stopped.
+Random search stops once it reaches the target (it prunes nothing, so only that figure counts).
 """
 
 from __future__ import annotations
@@ -39,27 +43,46 @@ METHODS = {  # name -> the search settings that differ
     "tpe_plain_asha": {"sampler": "tpe", "scheduler": {"type": "asha", "stratify_by": []}},
     "random_no_stopping": {"sampler": "random", "scheduler": {"type": "fifo"}},
 }
+Row = tuple[str, int, int, float]  # trial id, grid point, epoch, val_average
 
 
 class Reports(tune.Callback):
-    """Every report in the order the driver received it: (trial id, config id, epoch, value)."""
+    """Every report in the order the driver received it."""
 
     def __init__(self):
-        self.rows: list[tuple[str, int, int, float]] = []
+        self.rows: list[Row] = []
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.rows.append((trial.trial_id, result["config_id"], result["epoch"], result["val_average"]))
 
 
+class TargetReached(tune.Stopper):
+    """Ends the search once any report is at least `target`."""
+
+    def __init__(self, target: float):
+        self.target, self.reached = target, False
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        self.reached = self.reached or result["val_average"] >= self.target
+        return False
+
+    def stop_all(self) -> bool:
+        return self.reached
+
+
 def search_config(meta: dict, method: str, seed: int, num_samples: int) -> Config:
-    """The demo config the curves came from, its space bounded by the grid, with `method`'s settings."""
+    """The demo config the curves came from, searching the grid's values, with `method`'s settings.
+
+    Each parameter chooses among every value the grid gives it in any strategy; a strategy
+    whose grid has fewer values takes the nearest one (Curves.nearest).
+    """
     grid = meta["grid"]
     bounds = {k: [v for values in grid.values() for v in values.get(k, [])] for k in HYPER}
     search = {**meta["config"]["search"], **METHODS[method], "seed": seed, "num_samples": num_samples,
               "max_epochs": meta["max_epochs"], "cover_cells": True}
     search["scheduler"] = {**meta["config"]["search"]["scheduler"], **METHODS[method]["scheduler"]}
     search["space"] = {**search["space"], "strategy": list(grid), "weight_decay": meta["weight_decay"],
-                       **{k: [min(v), max(v)] for k, v in bounds.items() if v}}
+                       **{k: {"choices": sorted(set(v))} for k, v in bounds.items() if v}}
     return Config.model_validate({**meta["config"], "search": search})
 
 
@@ -69,22 +92,24 @@ def one_search(curves: Curves, meta: dict, method: str, seed: int, num_samples: 
     searcher, scheduler = search_algorithms(config, study_name=name, db_path=folder / f"{name}.db",
                                             num_samples=num_samples)
     reports = Reports()
+    stop = TargetReached(curves.grid_best - TOLERANCE) if config.search.scheduler.type == "fifo" else None
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(replay_trial, curves=curves), {"cpu": 1}),
         tune_config=tune.TuneConfig(num_samples=num_samples, search_alg=searcher, scheduler=scheduler,
                                     max_concurrent_trials=CONCURRENT, reuse_actors=True),
-        run_config=tune.RunConfig(name=name, storage_path=str(folder), callbacks=[reports], verbose=0),
+        run_config=tune.RunConfig(name=name, storage_path=str(folder), callbacks=[reports], stop=stop, verbose=0),
     )
     tuner.fit()
     return summarize(curves, reports.rows, meta["max_epochs"])
 
 
-def summarize(curves: Curves, rows: list[tuple[str, int, int, float]], max_epochs: int) -> dict:
-    """Epochs (and stored training seconds) to the target; per cell, whether the best sampled
-    configuration survived to max_epochs."""
+def summarize(curves: Curves, rows: list[Row], max_epochs: int) -> dict:
+    """One search's figures from its reports, in the order the driver received them."""
     running = np.maximum.accumulate([value for *_, value in rows])
-    reached = np.flatnonzero(running >= curves.grid_best - TOLERANCE)
     seconds = np.cumsum([curves.seconds[config_id][epoch - 1] for _, config_id, epoch, _ in rows])
+    reached = np.flatnonzero(running >= curves.grid_best - TOLERANCE)
+    hit = int(reached[0]) if reached.size else None
+    quarter = min(len(rows), curves.grid_epochs // 4) - 1
     last_epoch: dict[str, int] = defaultdict(int)
     config_of: dict[str, int] = {}
     for trial_id, config_id, epoch, _ in rows:
@@ -95,11 +120,10 @@ def summarize(curves: Curves, rows: list[tuple[str, int, int, float]], max_epoch
         by_cell["/".join((curves.points[config_id]["init"], curves.points[config_id]["strategy"]))].append(trial_id)
     survived = {cell: last_epoch[max(trials, key=lambda t: curves.best(config_of[t]))] >= max_epochs
                 for cell, trials in sorted(by_cell.items())}
-    hit = int(reached[0]) if reached.size else None
     return {"epochs_to_target": None if hit is None else hit + 1,
             "seconds_to_target": None if hit is None else float(seconds[hit]),
-            "epochs": len(rows), "seconds": float(seconds[-1]), "trials": len(config_of),
-            "best": float(running[-1]), "cell_best_survived": survived}
+            "best_at_quarter_grid": float(running[quarter]), "epochs": len(rows), "seconds": float(seconds[-1]),
+            "trials": len(config_of), "best": float(running[-1]), "cell_best_survived": survived}
 
 
 def median_or_none(values: list) -> float | None:
@@ -108,44 +132,55 @@ def median_or_none(values: list) -> float | None:
     return None if middle == math.inf else middle
 
 
+def method_figures(curves: Curves, results: list[dict], *, prunes: bool) -> dict:
+    epochs = median_or_none([r["epochs_to_target"] for r in results])
+    seconds = median_or_none([r["seconds_to_target"] for r in results])
+    cells: dict[str, list[bool]] = defaultdict(list)
+    for r in results:
+        for cell, survived in r["cell_best_survived"].items():
+            cells[cell].append(survived)
+    every = [s for values in cells.values() for s in values]
+    return {
+        "epochs_to_target_median": epochs,
+        "fraction_of_grid_epochs": None if epochs is None else epochs / curves.grid_epochs,
+        "seconds_to_target_median": seconds,
+        "fraction_of_grid_seconds": None if seconds is None else seconds / curves.grid_seconds,
+        "reached_target": f"{sum(r['epochs_to_target'] is not None for r in results)}/{len(results)}",
+        "best_at_quarter_grid_median": median([r["best_at_quarter_grid"] for r in results]),
+        "epochs_median": median([r["epochs"] for r in results]),
+        "cell_best_survival": sum(every) / len(every) if every and prunes else None,
+        "cell_best_survival_by_cell": {cell: sum(v) / len(v) for cell, v in sorted(cells.items())} if prunes else None,
+    }
+
+
 def run(tiny: bool = False) -> dict:
-    if tiny:
-        folder = Path(tempfile.mkdtemp())
-        build_table(folder / "curves.parquet", tiny=True)
-        table, meta = read_table(folder / "curves.parquet")
-        seeds, num_samples = 1, 4
-    else:
-        table, meta = read_table(TABLE)
-        seeds, num_samples = SEEDS, len(set(table.column("config_id").to_pylist())) // 2
-    curves = Curves(table.to_pylist())
-    ray.init(address="local", num_cpus=CONCURRENT, include_dashboard=False, log_to_driver=False,
-             object_store_memory=300 * 1024**2)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
+        if tiny:
+            build_table(Path(tmp) / "curves.parquet", tiny=True)
+        table, meta = read_table(Path(tmp) / "curves.parquet" if tiny else TABLE)
+        curves = Curves(table.to_pylist())
+        seeds, num_samples = (1, 4) if tiny else (SEEDS, len(curves.points))
+        ray.init(address="local", num_cpus=CONCURRENT, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=300 * 1024**2)
+        try:
             runs = {method: [one_search(curves, meta, method, seed, num_samples, Path(tmp)) for seed in range(seeds)]
                     for method in METHODS}
-    finally:
-        ray.shutdown()
-    figures = {"grid_points": len(curves.points), "grid_epochs": curves.grid_epochs,
+        finally:
+            ray.shutdown()
+    figures = {"table": str(TABLE.relative_to(TABLE.parents[2])) if not tiny else "tiny",
+               "grid_points": len(curves.points), "grid_epochs": curves.grid_epochs,
                "grid_seconds": curves.grid_seconds, "grid_best": curves.grid_best,
-               "tolerance": TOLERANCE, "num_samples": num_samples, "seeds": seeds, "runs": runs, "methods": {}}
-    for method, results in runs.items():
-        survived = [s for r in results for s in r["cell_best_survived"].values()]
-        epochs = median_or_none([r["epochs_to_target"] for r in results])
-        seconds = median_or_none([r["seconds_to_target"] for r in results])
-        figures["methods"][method] = {
-            "epochs_to_target_median": epochs,
-            "fraction_of_grid": None if epochs is None else epochs / curves.grid_epochs,
-            "seconds_to_target_median": seconds,
-            "fraction_of_grid_seconds": None if seconds is None else seconds / curves.grid_seconds,
-            "reached_target": sum(r["epochs_to_target"] is not None for r in results),
-            "epochs_median": median([r["epochs"] for r in results]),
-            "cell_best_survival": sum(survived) / len(survived) if survived else None,
-        }
-    figures["tpe_stratified_asha_fraction_of_grid"] = figures["methods"]["tpe_stratified_asha"]["fraction_of_grid"]
-    return write("b3_search_efficiency", figures, target="TPE + stratified ASHA <= 25% of the grid's epochs",
+               "grid_points_within_tolerance": sum(curves.best(c) >= curves.grid_best - TOLERANCE for c in curves.points),
+               "tolerance": TOLERANCE, "max_epochs": meta["max_epochs"], "num_samples": num_samples, "seeds": seeds,
+               "concurrent_trials": CONCURRENT, "table_recipe": {k: meta[k] for k in ("grid", "weight_decay", "seconds")
+                                                                 if k in meta},
+               "methods": {method: method_figures(curves, results, prunes=METHODS[method]["scheduler"]["type"] == "asha")
+                           for method, results in runs.items()},
+               "runs": runs}
+    figures["tpe_stratified_asha_fraction_of_grid"] = figures["methods"]["tpe_stratified_asha"]["fraction_of_grid_epochs"]
+    return write("b3_search_efficiency", figures, target="TPE + stratified ASHA <= 25% of the grid's epochs to target",
                  tiny=tiny)
 
 
 if __name__ == "__main__":
-    main(run, __doc__, ("grid_epochs", "tpe_stratified_asha_fraction_of_grid"))
+    main(run, __doc__, ("grid_epochs", "grid_best", "methods"))

@@ -25,7 +25,7 @@ def summary_line(name: str, record: dict) -> str:
                                        if "error" not in v)
                              + f"; Trainer FT epoch {r['trainer']['ft_epoch_seconds_median']:.2f} s"),
         "b3_search_efficiency": lambda r: ", ".join(
-            f"{m} {'-' if v['fraction_of_grid'] is None else format(v['fraction_of_grid'], '.0%')}"
+            f"{m} {'-' if v['fraction_of_grid_epochs'] is None else format(v['fraction_of_grid_epochs'], '.0%')}"
             for m, v in r["methods"].items()) + " of grid epochs",
     }[name](record)
     return f"{name:<18} {figure:<60} target: {record['target']}"

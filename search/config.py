@@ -133,12 +133,25 @@ class TrainingConfig(_Strict):
         return Augmentation(**self.augmentation.model_dump())
 
 
-FloatRange = Union[float, tuple[float, float]]
-IntRange = Union[int, tuple[int, int]]
+class FloatChoices(_Strict):
+    """`{choices: [1.0e-5, 1.0e-4]}`: search exactly these values (a grid), not a range."""
+
+    choices: list[float] = Field(min_length=1)
+
+
+class IntChoices(_Strict):
+    choices: list[int] = Field(min_length=1)
+
+
+FloatRange = Union[float, tuple[float, float], FloatChoices]
+IntRange = Union[int, tuple[int, int], IntChoices]
 
 
 def _check_range(value, name: str, minimum: float, strict: bool):
-    lo, hi = (value, value) if isinstance(value, (int, float)) else value
+    if isinstance(value, (FloatChoices, IntChoices)):
+        lo, hi = min(value.choices), max(value.choices)
+    else:
+        lo, hi = (value, value) if isinstance(value, (int, float)) else value
     bad = lo <= minimum if strict else lo < minimum
     if bad:
         raise ValueError(f"lower bound must be {'>' if strict else '>='} {minimum} (got {lo})")
@@ -148,7 +161,8 @@ def _check_range(value, name: str, minimum: float, strict: bool):
 
 
 class SpaceConfig(_Strict):
-    """A scalar fixes a parameter; [low, high] searches it (log-uniform for rates); a list chooses."""
+    """A scalar fixes a parameter; [low, high] searches it (log-uniform for rates);
+    {choices: [...]} searches those values only; for init, strategy and batch_size a list chooses."""
 
     init: list[str] | None = None  # default: every entry of model.inits
     strategy: list[Strategy] = ["lp", "ft", "lp_ft"]
@@ -162,6 +176,26 @@ class SpaceConfig(_Strict):
     @classmethod
     def _scalar_is_one_choice(cls, value):
         return [value] if isinstance(value, (str, int)) else value
+
+    @field_validator("lp_lr", "ft_lr", "weight_decay", "lp_epochs", mode="before")
+    @classmethod
+    def _one_of_three_shapes(cls, value, info):
+        """One clear message instead of one per member of the union."""
+        integer = info.field_name == "lp_epochs"
+        number = (int,) if integer else (int, float)
+        kind = "an integer" if integer else "a number"
+        if isinstance(value, bool) or not (isinstance(value, number) or isinstance(value, (list, tuple, dict))):
+            raise ValueError(f"expected {kind}, [low, high] or {{choices: [...]}} (got {value!r})")
+        if isinstance(value, (list, tuple)) and (len(value) != 2 or not all(isinstance(v, number) for v in value)):
+            raise ValueError(f"[low, high] needs two {'integers' if integer else 'numbers'} (got {list(value)}); "
+                             f"for a set of values write {{choices: {list(value)}}}")
+        if isinstance(value, dict):
+            choices = value.get("choices")
+            if set(value) != {"choices"} or not isinstance(choices, list) or not choices or not all(
+                    isinstance(v, number) and not isinstance(v, bool) for v in choices):
+                raise ValueError(f"{{choices: [...]}} needs a non-empty list of {'integers' if integer else 'numbers'}"
+                                 f" and no other key (got {value})")
+        return value
 
     @field_validator("lp_lr", "ft_lr", "weight_decay")
     @classmethod

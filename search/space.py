@@ -7,7 +7,7 @@ import optuna
 
 from models import STRATEGIES
 
-from .config import Config
+from .config import Config, FloatChoices, IntChoices
 
 
 def trial_seed(search_seed: int, number: int) -> int:
@@ -21,7 +21,8 @@ class SearchSpace:
     Only `trial.suggest_*` happens here. `lp_lr` exists for strategies with a linear probe
     trained by AdamW (lp, lp_ft), `ft_lr` for those that fine-tune (ft, lp_ft), `lp_epochs`
     for the warm-up of lp_ft. A scalar in the config fixes a parameter (returned as a
-    constant, not searched); a [low, high] pair is searched (log scale for rates).
+    constant, not searched); a [low, high] pair is searched (log scale for rates); `{choices:
+    [...]}` is searched as a categorical over exactly those values.
     """
 
     def __init__(self, config: Config):
@@ -65,7 +66,9 @@ class SearchSpace:
 
     def _number(self, trial: optuna.Trial, name: str, fixed: dict, *, log: bool) -> None:
         bounds = self.ranges[name]
-        if not isinstance(bounds, (tuple, list)) or bounds[0] == bounds[1]:
+        if isinstance(bounds, (FloatChoices, IntChoices)):
+            self._choose(trial, name, list(bounds.choices), fixed)
+        elif not isinstance(bounds, (tuple, list)) or bounds[0] == bounds[1]:
             fixed[name] = bounds[0] if isinstance(bounds, (tuple, list)) else bounds
         elif name == "lp_epochs":
             trial.suggest_int(name, int(bounds[0]), int(bounds[1]))

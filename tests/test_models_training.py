@@ -12,6 +12,7 @@ from data_io import DataSpec, SyntheticSpec, fold_indices, prepare_images
 from models import (InitSpec, Trainer, TrainSettings, build_feature_net, classification_metrics,
                     load_or_extract_features)
 from models.metrics import cpu_seconds_per_image
+from models.transfer import upload_uint8
 from search.cli import main
 
 
@@ -187,3 +188,11 @@ def test_missing_weights_exit_2_with_one_line(write_config, capsys, tmp_path):
     rc = main(["train", str(config), "--init", "flair", "--strategy", "lp", "--lp-lr", "1e-3"])
     err = capsys.readouterr().err
     assert rc == 2 and "model.inits.flair.path: no such file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_upload_uint8_copies_a_read_only_memmap_exactly(tmp_path):
+    array = np.random.default_rng(0).integers(0, 256, (300, 8, 8, 3), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", array)
+    mapped = np.load(tmp_path / "images.npy", mmap_mode="r")  # read-only, like the image cache
+    uploaded = upload_uint8(mapped, torch.device("cpu"), chunk=128)
+    assert uploaded.dtype == torch.uint8 and torch.equal(uploaded, torch.from_numpy(array))
