@@ -118,9 +118,10 @@ def _trainable(config: Config, cache: ImageCache, train_fn: Callable):
     return tune.with_resources(with_data, resources)
 
 
-def search_algorithms(config: Config, *, study_name: str, db_path: Path,
+def search_algorithms(config: Config, *, study_name: str, db_path: Path | None,
                       num_samples: int) -> tuple[PruningOptunaSearch, TrialScheduler]:
-    """The searcher (Optuna, persisted in `db_path`) and the scheduler that `config.search` asks for."""
+    """The searcher (Optuna, persisted in `db_path`, or in memory if None) and the scheduler
+    that `config.search` asks for."""
     s = config.search
     space = SearchSpace(config)
     cells = space.cell_points() if s.cover_cells else []
