@@ -10,6 +10,7 @@ prints a skip line and writes a skip record.
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -20,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from models import InitSpec, Trainer, TrainSettings, build_feature_net, extract_features
 from models.backbones import Classifier, Head
 
-from .common import REPEATS, main, median, write
+from .common import REPEATS, RESULTS, main, median, write
 
 EPOCH_IMAGES = 570  # CGI-HRDC: 712 training images, 4/5 of them train in a 5-fold split
 DATASET_IMAGES = 712
@@ -54,6 +55,12 @@ def flops(model, x, y, train: bool) -> int:
 
 def run(tiny: bool = False) -> dict:
     if not torch.cuda.is_available():
+        kept = RESULTS / "b6_gpu.json"
+        if not tiny and kept.exists() and not json.loads(kept.read_text()).get("skipped"):
+            previous = json.loads(kept.read_text())  # figures from a GPU machine: keep them
+            print(f"b6_gpu: skipped (no CUDA device); {kept} keeps the figures of {previous['when']} "
+                  f"on {previous['machine']['gpu']}")
+            return {**previous, "skipped": f"no CUDA device (figures of {previous['when']} kept)"}
         print("b6_gpu: skipped (no CUDA device)")
         return write("b6_gpu", {"skipped": "no CUDA device"}, target="report only", tiny=tiny)
     size, batch, steps = (64, 4, 3) if tiny else (512, 32, 20)
