@@ -106,6 +106,9 @@ def build_table(path: Path, *, tiny: bool = False) -> pa.Table:
 
 def read_table(path: Path = TABLE) -> tuple[pa.Table, dict]:
     """The curves and the recipe they were computed with."""
+    if not path.exists():
+        raise SystemExit(f"{path}: no curve table; compute it with `.venv/bin/python -m benchmarks.b3_curves` "
+                         f"(about 25 minutes on 2 cores)")
     table = pq.read_table(path)
     return table, json.loads(table.schema.metadata[b"b3"])
 
