@@ -26,6 +26,7 @@ from search.demo_weights import make_demo_weights
 from search.space import trial_seed
 from search.trial import DatasetInfo, make_trainer
 
+from .b3_replay import HYPER
 from .common import machine, versions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +42,6 @@ GRID: dict[str, dict[str, list]] = {
     "lp_ft": {"lp_lr": [1e-3, 1e-2, 1e-1], "ft_lr": [1e-5, 1e-4, 1e-3], "lp_epochs": [2, 8]},
 }
 TINY_GRID: dict[str, dict[str, list]] = {"lp": {"lp_lr": [1e-3, 1e-1]}, "ft": {"ft_lr": [1e-4, 1e-3]}}
-from .b3_replay import HYPER
 SCHEMA = pa.schema([("config_id", pa.int32()), ("init", pa.string()), ("strategy", pa.string()),
                     ("lp_lr", pa.float64()), ("ft_lr", pa.float64()), ("lp_epochs", pa.int32()),
                     ("epoch", pa.int32()), ("val_average", pa.float64()), ("epoch_seconds", pa.float64())])

@@ -56,8 +56,8 @@ def flops(model, x, y, train: bool) -> int:
 def run(tiny: bool = False) -> dict:
     if not torch.cuda.is_available():
         kept = RESULTS / "b6_gpu.json"
-        if not tiny and kept.exists() and not json.loads(kept.read_text()).get("skipped"):
-            previous = json.loads(kept.read_text())  # figures from a GPU machine: keep them
+        previous = json.loads(kept.read_text()) if kept.exists() and not tiny else {"skipped": True}
+        if not previous.get("skipped"):  # figures from a GPU machine: keep them
             print(f"b6_gpu: skipped (no CUDA device); {kept} keeps the figures of {previous['when']} "
                   f"on {previous['machine']['gpu']}")
             return {**previous, "skipped": f"no CUDA device (figures of {previous['when']} kept)"}
@@ -115,9 +115,9 @@ def trainer_figures(tiny: bool, device: str = "cuda") -> dict:
     for resident in (False, True):  # batches copied from host memory vs indexed on the GPU
         settings = TrainSettings(strategy="ft", max_epochs=epochs, ft_lr=1e-4, batch_size=32, device=device,
                                  images_on_device=resident)
-        run = Trainer(settings, images=images, labels=labels, train_idx=train_idx, val_idx=val_idx,
+        fit = Trainer(settings, images=images, labels=labels, train_idx=train_idx, val_idx=val_idx,
                       build_net=build, load_features=lambda: None)
-        seconds = [m["epoch_seconds"] for m in run.epochs()][1:]  # the first pays cuDNN's warm-up
+        seconds = [m["epoch_seconds"] for m in fit.epochs()][1:]  # the first pays cuDNN's warm-up
         trainer["images_on_gpu" if resident else "images_from_host"] = {
             "ft_epoch_seconds": seconds, "ft_epoch_seconds_median": median(seconds),
             "ft_images_per_second_incl_validation": len(train_idx) / median(seconds)}
