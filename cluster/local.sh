@@ -5,9 +5,10 @@
 #   cluster/local.sh status
 #   cluster/local.sh down
 #
-# Each node is one `ray start --block` in its own process group, bound to 127.0.0.1, with
-# explicit ports and resources. Token authentication is on (RAY_AUTH_MODE=token; the token is
-# RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, generated if none exists).
+# Each node is one `ray start --block` in its own process group, every server of it listening
+# on 127.0.0.1 only (cluster/ray_on_loopback.py says how), with explicit ports and resources.
+# Token authentication is on (RAY_AUTH_MODE=token; the token is RAY_AUTH_TOKEN,
+# RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, generated with mode 0600 if none exists).
 # The state file records every node's process id and ports; `down` stops exactly those
 # process groups and nothing else.
 set -euo pipefail
@@ -16,8 +17,9 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 state_dir=${FUNDUS_CLUSTER_STATE:-$HOME/.cache/fundus-search/local-cluster}
 state=$state_dir/state
 venv_bin=$here/.venv/bin
-ray_bin=${RAY_BIN:-$([ -x "$venv_bin/ray" ] && echo "$venv_bin/ray" || command -v ray)}
 export RAY_AUTH_MODE=token
+# Every node, agent, worker and job driver of this cluster stays on 127.0.0.1 (see ray_on_loopback.py).
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 export PATH="$venv_bin:$PATH"  # jobs run `python -m search.cli` with the project's environment
 
 die() { echo "cluster/local.sh: $*" >&2; exit 2; }
@@ -33,7 +35,8 @@ alive() { [ -n "$(pgrep -g "$1" 2>/dev/null)" ]; }
 
 start_node() {  # name, log, then `ray start` arguments; records "node NAME PID"
   local name=$1 log=$2; shift 2
-  setsid "$ray_bin" start --block --node-ip-address 127.0.0.1 --disable-usage-stats "$@" >"$log" 2>&1 &
+  setsid "$venv_bin/python" "$here/cluster/ray_on_loopback.py" start --block --node-ip-address 127.0.0.1 \
+    --disable-usage-stats "$@" >"$log" 2>&1 &
   echo "node $name $!" >>"$state"
 }
 
@@ -70,9 +73,14 @@ up() {
     done <"$state"
   fi
   mkdir -p "$state_dir"
-  if [ -z "${RAY_AUTH_TOKEN:-}" ] && [ ! -s "${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}" ]; then
-    "$ray_bin" get-auth-token --generate >/dev/null
+  # The token is the key to the cluster: made as Ray makes it (256 random bits, hex) where Ray
+  # looks for it, readable by its owner only.
+  local token=${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}
+  if [ -z "${RAY_AUTH_TOKEN:-}" ] && [ ! -s "$token" ]; then
+    mkdir -p "$(dirname "$token")"
+    (umask 077 && "$venv_bin/python" -c 'import secrets; print(secrets.token_hex(32), end="")' >"$token")
   fi
+  if [ -f "$token" ] && [ -O "$token" ]; then chmod 600 "$token"; fi
   {
     echo "address 127.0.0.1:$gcs_port"
     echo "dashboard http://127.0.0.1:$dashboard_port"

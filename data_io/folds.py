@@ -35,11 +35,12 @@ def fold_indices(
     """
     if not 0 <= fold < folds:
         raise FoldError(f"data.fold: must be in [0, {folds - 1}] for data.folds={folds} (got {fold})")
-    _, per_class = np.unique(labels, return_counts=True)
-    if per_class.min() < folds:
-        raise FoldError(
-            f"data.folds: a class has only {per_class.min()} images, fewer than folds={folds}; lower data.folds"
-        )
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    per_class = {int(c): len(np.unique(groups[labels == c])) for c in np.unique(labels)}
+    fewest = min(per_class, key=per_class.get)
+    if per_class[fewest] < folds:
+        raise FoldError(f"data.folds: class {fewest} has only {per_class[fewest]} groups (distinct file names), "
+                        f"fewer than folds={folds}; lower data.folds")
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     train, val = list(splitter.split(np.zeros(len(labels)), labels, groups))[fold]
     return np.sort(train).astype(np.int64), np.sort(val).astype(np.int64)

@@ -29,7 +29,7 @@ from .preprocess import Preprocessing, decode_image, preprocess_file
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when the pixels a given Preprocessing produces change
+CACHE_FORMAT = 2  # bump when the pixels a given Preprocessing produces change (2: fundus crop on any surround)
 _CHUNK = 16  # images per task handed to a worker thread
 
 

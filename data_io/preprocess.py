@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -9,9 +10,15 @@ import numpy as np
 from PIL import Image, ImageOps
 from scipy import ndimage
 
-# The fundus disc is bright in the red channel; the surround of a fundus photograph is near
-# black. 20/255 separates the two on CGI-HRDC and on our synthetic images.
-_FOREGROUND_RED_THRESHOLD = 20
+log = logging.getLogger(__name__)
+
+# The fundus disc is found against its surround, whatever the surround's colour: black in
+# CGI-HRDC, white or grey on a scanned page. The surround's colour is the median of the four
+# corners (a disc inscribed in its frame never covers them); a pixel belongs to the disc when
+# one channel differs from that colour by more than _SURROUND_DIFFERENCE (of 255).
+_CORNER_SHARE = 0.04  # side of each corner patch, as a share of the short side
+_SURROUND_DIFFERENCE = 20  # CGI-HRDC's near-black surround stays under 20 in every channel
+_MIN_DISC_SHARE = 0.05  # a component smaller than this share of the image is not a fundus
 
 
 @dataclass(frozen=True)
@@ -20,8 +27,8 @@ class Preprocessing:
 
     Args:
         image_size: S in px: the long side is resized to S, then zero-padded to S x S.
-        crop_foreground: crop to the bounding box of the fundus (largest bright component
-            of the red channel) before resizing.
+        crop_foreground: find the fundus disc (see `fundus_mask`), set everything outside it
+            to black (captions, logos, page colour) and crop to its bounding box before resizing.
     """
 
     image_size: int = 512
@@ -55,18 +62,32 @@ def decode_image(path: str | Path) -> np.ndarray:
         return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def foreground_box(image: np.ndarray) -> tuple[int, int, int, int]:
-    """Bounding box (top, left, bottom, right) of the largest bright red-channel component.
-
-    The whole image is returned when nothing exceeds the threshold.
-    """
-    mask = image[:, :, 0] > _FOREGROUND_RED_THRESHOLD  # (H, W) bool
-    labels, count = ndimage.label(mask)
+def fundus_mask(image: np.ndarray) -> np.ndarray | None:
+    """(H, W) bool mask of the fundus disc: the largest region that differs from the colour of
+    the image's corners, holes filled. None when no region covers _MIN_DISC_SHARE of the image."""
+    h, w = image.shape[:2]
+    k = max(1, round(min(h, w) * _CORNER_SHARE))
+    corners = np.concatenate([c.reshape(-1, 3) for c in (image[:k, :k], image[:k, -k:], image[-k:, :k], image[-k:, -k:])])
+    surround = np.median(corners, axis=0)  # (3,)
+    differs = np.abs(image.astype(np.int16) - surround.astype(np.int16)).max(axis=2) > _SURROUND_DIFFERENCE
+    labels, count = ndimage.label(differs)
     if count == 0:
-        return 0, 0, image.shape[0], image.shape[1]
+        return None
     sizes = np.bincount(labels.ravel())[1:]
-    rows, cols = ndimage.find_objects(labels)[int(np.argmax(sizes))]
-    return rows.start, cols.start, rows.stop, cols.stop
+    disc = ndimage.binary_fill_holes(labels == int(np.argmax(sizes)) + 1)
+    return disc if disc.sum() >= _MIN_DISC_SHARE * h * w else None
+
+
+def crop_to_fundus(image: np.ndarray, *, name: str = "image") -> np.ndarray:
+    """The fundus disc on black, cropped to its bounding box; the image unchanged (with a
+    warning naming it) when no disc is found."""
+    disc = fundus_mask(image)
+    if disc is None:
+        log.warning("%s: no fundus disc found against its surround; using the whole image", name)
+        return image
+    rows, cols = np.flatnonzero(disc.any(axis=1)), np.flatnonzero(disc.any(axis=0))
+    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    return (image * disc[:, :, None])[top:bottom, left:right]
 
 
 def resize_and_pad(image: np.ndarray, size: int) -> np.ndarray:
@@ -84,6 +105,5 @@ def preprocess_file(path: str | Path, preprocessing: Preprocessing) -> np.ndarra
     """Decode, optionally crop to the fundus, resize and pad: the pixels a trial sees."""
     image = decode_image(path)
     if preprocessing.crop_foreground:
-        top, left, bottom, right = foreground_box(image)
-        image = image[top:bottom, left:right]
+        image = crop_to_fundus(image, name=str(path))
     return resize_and_pad(image, preprocessing.image_size)

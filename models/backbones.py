@@ -98,6 +98,12 @@ class Head(nn.Module):
         self.norm = nn.BatchNorm1d(in_dim, affine=False)
         self.linear = nn.Linear(in_dim, num_classes)
 
+    @torch.no_grad()
+    def standardise(self, features: torch.Tensor) -> None:
+        """Set the normalisation's statistics to the exact mean and variance of `features` (N, D)."""
+        self.norm.running_mean.copy_(features.mean(0))
+        self.norm.running_var.copy_(features.var(0, unbiased=False))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(self.norm(x))
 

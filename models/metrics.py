@@ -1,7 +1,9 @@
 """CGI-HRDC challenge metrics on scikit-learn, and CPU inference time per image.
 
 The challenge ranks by `average` = mean(Cohen's kappa, F1 of the positive class,
-specificity), all at the argmax decision. Metric names are defined here once.
+specificity), all at one decision rule: positive when the predicted probability of the
+positive class is >= THRESHOLD (0.5; an exact tie counts as positive). Metric names are
+defined here once.
 """
 
 from __future__ import annotations
@@ -19,6 +21,12 @@ KAPPA, F1, SPECIFICITY, AVERAGE, AUC, ACCURACY, SENSITIVITY = (
 METRICS = (KAPPA, F1, SPECIFICITY, AVERAGE, AUC, ACCURACY, SENSITIVITY)
 VAL_PREFIX = "val_"
 VAL_METRICS = tuple(VAL_PREFIX + m for m in METRICS)  # val_kappa, val_f1, ... as reported
+THRESHOLD = 0.5
+
+
+def predict(prob_positive: np.ndarray) -> np.ndarray:
+    """(N,) 0/1 decisions: positive when the probability of class 1 is >= THRESHOLD."""
+    return (np.asarray(prob_positive) >= THRESHOLD).astype(int)
 
 
 def classification_metrics(y_true: np.ndarray, prob_positive: np.ndarray) -> dict[str, float]:
@@ -26,7 +34,7 @@ def classification_metrics(y_true: np.ndarray, prob_positive: np.ndarray) -> dic
 
     Args:
         y_true: (N,) 0/1 labels.
-        prob_positive: (N,) probability of class 1; the decision is argmax, i.e. >= 0.5.
+        prob_positive: (N,) probability of class 1; decisions by `predict` (>= THRESHOLD).
 
     Returns:
         kappa, f1, specificity, average, auc, accuracy, sensitivity. Degenerate cases are
@@ -35,7 +43,7 @@ def classification_metrics(y_true: np.ndarray, prob_positive: np.ndarray) -> dic
         specificity are 0 when their denominator is 0; AUC is NaN when y_true holds one class.
     """
     y_true = np.asarray(y_true).astype(int)
-    y_pred = (np.asarray(prob_positive) >= 0.5).astype(int)
+    y_pred = predict(prob_positive)
     tn, fp, fn, tp = confusion_matrix(y_true, y_pred, labels=[0, 1]).ravel()
     with warnings.catch_warnings():  # the degenerate case is documented above, not a surprise
         warnings.filterwarnings("ignore", category=UndefinedMetricWarning)

@@ -41,6 +41,15 @@ def upload_uint8(images: np.ndarray, device: torch.device, chunk: int = 128) -> 
     return out
 
 
+def batch_slices(n: int, batch_size: int) -> list[slice]:
+    """Consecutive batches of `batch_size` rows; a last batch of a single row joins the one
+    before it, since BatchNorm cannot train on one sample (e.g. 569 rows at batch size 8)."""
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return [slice(start, end) for start, end in zip(starts, starts[1:] + [n])]
+
+
 @dataclass(frozen=True)
 class Strategy:
     warmup: bool  # LP warm-up on cached features before the main phase
@@ -155,6 +164,9 @@ class Trainer:
             self.features = torch.as_tensor(self._load_features(), dtype=torch.float32, device=self.device)
         if self.head is None:
             self.head = self._new_head(self.features.shape[1])
+            # Exact mean and variance of the training features: with a few LP steps per epoch a
+            # running average (momentum 0.1) would still be several sigma off.
+            self.head.standardise(self.features[torch.as_tensor(self.train_idx, device=self.device)])
 
     def _new_head(self, dim: int) -> Head:
         with torch.random.fork_rng(devices=[]):
@@ -206,10 +218,12 @@ class Trainer:
         """One shuffled pass over the training rows with class-balanced cross-entropy."""
         optimizer = optimizer or self.optimizer
         model.train()
+        if model is self.head:  # a probe on frozen features: a fixed standardisation (see _ensure_features)
+            self.head.norm.eval()
         order = self.train_idx[torch.randperm(len(self.train_idx), generator=self.generator).numpy()]
         total = torch.zeros((), device=self.device)  # summed on the device: no sync per step
-        for start in range(0, len(order), self.settings.batch_size):
-            idx = order[start:start + self.settings.batch_size]
+        for batch in batch_slices(len(order), self.settings.batch_size):
+            idx = order[batch]
             with autocast(self.device):
                 logits = model(rows(idx, True))
             loss = F.cross_entropy(logits.float(), self.labels[idx], weight=self.class_weights)
@@ -224,16 +238,13 @@ class Trainer:
     def _fit_lbfgs(self) -> float:
         """Fit the head to convergence with scikit-learn; return its training loss.
 
-        The head's normalisation takes the training features' mean and variance, so the
-        logistic regression sees the same standardised features as the AdamW probe.
+        The logistic regression sees the features standardised by the head's normalisation
+        (the training features' exact mean and variance), as the AdamW probe does.
         """
         train = self.features[torch.as_tensor(self.train_idx, device=self.device)]
         norm, linear = self.head.norm, self.head.linear
         with torch.no_grad():
-            norm.running_mean.copy_(train.mean(0))
-            norm.running_var.copy_(train.var(0, unbiased=False))
-            norm.eval()
-            x = norm(train).cpu().numpy()
+            x = norm.eval()(train).cpu().numpy()  # standardised with the exact statistics
         y = self.labels[self.train_idx].cpu().numpy()
         fit = LogisticRegression(C=self.settings.lp_c, class_weight="balanced", max_iter=2000).fit(x, y)
         weight = torch.as_tensor(fit.coef_, dtype=torch.float32, device=self.device)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torchvision
+from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors
 
 from .backbones import BACKBONES, FeatureNet, FlairProjection, build_backbone
@@ -52,20 +54,35 @@ def read_state_dict(path: Path, where: str) -> dict[str, torch.Tensor]:
 
     `.pth` files load with `torch.load(weights_only=True)`; `{"state_dict": ...}` and
     `{"model": ...}` wrappers are unwrapped.
+
+    Raises:
+        WeightsError: unreadable, not a checkpoint, or a pickle that would run code (the
+            original exception is kept as the cause, shown with --debug).
     """
     if path.suffix == ".safetensors":
         try:
             return load_safetensors(str(path))
-        except Exception as exc:  # safetensors raises its own SafetensorError for bad headers
-            raise WeightsError(f"{where}: {path} is not a safetensors checkpoint ({exc})") from None
+        except SafetensorError as exc:
+            raise WeightsError(f"{where}: {path} is not a safetensors checkpoint ({exc})") from exc
+        except OSError as exc:
+            raise WeightsError(f"{where}: cannot read {path} ({exc.strerror or exc}); check the file") from exc
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it better
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise WeightsError(f"{where}: cannot read {path} ({exc.strerror or exc}); check the file") from exc
     except pickle.UnpicklingError as exc:
-        reason = str(exc).splitlines()[0]
-        raise WeightsError(f"{where}: refused {path}: it is not a plain weights file and would run code "
-                           f"on load ({reason}); export a state dict or safetensors instead") from None
-    except Exception as exc:  # zip or pickle framing errors: not a checkpoint at all
-        raise WeightsError(f"{where}: {path} is not a PyTorch checkpoint ({type(exc).__name__}: {exc})") from None
+        code = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), None)
+        if code:  # the weights-only unpickler met a reference to a callable: loading would run it
+            raise WeightsError(f"{where}: refused {path}: it is not a plain weights file and would run code "
+                               f"on load ({code}); export a state dict or safetensors instead") from exc
+        raise WeightsError(f"{where}: {path} is not a PyTorch checkpoint (unreadable pickle data); "
+                           "pass a .pth state dict or a .safetensors file") from exc
+    except (RuntimeError, EOFError, KeyError, ValueError, IndexError) as exc:  # zip or pickle framing
+        raise WeightsError(f"{where}: {path} is not a PyTorch checkpoint ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}); pass a .pth state dict or a "
+                           ".safetensors file") from exc
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

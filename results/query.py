@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .filters import FilterError, filter_rows
 from .store import EPOCHS_FILE, TRIALS_FILE
 
 
@@ -27,13 +28,23 @@ def find_searches(paths: list[str | Path]) -> list[Path]:
     return found
 
 
+def read_parquet(path: Path) -> pd.DataFrame:
+    """One Parquet file, or a ResultsError naming it when it is not readable Parquet."""
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ResultsError(f"{path}: not a readable Parquet file ({reason}); restore it from the search's "
+                           ".rows.jsonl by `fundus-search resume`, or remove the folder") from None
+
+
 def load_trials(paths: list[str | Path]) -> pd.DataFrame:
     """All trial rows of every search under `paths` (plain pandas, no Ray needed)."""
-    return pd.concat([pd.read_parquet(p / TRIALS_FILE) for p in find_searches(paths)], ignore_index=True)
+    return pd.concat([read_parquet(p / TRIALS_FILE) for p in find_searches(paths)], ignore_index=True)
 
 
 def load_epochs(paths: list[str | Path]) -> pd.DataFrame:
-    return pd.concat([pd.read_parquet(p / EPOCHS_FILE) for p in find_searches(paths)], ignore_index=True)
+    return pd.concat([read_parquet(p / EPOCHS_FILE) for p in find_searches(paths)], ignore_index=True)
 
 
 def metric_column(trials: pd.DataFrame, metric: str) -> str:
@@ -50,15 +61,16 @@ def best_configs(trials: pd.DataFrame, *, metric: str = "val_average", mode: str
     """The `top` trials by their best epoch's `metric`, errored trials excluded.
 
     Args:
-        where: a pandas query over trial columns, e.g. "strategy == 'lp_ft' and init == 'flair'".
+        where: a filter over trial columns, e.g. "strategy == 'lp_ft' and init == 'flair'"
+            (see results.filters: comparisons, and/or/not, literals; never Python code).
     """
     column = metric_column(trials, metric)
     rows = trials[trials["status"] != "error"]
     if where:
         try:
-            rows = rows.query(where)
-        except Exception as exc:  # pandas raises many types for a bad expression
-            raise ResultsError(f"--where: cannot evaluate {where!r}: {exc}") from None
+            rows = filter_rows(rows, where)
+        except FilterError as exc:
+            raise ResultsError(f"--where: {exc} (got {where!r})") from None
     return rows.sort_values(column, ascending=mode == "min", na_position="last").head(top)
 
 

@@ -9,6 +9,7 @@ resumed search never duplicates one. Works on local paths and s3:// through pyar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -48,6 +49,17 @@ TRIALS_SCHEMA = pa.schema(
 )
 
 STATUSES = ("completed", "stopped_early", "error", "running")
+
+
+class ResultsWriteError(RuntimeError):
+    """A results file could not be written (disk full, read-only, no permission). The rows
+    written before stay readable; the message names the file and the OS error."""
+
+    def __init__(self, path: str, exc: OSError):
+        self.path, self.errno = path, exc.errno
+        reason = f"[Errno {exc.errno}] {os.strerror(exc.errno)}" if exc.errno else str(exc).splitlines()[0]
+        super().__init__(f"{path}: cannot write ({reason}); free space or fix the permissions, then continue "
+                         "with `fundus-search resume`")
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -116,8 +128,11 @@ class ResultsStore:
     def _add(self, kind: str, row: dict) -> None:
         row = {"search": self.search, **row}
         self._keep(kind, row)
-        self._log.write(json.dumps([kind, row]) + "\n")
-        self._log.flush()
+        try:
+            self._log.write(json.dumps([kind, row]) + "\n")
+            self._log.flush()
+        except OSError as exc:  # a cut line is skipped on replay (see _replay)
+            raise ResultsWriteError(str(self.log_path), exc) from exc
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
@@ -132,10 +147,18 @@ class ResultsStore:
         columns = {f.name: [r.get(f.name) for r in rows] for f in schema}
         table = pa.table(columns, schema=schema).replace_schema_metadata(self.metadata)
         final, tmp = f"{self.root}/{name}", f"{self.root}/.{name}.{os.getpid()}.tmp"
-        with self.fs.open_output_stream(tmp) as out:
-            pq.write_table(table, out)
-        self.fs.move(tmp, final)
+        try:
+            with self.fs.open_output_stream(tmp) as out:
+                pq.write_table(table, out)
+            self.fs.move(tmp, final)
+        except OSError as exc:  # the previous file stays whole: only the temporary one is lost
+            with contextlib.suppress(OSError):
+                self.fs.delete_file(tmp)
+            raise ResultsWriteError(final, exc) from exc
 
     def close(self) -> None:
-        self.flush()
-        self._log.close()
+        try:
+            self.flush()
+        finally:
+            with contextlib.suppress(OSError):
+                self._log.close()

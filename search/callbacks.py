@@ -19,12 +19,21 @@ _EPOCH_COLUMNS = [f.name for f in EPOCHS_SCHEMA if f.name not in ("search", "tri
 
 
 def error_line(trial: Trial) -> str | None:
-    """The last line of a trial's error trace: the exception and its message."""
-    error = trial.get_error()
-    if error is None:
-        return None
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    return lines[-1][:500] if lines else "error"
+    """The last line of a trial's latest failure: the exception and its message.
+
+    Read from the driver's own copy of the error (`trial.error_file`), which Tune writes before
+    calling back; the copy in storage may not be synced yet.
+    """
+    path = trial.error_file
+    if path and Path(path).is_file():
+        text = Path(path).read_text(errors="replace")
+    else:
+        error = trial.get_error()
+        text = str(error) if error is not None else ""
+    latest = text.split("Failure # ")[-1]  # retries append one section each
+    lines = [line.strip() for line in latest.splitlines()[1:] if line.strip()] or [line.strip() for line in
+                                                                                    latest.splitlines() if line.strip()]
+    return lines[-1][:500] if lines else "error (no message)"
 
 
 def epoch_row(trial: Trial, result: dict) -> dict:
@@ -103,9 +112,9 @@ class ProgressCallback(Callback):
         self._finish(trial, trial_status(trial.last_result, error=False))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._finish(trial, ERROR)
+        self._finish(trial, ERROR, error_line(trial))
 
-    def _finish(self, trial: Trial, status: str) -> None:
+    def _finish(self, trial: Trial, status: str, error: str | None = None) -> None:
         self.done += 1
         last = trial.last_result or {}
         value = last.get(self.metric)
@@ -113,7 +122,7 @@ class ProgressCallback(Callback):
             self.best = value
         c = trial.config
         label = {COMPLETED: "completed", STOPPED_EARLY: "stopped early", ERROR: "FAILED"}[status]
-        shown = f"{self.metric} {value:.3f}" if value is not None else "no result"
+        shown = f"{self.metric} {value:.3f}" if value is not None and not error else error or "no result"
         best = f"{self.best:.3f}" if self.best is not None else "-"
         self._say(f"[{self.done:>3}/{self.total}] #{c.get('optuna_number')} {c.get('init'):<9} {c.get('strategy'):<6}"
                   f" {label:<13} epoch {last.get('epoch', 0):>2}  {shown}  (best {best})")

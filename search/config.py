@@ -21,6 +21,18 @@ class ConfigError(ValueError):
     """A config file cannot be read or is invalid; the message names the key path."""
 
 
+def check_name(value: str) -> str:
+    """A search or folder name: letters, digits, '.', '_', '-', not starting with '.' (so it
+    can never climb out of storage.path).
+
+    Raises:
+        ValueError: the name is not of that form.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+        raise ValueError(f"use letters, digits, '.', '_' or '-', starting with a letter or digit (got {value!r})")
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -267,9 +279,7 @@ class Config(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, value):
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
-            raise ValueError(f"use letters, digits, '.', '_' or '-' (got {value!r})")
-        return value
+        return check_name(value)
 
     @model_validator(mode="after")
     def _cross_check(self, info: ValidationInfo) -> "Config":

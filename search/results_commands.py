@@ -11,6 +11,7 @@ import pandas as pd
 
 from results import best_configs, find_searches, init_strategy_table, load_trials, metric_column
 
+from .errors import number_above
 from .trial import PARAMS
 
 TENSORBOARD_DIR = "tensorboard"
@@ -19,10 +20,11 @@ TENSORBOARD_DIR = "tensorboard"
 def add_parsers(commands: argparse._SubParsersAction) -> None:
     best = commands.add_parser("best", help="print the best configurations of one or more searches")
     best.add_argument("results", nargs="+", help="search folder(s), or a folder of searches")
-    best.add_argument("--top", type=int, default=5)
+    best.add_argument("--top", type=number_above(1, int, inclusive=True), default=5)
     best.add_argument("--metric", default="val_average")
     best.add_argument("--mode", choices=("max", "min"), default="max")
-    best.add_argument("--where", help="pandas query, e.g. \"strategy == 'lp_ft'\"")
+    best.add_argument("--where", help="filter, e.g. \"strategy == 'lp_ft' and best_val_kappa > 0.3\" "
+                                      "(comparisons, in, and/or/not; never code)")
     fmt = best.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="JSON records on stdout")
     fmt.add_argument("--csv", action="store_true", help="CSV on stdout")

@@ -44,6 +44,10 @@ def summarise(paths: SearchPaths) -> int:
     trials = load_trials([paths.results])
     planned = json.loads((paths.local / SEARCH_FILE).read_text())["num_samples"]
     finished = trials[trials["status"] != "running"]
+    failed = trials[trials["status"] == "error"]
+    if len(failed) and len(failed) == len(trials):
+        raise UsageError(f"all {len(trials)} trials failed; the first: {failed['error'].iloc[0]}; every error is in "
+                         f"the error column of {paths.results}/{TRIALS_FILE} and in trial_*/error.txt")
     table = init_strategy_table(trials)
     print()
     print(format_table(table))
@@ -56,7 +60,11 @@ def summarise(paths: SearchPaths) -> int:
     print(f"             {paths.results}/{EPOCHS_FILE}")
     print(f"tensorboard: {tensorboard_command([paths.local])}")
     print(f"query:       fundus-search best {paths.results} --top 5")
+    if len(failed):
+        print(f"\n{len(failed)} of {len(trials)} trials failed (column error of {TRIALS_FILE}):")
+        for r in failed.head(10).itertuples():
+            print(f"  #{r.optuna_number} {r.init:<9} {r.strategy:<6} {r.error}")
     if len(finished) < planned:
         print(f"\nstopped after {len(finished)} of {planned} trials; continue with: fundus-search resume {paths.local}")
         return 1
-    return 0
+    return 1 if len(failed) else 0

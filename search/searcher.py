@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import optuna
@@ -10,18 +11,53 @@ from ray.tune.search.optuna import OptunaSearch
 
 from .outcome import COMPLETED, ERROR, trial_status
 
+log = logging.getLogger(__name__)
+
 _STATES = {COMPLETED: TrialState.COMPLETE, ERROR: TrialState.FAIL}
 
 
 class PruningOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells scheduler-stopped trials as PRUNED and errored ones as FAIL.
+    """OptunaSearch that tells scheduler-stopped trials as PRUNED and errored ones as FAIL,
+    and keeps the study consistent with Tune's state across a driver kill and `resume`.
 
     Ray's OptunaSearch tells an ASHA-stopped trial as COMPLETE with its low-fidelity value,
     which TPE then treats as a finished result; PRUNED keeps only its intermediate values.
+
+    The study (SQLite) is written at once, Tune's experiment state (with this searcher) every
+    few seconds: a driver killed in between leaves study trials that Tune never heard of
+    (RUNNING forever, their enqueued init x strategy cell never run) or trials the study
+    already finished that Tune will report again. `restore` fails the former and enqueues
+    their parameters again; reports for the latter are ignored.
     """
 
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        requeued = self.requeue_orphans()
+        if requeued:
+            log.info("resume: trials %s were asked of Optuna but never started; re-enqueued", requeued)
+
+    def requeue_orphans(self) -> list[int]:
+        """Fail the study's RUNNING trials that this searcher does not know and enqueue their
+        parameters again; returns their trial numbers."""
+        known = {trial.number for trial in self._ot_trials.values()}
+        orphans = [t for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                   if t.number not in known]
+        for orphan in orphans:
+            self._ot_study.tell(orphan.number, state=TrialState.FAIL)
+            self._ot_study.enqueue_trial(orphan.params)
+        return [orphan.number for orphan in orphans]
+
+    def _finished_in_study(self, trial_id: str) -> bool:
+        trial = self._ot_trials.get(trial_id)
+        return trial is None or self._ot_study._storage.get_trial(trial._trial_id).state.is_finished()
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if not self._finished_in_study(trial_id):
+            super().on_trial_result(trial_id, result)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials:
+        if trial_id in self._completed_trials or self._finished_in_study(trial_id):
+            self._completed_trials.add(trial_id)
             return
         status = trial_status(result, error=error)
         state = _STATES.get(status, TrialState.PRUNED)

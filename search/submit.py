@@ -26,7 +26,7 @@ from .errors import UsageError
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXCLUDED = (".venv", ".cache", "runs", ".git", "__pycache__", "*.egg-info", ".pytest_cache", "benchmarks/results")
 JOB_CONFIG = "submitted-config.yaml"
-_CONNECT_TIMEOUT_S = 20
+_CONNECT_TIMEOUT_S = 10
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -53,7 +53,8 @@ def read_token() -> str | None:
 
 
 def connect(address: str):
-    """A JobSubmissionClient, or one clear UsageError within ~20 s (unreachable, no token, wrong token)."""
+    """A JobSubmissionClient, or one clear UsageError within ~10 s (unreachable, silent, not a
+    Ray Jobs API, no token, wrong token)."""
     token = read_token()
     if token is None:
         raise UsageError("--address: no Ray token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token); "
@@ -62,14 +63,22 @@ def connect(address: str):
     from ray.job_submission import JobSubmissionClient
 
     headers = {"Authorization": f"Bearer {token}"}
+    url = f"{address.rstrip('/')}/api/version"
     try:  # a short probe first: JobSubmissionClient itself retries for much longer
-        reply = requests.get(f"{address.rstrip('/')}/api/version", timeout=_CONNECT_TIMEOUT_S, headers=headers)
+        reply = requests.get(url, timeout=_CONNECT_TIMEOUT_S, headers=headers)
     except requests.RequestException as exc:
         raise UsageError(f"--address: cannot reach the Ray Jobs API at {address} ({type(exc).__name__}); "
                          "start the cluster or open the SSH tunnel") from None
     if reply.status_code in (401, 403):
         raise UsageError(f"--address: {address} refused the Ray token (HTTP {reply.status_code}); "
                          "use the cluster's token (RAY_AUTH_TOKEN or ~/.ray/auth_token)")
+    try:
+        is_ray = reply.ok and "ray_version" in reply.json()
+    except ValueError:  # not JSON
+        is_ray = False
+    if not is_ray:
+        raise UsageError(f"--address: {url} answered HTTP {reply.status_code} but is not a Ray Jobs API; "
+                         "pass the cluster's dashboard address (e.g. http://127.0.0.1:8265)")
     return JobSubmissionClient(address, headers=headers)
 
 

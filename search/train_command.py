@@ -7,7 +7,7 @@ import argparse
 from data_io import prepare_images
 
 from .config import load_config
-from .errors import UsageError
+from .errors import UsageError, number_above
 from .trial import DatasetInfo, make_trainer
 
 _SHOWN = ("train_loss", "val_average", "val_kappa", "val_f1", "val_specificity", "val_auc")
@@ -18,13 +18,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument("config")
     train.add_argument("--init", required=True, help="a name from model.inits")
     train.add_argument("--strategy", required=True, choices=("lp", "ft", "lp_ft"))
-    train.add_argument("--lp-lr", type=float, help="LP learning rate (lp, lp_ft)")
-    train.add_argument("--ft-lr", type=float, help="fine-tuning learning rate (ft, lp_ft)")
-    train.add_argument("--lp-epochs", type=int, help="LP warm-up epochs (lp_ft)")
-    train.add_argument("--weight-decay", type=float, default=1e-4)
-    train.add_argument("--batch-size", type=int, help="default: first choice of search.space.batch_size")
-    train.add_argument("--fold", type=int, help="default: data.fold")
-    train.add_argument("--epochs", type=int, help="main-phase epochs; default: search.max_epochs")
+    train.add_argument("--lp-lr", type=number_above(0), help="LP learning rate (lp, lp_ft)")
+    train.add_argument("--ft-lr", type=number_above(0), help="fine-tuning learning rate (ft, lp_ft)")
+    train.add_argument("--lp-epochs", type=number_above(1, int, inclusive=True), help="LP warm-up epochs (lp_ft)")
+    train.add_argument("--weight-decay", type=number_above(0, inclusive=True), default=1e-4)
+    train.add_argument("--batch-size", type=number_above(2, int, inclusive=True),
+                       help="default: first choice of search.space.batch_size")
+    train.add_argument("--fold", type=number_above(0, int, inclusive=True), help="default: data.fold")
+    train.add_argument("--epochs", type=number_above(1, int, inclusive=True),
+                       help="main-phase epochs; default: search.max_epochs")
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(handler=train_one)
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import stat
 import subprocess
+import tempfile
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,10 +23,11 @@ from ray import tune
 from ray.tune.schedulers import TrialScheduler
 
 from data_io import ImageCache, prepare_images
-from models import weights_id
+from models import build_feature_net
 
 from .callbacks import ParquetCallback, ProgressCallback
-from .config import Config, load_config
+from .config import Config, check_name, load_config
+from .ray_session import check_address, connect
 from .errors import UsageError
 from .scheduler import make_scheduler
 from .searcher import PruningOptunaSearch, make_searcher
@@ -35,7 +39,6 @@ from .trial import DatasetInfo
 log = logging.getLogger(__name__)
 
 CONFIG_FILE, SEARCH_FILE, STUDY_FILE, TENSORBOARD_DIR = "config.yaml", "search.json", "optuna.db", "tensorboard"
-_OBJECT_STORE_BYTES = 2 * 1024**3  # embedded Ray: bounded, the image cache is the only big object
 
 
 @dataclass(frozen=True)
@@ -60,9 +63,32 @@ def default_name(config: Config) -> str:
 
 
 def check_weights(config: Config) -> None:
-    """Every init of the space has its weight file: fail before any trial starts."""
+    """Load every init's weights once, on the CPU, strictly: a missing, unsafe or mismatched file
+    fails here, before anything is written, not inside every trial."""
     for name in config.inits:
-        weights_id(config.model.init_spec(name), config.model.backbone, seed=0, where=f"model.inits.{name}")
+        build_feature_net(config.model.init_spec(name), config.model.backbone, seed=0, where=f"model.inits.{name}")
+
+
+def check_storage(results: str) -> None:
+    """A local results folder can be created and written: probe with a temporary file in the
+    nearest folder that exists (nothing is left behind).
+
+    Raises:
+        UsageError: naming the folder and the OS error.
+    """
+    if "://" in results:
+        return
+    folder = Path(results)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UsageError(f"storage.path: cannot write results under {folder} ([Errno {exc.errno}] {exc.strerror}); "
+                         "choose a writable folder") from exc
 
 
 def provenance(config: Config, fingerprint: str) -> dict[str, str]:
@@ -87,21 +113,6 @@ def _version(package: str) -> str:
 def trial_dirname(trial) -> str:
     """Short trial folder names; the readable names live in TensorBoard and Parquet."""
     return f"trial_{trial.trial_id}"
-
-
-def connect(address: str | None) -> None:
-    """Join a cluster at `address`, or start an embedded local Ray without a dashboard."""
-    # We keep one checkpoint per trial (CheckpointConfig(num_to_keep=1)), which makes Tune
-    # snapshot its state on every report and warn about it each time; the cost is small here.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-    else:
-        # address="local": always a new embedded instance, never a cluster found on this machine
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
-                 object_store_memory=_OBJECT_STORE_BYTES, logging_level=logging.WARNING, log_to_driver=False)
 
 
 def _trainable(config: Config, cache: ImageCache, train_fn: Callable):
@@ -177,23 +188,50 @@ def start_search(config_path: Path, *, name: str | None = None, num_samples: int
         ConfigError, ManifestError, WeightsError, UsageError: nothing was written.
     """
     config = load_config(config_path)
+    if name is not None:
+        try:
+            check_name(name)
+        except ValueError as exc:
+            raise UsageError(f"--name: {exc}") from None
     paths = SearchPaths.of(config, name or default_name(config))
     if "://" not in paths.results and Path(paths.results).exists():
         raise UsageError(f"--name: {paths.results} already exists; pick another name or "
                          f"`fundus-search resume {paths.results}`")
+    check_storage(paths.results)
+    if address:
+        check_address(address)  # seconds, not minutes, and before the images are decoded
     check_weights(config)
     cache = prepare_images(config.data.to_spec())  # validates every image before anything is written
     total = num_samples or config.search.num_samples
+    connect(address)  # a wrong address fails here, before the search folder exists
     paths.local.mkdir(parents=True, exist_ok=True)
     (paths.local / CONFIG_FILE).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     (paths.local / SEARCH_FILE).write_text(json.dumps({"name": paths.name, "results": paths.results,
                                                        "num_samples": total}))
-    connect(address)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate/group TPE
         tuner = build_tuner(config, paths, cache, num_samples=total, train_fn=train_fn,
                             extra_callbacks=extra_callbacks)
     return paths, tuner.fit()
+
+
+def check_trusted(folder: Path) -> None:
+    """Refuse a folder (or a file in it) owned by someone else or writable by others.
+
+    Resuming unpickles Ray's experiment state (`tuner.pkl`, the searcher state): a crafted
+    results folder would run code, so only folders only this user could have written are resumed.
+
+    Raises:
+        UsageError: naming the first untrusted path.
+    """
+    for path in [folder, *sorted(folder.iterdir())]:
+        info = path.lstat()
+        if info.st_uid != os.getuid():
+            raise UsageError(f"{path}: owned by user id {info.st_uid}, not you; resuming unpickles files from this "
+                             "folder, so only your own folders are resumed (copy it, check it, then resume the copy)")
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not stat.S_ISLNK(info.st_mode):
+            raise UsageError(f"{path}: writable by other users (mode {stat.filemode(info.st_mode)}); resuming "
+                             f"unpickles files from this folder: `chmod -R go-w {folder}` if you trust its contents")
 
 
 def resume_search(results_dir: Path, *, address: str | None = None,
@@ -206,6 +244,7 @@ def resume_search(results_dir: Path, *, address: str | None = None,
     results_dir = Path(results_dir).absolute()
     if not (results_dir / SEARCH_FILE).is_file():
         raise UsageError(f"{results_dir}: not a search folder (no {SEARCH_FILE}); pass the folder `run` printed")
+    check_trusted(results_dir)
     meta = json.loads((results_dir / SEARCH_FILE).read_text())
     config = load_config(results_dir / CONFIG_FILE)
     paths = SearchPaths(name=meta["name"], results=meta["results"], local=results_dir)

@@ -17,7 +17,6 @@ from sklearn.preprocessing import StandardScaler
 import data_io.image_cache as image_cache
 from data_io import (Augmentation, DataSpec, Preprocessing, SyntheticSpec, augment, build_manifest,
                      decode_image, fold_indices, load_or_build_image_cache, preprocess_file, to_float)
-from data_io.preprocess import foreground_box
 from data_io.synthetic import generate_image, generate_labels
 
 
@@ -30,19 +29,39 @@ def test_resize_keeps_aspect_and_zero_pads_bottom_right(tmp_path):
     assert (out[40:] == 0).all(), "bottom rows are zero padding"
 
 
-def test_crop_finds_the_disc_bounding_box(tmp_path):
-    img = np.zeros((120, 160, 3), dtype=np.uint8)
-    yy, xx = np.mgrid[0:120, 0:160]
-    img[(yy - 60) ** 2 + (xx - 90) ** 2 <= 40**2] = (180, 90, 40)  # disc: rows 20..100, cols 50..130
-    img[5, 5] = (255, 255, 255)  # a speck that is not the largest component
-    assert foreground_box(img) == (20, 50, 101, 131)
-    Image.fromarray(img).save(tmp_path / "d.png")
-    out = preprocess_file(tmp_path / "d.png", Preprocessing(image_size=81, crop_foreground=True))
-    assert out[:, 0].any() and out[0, :].any(), "the crop removed the black margin"
+def fundus_on_a_page(background: tuple[int, int, int]) -> np.ndarray:
+    """A 240 x 320 page of `background` colour holding a fundus disc (rows 40..200, cols 80..240,
+    dark vessels inside) and a caption below-left of it."""
+    from PIL import ImageDraw
+
+    page = np.zeros((240, 320, 3), np.uint8) + np.array(background, np.uint8)
+    yy, xx = np.mgrid[0:240, 0:320]
+    disc = (yy - 120) ** 2 + (xx - 160) ** 2 <= 80**2
+    page[disc] = (190, 80, 35)
+    page[disc & (abs(yy - xx + 40) < 3)] = (60, 10, 5)  # a dark vessel across the disc
+    image = Image.fromarray(page)
+    ImageDraw.Draw(image).text((10, 215), "OD 2019-03-01 patient 17", fill=(0, 0, 0) if sum(background) > 300 else (255, 255, 255))
+    return np.asarray(image)
 
 
-def test_crop_keeps_the_whole_image_when_nothing_is_bright():
-    assert foreground_box(np.zeros((10, 20, 3), np.uint8)) == (0, 0, 10, 20)
+@pytest.mark.parametrize("background", [(0, 0, 0), (255, 255, 255), (128, 128, 128)], ids=["black", "white", "grey"])
+def test_crop_finds_the_disc_on_any_surround_and_blackens_the_rest(background, tmp_path):
+    Image.fromarray(fundus_on_a_page(background)).save(tmp_path / "page.png")
+    out = preprocess_file(tmp_path / "page.png", Preprocessing(image_size=161, crop_foreground=True))
+    # the disc's bounding box (161 px) fills the output; outside the disc everything is black
+    yy, xx = np.mgrid[0:161, 0:161]
+    inside = (yy - 80) ** 2 + (xx - 80) ** 2 <= 76**2
+    outside = (yy - 80) ** 2 + (xx - 80) ** 2 >= 82**2
+    assert (out[outside] == 0).all(), "page colour or caption left outside the disc"
+    assert (out[inside].max(axis=1) > 0).mean() > 0.99, "the disc lost pixels"
+    assert abs(int(out[80, 40, 0]) - 190) < 10 and out[0, 0].sum() == 0
+
+
+def test_crop_warns_and_keeps_the_image_when_no_disc_is_found(tmp_path, caplog):
+    Image.fromarray(np.full((50, 60, 3), 90, np.uint8)).save(tmp_path / "flat.png")
+    out = preprocess_file(tmp_path / "flat.png", Preprocessing(image_size=60, crop_foreground=True))
+    assert (out[:50] == 90).all()
+    assert "flat.png: no fundus disc found" in caplog.text
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16"])

@@ -50,7 +50,9 @@ def val_only(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in ("epoch_seconds", "images_per_second")} for r in rows]
 
 
-@pytest.mark.parametrize("strategy,overrides", [("lp", {}), ("lp", {"lp_solver": "lbfgs"}), ("ft", {}), ("lp_ft", {})],
+# L-BFGS with C = 1 overfits 512 standardised features of 160 images (0.42 here); C = 0.01 gives 0.56
+@pytest.mark.parametrize("strategy,overrides", [("lp", {}), ("lp", {"lp_solver": "lbfgs", "lp_c": 0.01}), ("ft", {}),
+                                                ("lp_ft", {})],
                          ids=["lp", "lp-lbfgs", "ft", "lp_ft"])
 def test_strategy_beats_the_majority_baseline(strategy, overrides, dataset, pretrained_flair):
     cache, _, val_idx = dataset
@@ -196,3 +198,60 @@ def test_upload_uint8_copies_a_read_only_memmap_exactly(tmp_path):
     mapped = np.load(tmp_path / "images.npy", mmap_mode="r")  # read-only, like the image cache
     uploaded = upload_uint8(mapped, torch.device("cpu"), chunk=128)
     assert uploaded.dtype == torch.uint8 and torch.equal(uploaded, torch.from_numpy(array))
+
+
+# ---- edge cases ----
+
+def test_batches_never_hold_a_single_row():
+    from models.transfer import batch_slices
+    assert [(s.start, s.stop) for s in batch_slices(17, 8)] == [(0, 8), (8, 17)]
+    assert [(s.start, s.stop) for s in batch_slices(16, 8)] == [(0, 8), (8, 16)]
+    assert [(s.start, s.stop) for s in batch_slices(1, 8)] == [(0, 1)]
+    assert all(s.stop - s.start >= 2 for n in range(2, 200) for b in (2, 4, 8, 71) for s in batch_slices(n, b))
+
+
+@pytest.mark.parametrize("strategy", ["lp", "ft", "lp_ft"])
+def test_a_training_set_one_row_past_a_batch_multiple_trains(strategy, dataset, pretrained_flair):
+    _, train_idx, _ = dataset
+    batch_size = 53
+    assert len(train_idx) % batch_size == 1, "the case under test: a remainder of one row"
+    rows = list(make_trainer(dataset, pretrained_flair, strategy, max_epochs=1, lp_epochs=1, batch_size=batch_size).epochs())
+    assert len(rows) == 1 and np.isfinite(rows[0]["train_loss"])
+
+
+def test_linear_probe_standardises_with_the_exact_training_statistics(dataset, pretrained_flair):
+    _, train_idx, _ = dataset
+    trainer = make_trainer(dataset, pretrained_flair, "lp", max_epochs=2)
+    list(trainer.epochs())
+    train = trainer.features[torch.as_tensor(train_idx)]
+    assert torch.allclose(trainer.head.norm.running_mean, train.mean(0), atol=1e-5)
+    assert torch.allclose(trainer.head.norm.running_var, train.var(0, unbiased=False), rtol=1e-4, atol=1e-6)
+
+
+def test_folds_count_groups_not_images():
+    from data_io import FoldError
+    labels = np.array([0] * 10 + [1] * 10)
+    groups = [f"n{i}" for i in range(10)] + ["a"] * 5 + ["b"] * 5  # class 1: 10 images, 2 file names
+    with pytest.raises(FoldError, match="class 1 has only 2 groups"):
+        fold_indices(labels, groups, folds=3, fold=0, seed=0)
+
+
+def test_an_exact_tie_is_predicted_positive_everywhere():
+    from models.metrics import THRESHOLD, predict
+    assert THRESHOLD == 0.5 and predict(np.array([0.5, 0.4999]))[0] == 1 and predict(np.array([0.4999]))[0] == 0
+    m = classification_metrics(np.array([1, 0]), np.array([0.5, 0.2]))
+    assert m["sensitivity"] == 1 and m["specificity"] == 1
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--lp-lr", "-1"], "argument --lp-lr: must be > 0 (got -1)"),
+    (["--epochs", "0"], "argument --epochs: must be >= 1 (got 0)"),
+    (["--batch-size", "0"], "argument --batch-size: must be >= 2 (got 0)"),
+    (["--lp-lr", "fast"], "argument --lp-lr: expected a number (got 'fast')"),
+])
+def test_train_command_refuses_bad_numbers_in_one_line(flags, message, write_config, capsys):
+    config = write_config({"data": {"source": "synthetic", "synthetic": {"n": 40, "size": 32}, "image_size": 32,
+                                    "folds": 2}, "model": {"backbone": "resnet18"}})
+    assert main(["train", str(config), "--init", "random", "--strategy", "lp", "--lp-lr", "1e-3", *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err

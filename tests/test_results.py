@@ -14,6 +14,7 @@ from results import EPOCHS_SCHEMA, TRIALS_SCHEMA, ResultsStore, init_strategy_ta
 from results.store import VAL_COLUMNS
 from search.cli import main
 from search.trial import PARAMS
+from tests.helpers import run_on_a_small_filesystem
 
 
 def trial(trial_id, number, init, strategy, average, **extra):
@@ -104,7 +105,10 @@ def test_table_command_prints_the_paper_shape(results_dir, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["best", "{tmp}/nothing"], "no trials.parquet in"),
     (["best", "{results}", "--metric", "val_magic"], "--metric: unknown 'val_magic'"),
-    (["best", "{results}", "--where", "strategy ==="], "--where: cannot evaluate"),
+    (["best", "{results}", "--where", "strategy ==="], "--where: not a valid expression"),
+    (["best", "{results}", "--where", "magic > 1"], "--where: unknown column 'magic'"),
+    (["best", "{results}", "--top", "-1"], "argument --top: must be >= 1 (got -1)"),
+    (["best", "{results}", "--top", "x"], "argument --top: expected an integer (got 'x')"),
 ])
 def test_query_mistakes_exit_2_with_one_line(argv, message, results_dir, tmp_path, capsys):
     argv = [a.format(tmp=tmp_path, results=results_dir) for a in argv]
@@ -170,3 +174,65 @@ def test_tensorboard_command_serves_on_loopback(results_dir):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.parametrize("payload", [
+    "@pd.io.common.os.system('touch {pwned}')",
+    "@Path('{pwned}').touch()",
+    "strategy == __import__('os').system('touch {pwned}')",
+    "strategy.__class__.__init__.__globals__ == 1",
+    "init == (lambda: open('{pwned}', 'w'))()",
+    "best_val_average > [x for x in ().__class__.__base__.__subclasses__()]",
+    "strategy == 'lp' + 'ft'",
+    "init[0] == 'f'",
+])
+def test_where_never_runs_code(payload, results_dir, tmp_path, capsys):
+    pwned = tmp_path / "pwned"
+    assert main(["best", str(results_dir), "--where", payload.format(pwned=pwned)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --where:") and len(err.strip().splitlines()) == 1, err
+    assert not pwned.exists()
+
+
+def test_where_filters_with_comparisons_in_and_not(results_dir, capsys):
+    query = "init in ['flair', 'imagenet'] and not strategy == 'lp' and best_val_average >= 0.55"
+    assert main(["best", str(results_dir), "--where", query, "--json"]) == 0
+    assert sorted(r["trial_id"] for r in json.loads(capsys.readouterr().out)) == ["c", "d"]
+
+
+def test_a_corrupt_parquet_file_is_one_line(results_dir, capsys):
+    (results_dir / "trials.parquet").write_bytes(b"PAR1 not really")
+    for command in ("best", "table"):
+        assert main([command, str(results_dir)]) == 2
+        err = capsys.readouterr().err
+        assert "trials.parquet: not a readable Parquet file" in err and len(err.strip().splitlines()) == 1
+
+
+_FILL_THE_STORE = """
+import json, os, sys
+import pandas as pd
+from results import ResultsStore, ResultsWriteError
+root = sys.argv[1]
+store = ResultsStore(root + "/s", search="s", flush_seconds=0)
+written = 0
+try:
+    for i in range(100000):
+        store.add_epoch({"trial_id": f"t{i}", "epoch": 1, "val_average": 0.5, "node": "x" * 200})
+        written = i + 1
+    outcome = "never full"
+except ResultsWriteError as exc:
+    outcome = str(exc)
+on_disk = pd.read_parquet(root + "/s/epochs.parquet")
+print(json.dumps({"outcome": outcome, "written": written, "rows_on_disk": len(on_disk),
+                  "files": sorted(os.listdir(root + "/s"))}))
+"""
+
+
+def test_a_full_disk_leaves_readable_parquet_and_no_temporary_file(tmp_path):
+    import sys
+    done = run_on_a_small_filesystem([sys.executable, "-c", _FILL_THE_STORE, str(tmp_path / "fs")], tmp_path / "fs")
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert "cannot write ([Errno 28] No space left on device)" in report["outcome"], report["outcome"]
+    assert report["rows_on_disk"] >= 1 and report["rows_on_disk"] <= report["written"]
+    assert not [f for f in report["files"] if f.endswith(".tmp")], report["files"]

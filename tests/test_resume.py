@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
-from tests.search_helpers import tiny_search_config
+from tests.helpers import tiny_search_config
 
 CLI = str(Path(sys.executable).parent / "fundus-search")
 
@@ -65,3 +66,74 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+_KILL_AFTER_SUGGESTION = """
+import os, signal, sys
+from search import searcher
+real_suggest, count = searcher.PruningOptunaSearch.suggest, []
+
+def suggest(self, trial_id):
+    params = real_suggest(self, trial_id)
+    count.append(trial_id)
+    if len(count) == int(sys.argv[1]):  # Optuna has stored the trial; Tune has not heard of it yet
+        os.kill(os.getpid(), signal.SIGKILL)
+    return params
+
+searcher.PruningOptunaSearch.suggest = suggest
+from search.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_driver_killed_right_after_a_suggestion_still_runs_every_cell(tmp_path):
+    import optuna
+
+    inits = {"random": {"source": "random"}, "scratch": {"source": "random"}}
+    config = tiny_search_config(storage=tmp_path / "runs", num_samples=6, max_epochs=1, strategies=("lp", "ft", "lp_ft"),
+                                scheduler={"type": "fifo"}, inits=inits)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    folder = tmp_path / "runs" / "window"
+    driver = subprocess.Popen([sys.executable, "-c", _KILL_AFTER_SUGGESTION, "3", "run", str(tmp_path / "c.yaml"),
+                               "--name", "window"], start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        assert driver.wait(timeout=400) == -signal.SIGKILL, "the driver was not killed at its third suggestion"
+    finally:
+        _kill_group(driver.pid)
+    study = optuna.load_study(study_name="window", storage=f"sqlite:///{folder / 'optuna.db'}")
+    orphan = study.trials[2]
+    assert orphan.state == optuna.trial.TrialState.RUNNING, "the case under test: a trial Tune never started"
+
+    resumed = subprocess.run([CLI, "resume", str(folder)], capture_output=True, text=True, timeout=400,
+                             start_new_session=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    trials = pd.read_parquet(folder / "trials.parquet")
+    assert len(trials) == 6 and (trials["status"] == "completed").all()
+    assert len(set(zip(trials["init"], trials["strategy"]))) == 6, "a cell of the table was never run"
+    study = optuna.load_study(study_name="window", storage=f"sqlite:///{folder / 'optuna.db'}")
+    assert study.trials[2].state == optuna.trial.TrialState.FAIL
+    requeued = [t for t in study.trials[3:] if t.params.get("init") == orphan.params["init"]
+                and t.params.get("strategy") == orphan.params["strategy"]]
+    assert requeued and requeued[0].state == optuna.trial.TrialState.COMPLETE
+
+
+@pytest.mark.parametrize("problem", ["group-writable", "world-writable", "someone-elses"])
+def test_resume_refuses_a_folder_others_could_have_written(problem, tmp_path, capsys):
+    import os
+
+    from search.cli import main
+    folder = tmp_path / "search"
+    folder.mkdir()
+    (folder / "search.json").write_text("{}")
+    (folder / "tuner.pkl").write_bytes(b"a pickle that resume would load")
+    if problem == "someone-elses":
+        if os.geteuid() != 0:
+            pytest.skip("changing a file's owner needs root")
+        os.chown(folder / "tuner.pkl", 12345, 12345)
+    else:
+        (folder / "tuner.pkl").chmod(0o664 if problem == "group-writable" else 0o646)
+    assert main(["resume", str(folder)]) == 2
+    err = capsys.readouterr().err
+    expected = "owned by user id 12345" if problem == "someone-elses" else "writable by other users"
+    assert f"{folder / 'tuner.pkl'}: {expected}" in err and len(err.strip().splitlines()) == 1, err

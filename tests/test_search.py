@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from results import EPOCHS_SCHEMA, TRIALS_SCHEMA
 from search.trainable import train_trial
 from search.tuner import start_search
-from tests.search_helpers import tiny_search_config
+from tests.helpers import tiny_search_config
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import test modules
 
@@ -132,3 +132,148 @@ def test_a_failed_trial_is_retried_from_its_checkpoint(ray_2_cpus, tmp_path):
     for trial_dir in Path(paths.results).glob("trial_*"):
         lines = (trial_dir / "result.json").read_text().splitlines()
         assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
+
+
+# ---- failures say what happened ----
+
+def _raise_in_flair_trials(params, **kwargs):
+    """The real trainable, except that flair trials raise a Python exception."""
+    if params["init"] == "flair":
+        raise RuntimeError(f"injected failure in trial {params['optuna_number']}")
+    train_trial(params, **kwargs)
+
+
+def _kill_the_worker(params, **kwargs):
+    """A trial whose worker process dies (as under the kernel's OOM killer)."""
+    import os
+    import signal
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_failed_trials_carry_their_error_and_the_run_says_how_many(ray_2_cpus, pretrained_flair, tmp_path, capsys):
+    import yaml
+
+    from search.search_commands import summarise
+    config = tiny_search_config(storage=tmp_path / "runs", flair=pretrained_flair, num_samples=4, max_epochs=1,
+                                strategies=("lp", "ft"), scheduler={"type": "fifo"})
+    config["storage"]["max_failures"] = 0
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    paths, _ = start_search(tmp_path / "c.yaml", name="some-fail", train_fn=_raise_in_flair_trials)
+    trials = pd.read_parquet(Path(paths.results) / "trials.parquet")
+    failed = trials[trials["status"] == "error"]
+    assert set(failed["init"]) == {"flair"} and len(failed) == 2
+    assert all(e.startswith("RuntimeError: injected failure in trial") for e in failed["error"]), failed["error"]
+    assert trials.loc[trials["status"] != "error", "error"].isna().all()
+    capsys.readouterr()
+    assert summarise(paths) == 1
+    out = capsys.readouterr().out
+    assert "2 of 4 trials failed" in out and "RuntimeError: injected failure" in out
+
+
+def test_a_killed_worker_is_an_error_with_a_message_and_all_failing_is_one_line(ray_2_cpus, tmp_path):
+    import yaml
+
+    from search.errors import UsageError
+    from search.search_commands import summarise
+    config = tiny_search_config(storage=tmp_path / "runs", num_samples=2, max_epochs=1, strategies=("lp",),
+                                scheduler={"type": "fifo"})
+    config["storage"]["max_failures"] = 0
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    paths, _ = start_search(tmp_path / "c.yaml", name="killed-workers", train_fn=_kill_the_worker)
+    trials = pd.read_parquet(Path(paths.results) / "trials.parquet")
+    assert (trials["status"] == "error").all() and trials["error"].notna().all()
+    assert trials["error"].str.contains("died|exit", case=False).all(), list(trials["error"])
+    with pytest.raises(UsageError, match=r"all 2 trials failed; the first: .*error column"):
+        summarise(paths)
+
+
+# ---- refused before anything is written ----
+
+def _weights_that_do_not_fit(kind: str, folder: Path) -> Path:
+    import os
+    import torch
+    import torchvision
+    path = folder / f"{kind}.pth"
+    if kind == "random-bytes":
+        path.write_bytes(os.urandom(4096))
+    elif kind == "resnet50-for-resnet18":
+        torch.save({f"vision_model.model.{k}": v for k, v in torchvision.models.resnet50().state_dict().items()}, path)
+    else:  # a pickle that would run code
+        class Payload:
+            def __reduce__(self):
+                return (os.system, (f"touch {folder / 'pwned'}",))
+        torch.save({"vision_model.model.conv1.weight": Payload()}, path)
+    return path
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("random-bytes", "is not a PyTorch checkpoint"),
+    ("resnet50-for-resnet18", "checkpoint is a resnet50 but model.backbone is resnet18"),
+    ("code", "would run code on load"),
+])
+def test_bad_weights_stop_the_run_before_anything_is_written(kind, message, tmp_path, capsys):
+    import yaml
+
+    from search.cli import main
+    weights = _weights_that_do_not_fit(kind, tmp_path)
+    config = tiny_search_config(storage=tmp_path / "runs", flair=weights)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert main(["run", str(tmp_path / "c.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "model.inits.flair" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("name", ["../outside", "/tmp/abs", ".hidden", "a/b"])
+def test_a_name_cannot_leave_the_storage_folder(name, tmp_path, capsys):
+    import yaml
+
+    from search.cli import main
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny_search_config(storage=tmp_path / "runs")))
+    assert main(["run", str(tmp_path / "c.yaml"), "--name", name]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --name: use letters, digits") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "outside").exists()
+
+
+def test_a_read_only_results_folder_is_one_line_and_exit_2(tmp_path):
+    import yaml
+
+    from tests.helpers import run_on_a_small_filesystem
+    storage = tmp_path / "ro"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny_search_config(storage=storage / "runs")))
+    cli = str(Path(sys.executable).parent / "fundus-search")
+    done = run_on_a_small_filesystem([cli, "run", str(tmp_path / "c.yaml")], storage, read_only=True)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"storage.path: cannot write results under {storage} ([Errno 30] Read-only file system)" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+_FILL_WHEN_ROWS_ARRIVE = """
+set -e
+folder=$1; shift
+( while [ ! -s "$folder/runs/full/.rows.jsonl" ]; do sleep 0.2; done; sleep 1; cat /dev/zero > "$folder/filler" 2>/dev/null || true ) &
+exec "$@"
+"""
+
+
+def test_a_disk_that_fills_mid_run_is_one_line_exit_1_and_readable_parquet(tmp_path):
+    import yaml
+
+    from tests.helpers import run_on_a_small_filesystem
+    storage = tmp_path / "fs"
+    config = tiny_search_config(storage=storage / "runs", num_samples=8, max_epochs=3, strategies=("lp",),
+                                scheduler={"type": "fifo"})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    cli = str(Path(sys.executable).parent / "fundus-search")
+    read_back = (f"import pandas as pd, glob; rows = len(pd.read_parquet('{storage}/runs/full/trials.parquet')); "
+                 f"print('rows', rows, 'tmp', glob.glob('{storage}/runs/full/.*.tmp'))")
+    command = ["sh", "-c", f'{cli} run {tmp_path / "c.yaml"} --name full; echo "exit=$?"; {sys.executable} -c "{read_back}"']
+    done = run_on_a_small_filesystem(["sh", "-c", _FILL_WHEN_ROWS_ARRIVE, "sh", str(storage), *command], storage,
+                                     size="40m")
+    assert "exit=1" in done.stdout, done.stdout[-2000:] + done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    noise = [line for line in done.stderr.splitlines() if not line.startswith(("error:", "INFO "))]
+    assert len(errors) == 1 and not noise, done.stderr[-3000:]
+    assert "No space left on device" in errors[0] and "fundus-search resume" in errors[0], errors
+    assert "tmp []" in done.stdout and "rows " in done.stdout, done.stdout[-1000:]

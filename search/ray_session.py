@@ -1,0 +1,98 @@
+"""Connecting the driver to Ray: an embedded single-node instance kept on 127.0.0.1, or a
+running cluster, failing fast with one line when nothing answers."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import stat
+from pathlib import Path
+
+import ray
+from ray._private import ray_constants
+
+from .errors import UsageError
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 30
+_OBJECT_STORE_BYTES = 2 * 1024**3  # embedded Ray: bounded, the image cache is the only big object
+# Ray 2.60 moves a node's address off 127.0.0.1 to the machine's network address, and its
+# servers (GCS, raylet, workers, agents, metrics) then listen on every interface, unless this
+# switch is 0: the node then stays on 127.0.0.1 and so do all its servers. Ray reads it at
+# import, in each of its processes; a single-node instance loses nothing by it.
+_LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def connect(address: str | None) -> None:
+    """Join the cluster at `address`, or start an embedded local Ray without a dashboard whose
+    every server listens on 127.0.0.1 (proven by tests/test_cluster.py).
+
+    Raises:
+        UsageError: nothing answers at `address` (within CONNECT_TIMEOUT_S).
+    """
+    # We keep one checkpoint per trial (CheckpointConfig(num_to_keep=1)), which makes Tune
+    # snapshot its state on every report and warn about it each time; the cost is small here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if ray.is_initialized():
+        return
+    if address:
+        check_address(address)
+        os.environ.setdefault("RAY_py_gcs_connect_timeout_s", str(CONNECT_TIMEOUT_S))
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        except ConnectionError as exc:
+            raise UsageError(f"--address: cannot connect to a Ray cluster at {address} "
+                             f"({str(exc).splitlines()[0]}); start it or fix the address") from None
+        return
+    os.environ[_LOOPBACK_SWITCH] = "0"  # for the processes Ray starts
+    ray_constants.ENABLE_RAY_CLUSTER = False  # for this one, which imported Ray already
+    with _private_files():  # the auth token Ray may write, its logs and sockets: owner only
+        # address="local": always a new embedded instance, never a cluster found on this machine
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                 object_store_memory=_OBJECT_STORE_BYTES, logging_level=logging.WARNING, log_to_driver=False)
+    tighten_token_file()
+
+
+def check_address(address: str) -> None:
+    """Fail fast, naming the address, when nothing answers there: `ray.init` would retry for minutes.
+
+    Raises:
+        UsageError: no server listens at `address`.
+    """
+    if address == "auto":
+        return  # ray.init finds the local cluster's address itself and says at once when there is none
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--address: expected auto, HOST:PORT or ray://HOST:PORT (got {address!r})")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise UsageError(f"--address: no Ray cluster answers at {address} ({exc.strerror or exc}); start it "
+                         "(e.g. cluster/local.sh up) or fix the address") from None
+
+
+def token_path() -> Path:
+    """Where Ray keeps its authentication token: RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token."""
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+
+
+def tighten_token_file() -> None:
+    """Make the token file readable by its owner only (Ray writes it with the default umask)."""
+    path = token_path()
+    with contextlib.suppress(OSError):
+        info = path.stat()
+        if info.st_uid == os.getuid() and info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            path.chmod(0o600)
+            log.info("%s: made readable by its owner only", path)
+
+
+@contextlib.contextmanager
+def _private_files():
+    previous = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(previous)
