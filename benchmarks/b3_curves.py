@@ -22,7 +22,7 @@ import torch
 
 from data_io import prepare_images
 from search.config import Config, load_config
-from search.demo_weights import make_demo_weights
+from search.demo.weights import make_demo_weights
 from search.space import trial_seed
 from search.trial import DatasetInfo, make_trainer
 

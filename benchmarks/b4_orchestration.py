@@ -33,12 +33,12 @@ def burn(seconds: float) -> None:
 def burn_trial(params, *, images, info, config) -> None:
     """A trainable doing only CPU work, reporting like the real one."""
     per_report = params["work_s"] / REPORTS
-    compute = 0.0
     for epoch in range(1, REPORTS + 1):
         start = time.perf_counter()
         burn(per_report)
-        compute += time.perf_counter() - start
-        tune.report({"epoch": epoch, "val_average": 0.5, "epochs_planned": REPORTS, "compute_s": compute})
+        # the search stores epoch_seconds: the work of this report
+        tune.report({"epoch": epoch, "val_average": 0.5, "epochs_planned": REPORTS,
+                     "epoch_seconds": time.perf_counter() - start})
 
 
 class Timing(tune.Callback):
@@ -49,8 +49,8 @@ class Timing(tune.Callback):
         self.started[trial.trial_id] = time.monotonic()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.first.setdefault(trial.trial_id, (time.monotonic(), result["compute_s"]))
-        self.compute[trial.trial_id] = result["compute_s"]
+        self.first.setdefault(trial.trial_id, (time.monotonic(), result["epoch_seconds"]))
+        self.compute[trial.trial_id] = self.compute.get(trial.trial_id, 0.0) + result["epoch_seconds"]
 
 
 def search_config(folder: Path, trials: int, work_s: float) -> Path:

@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from models import InitSpec, Trainer, TrainSettings, build_feature_net, extract_features
 from models.backbones import Classifier, Head
 
-from .common import REPEATS, RESULTS, main, median, write
+from .common import REPEATS, main, median, results_dir, write
 
 EPOCH_IMAGES = 570  # CGI-HRDC: 712 training images, 4/5 of them train in a 5-fold split
 DATASET_IMAGES = 712
@@ -55,7 +55,7 @@ def flops(model, x, y, train: bool) -> int:
 
 def run(tiny: bool = False) -> dict:
     if not torch.cuda.is_available():
-        kept = RESULTS / "b6_gpu.json"
+        kept = results_dir() / "b6_gpu.json"
         previous = json.loads(kept.read_text()) if kept.exists() and not tiny else {"skipped": True}
         if not previous.get("skipped"):  # figures from a GPU machine: keep them
             print(f"b6_gpu: skipped (no CUDA device); {kept} keeps the figures of {previous['when']} "

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 RESULTS = Path(__file__).parent / "results"
+RESULTS_ENV = "FUNDUS_BENCH_RESULTS"  # another folder for the JSON (the tests' tiny runs use a temporary one)
 REPEATS = 5
 
 
@@ -61,11 +62,17 @@ def main(run: Callable[[bool], dict], doc: str | None, keys: tuple[str, ...]) ->
     print({k: record.get(k) for k in keys})
 
 
+def results_dir() -> Path:
+    """benchmarks/results, or $FUNDUS_BENCH_RESULTS."""
+    return Path(os.environ.get(RESULTS_ENV) or RESULTS)
+
+
 def write(name: str, figures: dict, *, target: str, tiny: bool) -> dict:
-    """benchmarks/results/<name>.json with the machine, versions, raw figures and the target."""
+    """<results_dir>/<name>.json with the machine, versions, raw figures and the target."""
     record = {"benchmark": name, "target": target, "tiny": tiny, "machine": machine(), "versions": versions(),
               "when": time.strftime("%Y-%m-%dT%H:%M:%S"), **figures}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / (f"{name}.tiny.json" if tiny else f"{name}.json")
+    folder = results_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (f"{name}.tiny.json" if tiny else f"{name}.json")
     path.write_text(json.dumps(record, indent=2))
     return record

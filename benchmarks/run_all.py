@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from . import b1_data_path, b2_lp_trials, b3_search_efficiency, b4_orchestration, b5_memory, b6_gpu
+from . import b1_data_path, b2_lp_trials, b3_search_efficiency, b4_orchestration, b5_memory, b6_gpu, b8_evaluation
 
 BENCHMARKS = {"b1_data_path": b1_data_path, "b2_lp_trials": b2_lp_trials,
               "b3_search_efficiency": b3_search_efficiency, "b4_orchestration": b4_orchestration,
-              "b5_memory": b5_memory, "b6_gpu": b6_gpu}
+              "b5_memory": b5_memory, "b6_gpu": b6_gpu, "b8_evaluation": b8_evaluation}
 
 
 def summary_line(name: str, record: dict) -> str:
@@ -19,6 +19,7 @@ def summary_line(name: str, record: dict) -> str:
         "b2_lp_trials": lambda r: f"speedup {r['speedup']:.1f}x",
         "b4_orchestration": lambda r: (f"overhead {100 * r['overhead_median']:.1f}%, first report after "
                                        f"{r['first_report_latency_median_seconds']:.2f} s"),
+        "b8_evaluation": lambda r: f"overhead {100 * r['overhead_median']:.1f}% over {r['runs_per_evaluation']} runs",
         "b5_memory": lambda r: (f"2 sharing trials {r['shared_two_over_single']:.2f}x one trial "
                                 f"(own copies {r['own_copy_two_over_single']:.2f}x)"),
         "b6_gpu": lambda r: (", ".join(f"{k} {v['images_per_second']:.0f} img/s" for k, v in r["results"].items()

@@ -1,17 +1,17 @@
 """Datasets, preprocessing, the decoded-image cache, folds, synthetic data and augmentation."""
 
 from .augment import Augmentation, augment, to_float
-from .folds import FoldError, fold_indices
+from .folds import FoldError, fold_indices, split_indices, held_out_indices
 from .image_cache import ImageCache, fingerprint_manifest, load_or_build_image_cache, scan_images
 from .manifest import SOURCES, BadFile, BadFilesError, Manifest, ManifestError, build_manifest
 from .prepare import prepare_images
-from .preprocess import Preprocessing, decode_image, preprocess_file
+from .preprocess import Preprocessing, decode_image, preprocess_file, preprocess_image
 from .spec import DataSpec, SyntheticSpec, default_cache_dir
 
 __all__ = [
-    "Augmentation", "augment", "to_float", "FoldError", "fold_indices", "ImageCache",
+    "Augmentation", "augment", "to_float", "FoldError", "fold_indices", "split_indices", "held_out_indices", "ImageCache",
     "fingerprint_manifest", "load_or_build_image_cache", "scan_images", "SOURCES", "BadFile",
     "BadFilesError", "Manifest", "ManifestError", "build_manifest", "prepare_images",
-    "Preprocessing", "decode_image", "preprocess_file", "DataSpec", "SyntheticSpec",
+    "Preprocessing", "decode_image", "preprocess_file", "preprocess_image", "DataSpec", "SyntheticSpec",
     "default_cache_dir",
 ]

@@ -10,30 +10,15 @@ from typing import Callable
 
 import numpy as np
 
+from vocabulary import UserError
+
+from .cgi_hrdc import CGI_HRDC_CLASSES, CGI_HRDC_TASKS, GROUNDTRUTHS, IMAGES
 from .spec import DataSpec
+from .synthetic import ensure_synthetic_dataset
 
 MAX_LISTED_BAD_FILES = 20
 
-# Released CGI-HRDC layout (see DESIGN.md): task -> (folder, label CSV, label column).
-CGI_HRDC_TASKS = {
-    1: (
-        "1-Hypertensive Classification",
-        "HRDC Hypertensive Classification Training Labels.csv",
-        "Hypertensive",
-    ),
-    2: (
-        "2-Hypertensive Retinopathy Classification",
-        "HRDC Hypertensive Retinopathy Classification Training Labels.csv",
-        "Hypertensive Retinopathy",
-    ),
-}
-CGI_HRDC_CLASSES = {
-    1: ("no hypertensive", "hypertensive"),
-    2: ("no hypertensive retinopathy", "hypertensive retinopathy"),
-}
-
-
-class ManifestError(ValueError):
+class ManifestError(UserError):
     """The dataset cannot be read as configured; the message says what to fix."""
 
 
@@ -112,7 +97,7 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
 def _cgi_hrdc_rows(spec: DataSpec) -> tuple[Path, tuple[str, ...], list[_Row]]:
     folder, label_file, column = CGI_HRDC_TASKS[spec.task]
     task_root = spec.root / folder
-    image_dir = task_root / "1-Images" / "1-Training Set"
+    image_dir = task_root.joinpath(*IMAGES)
     if not image_dir.is_dir():
         raise ManifestError(
             f"data.root: no folder {image_dir}; point data.root at the folder holding '{folder}/'"
@@ -120,11 +105,11 @@ def _cgi_hrdc_rows(spec: DataSpec) -> tuple[Path, tuple[str, ...], list[_Row]]:
     if not any(image_dir.iterdir()):
         raise ManifestError(f"data.root: no images in {image_dir}; put the training PNGs there")
     rows: list[_Row] = []
-    for row in _read_csv(task_root / "2-Groundtruths" / label_file, ("Image", column)):
+    for row in _read_csv(task_root / GROUNDTRUTHS / label_file, ("Image", column)):
         name = row["Image"] if Path(row["Image"]).suffix else row["Image"] + ".png"
         label = {"0": 0, "1": 1}.get(row[column])
         reason = None if label is not None else f"unknown label {row[column]!r}, expected 0 or 1"
-        rows.append((str(Path("1-Images") / "1-Training Set" / name), label, reason, None))
+        rows.append((str(Path(*IMAGES, name)), label, reason, None))
     return task_root, CGI_HRDC_CLASSES[spec.task], rows
 
 
@@ -162,8 +147,6 @@ def _generic_csv_rows(spec: DataSpec) -> tuple[Path, tuple[str, ...], list[_Row]
 
 
 def _synthetic_rows(spec: DataSpec) -> tuple[Path, tuple[str, ...], list[_Row]]:
-    from .synthetic import ensure_synthetic_dataset  # heavy drawing code, only when asked
-
     root = ensure_synthetic_dataset(spec.synthetic, spec.resolved_cache_dir() / "synthetic")
     return _cgi_hrdc_rows(DataSpec(source="cgi-hrdc", root=root, task=2))
 

@@ -103,7 +103,11 @@ def resize_and_pad(image: np.ndarray, size: int) -> np.ndarray:
 
 def preprocess_file(path: str | Path, preprocessing: Preprocessing) -> np.ndarray:
     """Decode, optionally crop to the fundus, resize and pad: the pixels a trial sees."""
-    image = decode_image(path)
+    return preprocess_image(decode_image(path), preprocessing, name=str(path))
+
+
+def preprocess_image(image: np.ndarray, preprocessing: Preprocessing, *, name: str = "image") -> np.ndarray:
+    """A decoded (H, W, 3) uint8 image, optionally cropped to the fundus, resized and padded."""
     if preprocessing.crop_foreground:
-        image = crop_to_fundus(image, name=str(path))
+        image = crop_to_fundus(image, name=name)
     return resize_and_pad(image, preprocessing.image_size)

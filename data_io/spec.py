@@ -53,6 +53,7 @@ class DataSpec:
     folds: int = 5
     fold: int = 0
     seed: int = 0
+    test_fraction: float = 0.0  # held-out test split, excluded from every fold (data_io.folds)
     skip_bad: bool = False
     cache_dir: Path | None = None
 

@@ -22,7 +22,7 @@ import numpy as np
 from filelock import FileLock
 from PIL import Image, ImageDraw, ImageFilter
 
-from .manifest import CGI_HRDC_TASKS
+from .cgi_hrdc import CGI_HRDC_TASKS, GROUNDTRUTHS, IMAGES
 from .spec import SyntheticSpec
 
 GENERATOR_VERSION = 1  # bump when the pixels for a given seed change
@@ -166,25 +166,6 @@ def draw_fundus(rng: np.random.Generator, size: int, s: float, difficulty: float
     return np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BOX)), attributes
 
 
-def generate_pretraining_corpus(n: int, size: int, *, seed: int) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """A fundus corpus labelled with what was drawn, not with a diagnosis.
-
-    The stand-in for a foundation model's pretraining data: sign strengths are uniform, so
-    lesions appear in about half the images, and the targets are lesion presence and
-    anatomy, never the hypertensive-retinopathy label. Seeds are disjoint from datasets'.
-
-    Returns:
-        images (n, size, size, 3) uint8, targets (n, 3) float32 in {0, 1}, target names.
-    """
-    names = ("right_eye", "haemorrhages", "cotton_wool")
-    images, targets = np.empty((n, size, size, 3), np.uint8), np.empty((n, len(names)), np.float32)
-    for i in range(n):
-        rng = np.random.default_rng([seed, 7, i])
-        images[i], attributes = draw_fundus(rng, size, float(rng.random()), difficulty=0.5)
-        targets[i] = [attributes[k] for k in names]
-    return images, targets, names
-
-
 def _draw_ellipse(draw, center, a, b, theta, fill) -> None:
     t = np.linspace(0, 2 * np.pi, 16, endpoint=False)
     x, y = a * np.cos(t), b * np.sin(t)
@@ -207,8 +188,8 @@ def write_cgi_hrdc(spec: SyntheticSpec, out_dir: str | Path, *, task: int = 2) -
     Image i is drawn from its own generator seeded (seed, i), so any subset is reproducible.
     """
     folder, label_file, column = CGI_HRDC_TASKS[task]
-    image_dir = Path(out_dir) / folder / "1-Images" / "1-Training Set"
-    truth_dir = Path(out_dir) / folder / "2-Groundtruths"
+    image_dir = Path(out_dir, folder, *IMAGES)
+    truth_dir = Path(out_dir, folder, GROUNDTRUTHS)
     image_dir.mkdir(parents=True, exist_ok=True)
     truth_dir.mkdir(parents=True, exist_ok=True)
     lines = [f"Image,{column}"]

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 def autocast(device: torch.device):
-    """bf16 autocast on CUDA (FT default in DESIGN.md); a no-op context on CPU."""
+    """bf16 autocast on CUDA (mixed precision for fine-tuning, as the FLAIR code trains); a no-op on CPU."""
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 

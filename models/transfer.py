@@ -24,10 +24,11 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from data_io import Augmentation, augment, to_float
+from results.metrics import classification_metrics
+from vocabulary import FT, LP, LP_FT, TRAIN_LOSS, lp_warmup, val
 
 from .backbones import Classifier, FeatureNet, Head
 from .features import autocast
-from .metrics import VAL_PREFIX, classification_metrics
 
 
 RESIDENT_SHARE = 0.25  # of free GPU memory that the uint8 image array may take to stay on the GPU
@@ -53,13 +54,14 @@ def batch_slices(n: int, batch_size: int) -> list[slice]:
 @dataclass(frozen=True)
 class Strategy:
     warmup: bool  # LP warm-up on cached features before the main phase
-    main: str  # "lp" (head on cached features) or "ft" (whole network on images)
+    main: str  # LP (head on cached features) or FT (whole network on images)
 
 
-STRATEGIES: dict[str, Strategy] = {
-    "lp": Strategy(warmup=False, main="lp"),
-    "ft": Strategy(warmup=False, main="ft"),
-    "lp_ft": Strategy(warmup=True, main="ft"),
+# One entry per name in vocabulary.STRATEGIES.
+TRANSFER_STRATEGIES: dict[str, Strategy] = {
+    LP: Strategy(warmup=False, main=LP),
+    FT: Strategy(warmup=False, main=FT),
+    LP_FT: Strategy(warmup=True, main=FT),
 }
 
 
@@ -76,7 +78,7 @@ class TrainSettings:
         lp_solver: `adamw` (one pass over the training features per epoch) or `lbfgs`
             (scikit-learn LogisticRegression(C=lp_c, class_weight="balanced") to convergence
             in one epoch, as the FLAIR code does).
-        grad_clip: max gradient norm during fine-tuning (DESIGN.md: 1.0).
+        grad_clip: max gradient norm during fine-tuning (1.0, as the FLAIR code fine-tunes).
     """
 
     strategy: str
@@ -113,7 +115,7 @@ class Trainer:
                  train_idx: np.ndarray, val_idx: np.ndarray, build_net: Callable[[], FeatureNet],
                  load_features: Callable[[], np.ndarray]):
         self.settings = settings
-        self.strategy = STRATEGIES[settings.strategy]
+        self.strategy = TRANSFER_STRATEGIES[settings.strategy]
         self.device = torch.device(settings.device)
         self.images, self.train_idx, self.val_idx = images, np.asarray(train_idx), np.asarray(val_idx)
         self.labels = torch.as_tensor(labels, dtype=torch.long, device=self.device)
@@ -128,11 +130,12 @@ class Trainer:
         self.head: Head | None = None
         self.model: Classifier | None = None  # FT phases only
         self.optimizer: torch.optim.Optimizer | None = None
+        self.val_probabilities: np.ndarray | None = None  # P(positive) of the last validation, per val_idx row
         self._main_ready = False
 
     @property
     def main_epochs(self) -> int:
-        lbfgs_lp = self.strategy.main == "lp" and self.settings.lp_solver == "lbfgs"
+        lbfgs_lp = self.strategy.main == LP and self.settings.lp_solver == "lbfgs"
         return 1 if lbfgs_lp else self.settings.max_epochs
 
     def epochs(self) -> Iterator[dict[str, float]]:
@@ -142,9 +145,9 @@ class Trainer:
         while self.epoch < self.main_epochs:
             start = time.perf_counter()
             # 1. one pass over the training rows (or one L-BFGS fit)
-            if self.strategy.main == "lp" and self.settings.lp_solver == "lbfgs":
+            if self.strategy.main == LP and self.settings.lp_solver == "lbfgs":
                 train_loss = self._fit_lbfgs()
-            elif self.strategy.main == "lp":
+            elif self.strategy.main == LP:
                 train_loss = self._train_pass(self.head, self._feature_rows, clip=None)
             else:
                 train_loss = self._train_pass(self.model, self._augmented_image_rows, clip=self.settings.grad_clip)
@@ -152,7 +155,7 @@ class Trainer:
             metrics = self._validate()
             self.epoch += 1
             seconds = time.perf_counter() - start
-            yield {"epoch": self.epoch, "phase": self.strategy.main, "train_loss": train_loss,
+            yield {"epoch": self.epoch, "phase": self.strategy.main, TRAIN_LOSS: train_loss,
                    **metrics, "epoch_seconds": seconds, "images_per_second": len(self.train_idx) / seconds,
                    **warmup_metrics}
             warmup_metrics = {}
@@ -188,13 +191,13 @@ class Trainer:
         self.warmup_done = True
         metrics = self._predict_metrics(self._feature_rows, self.head)
         self.features = None  # the FT phase no longer needs them
-        return {f"lp_{k}": v for k, v in metrics.items()}
+        return {lp_warmup(k): v for k, v in metrics.items()}
 
     def _setup_main_phase(self) -> None:
         if self._main_ready:
             return
         self._main_ready = True
-        if self.strategy.main == "lp":
+        if self.strategy.main == LP:
             self._ensure_features()
             if self.settings.lp_solver == "adamw":
                 self.optimizer = self._lp_optimizer()
@@ -284,7 +287,7 @@ class Trainer:
     # ---- evaluation ----
 
     def _validate(self) -> dict[str, float]:
-        if self.strategy.main == "lp":
+        if self.strategy.main == LP:
             return self._predict_metrics(self._feature_rows, self.head)
         return self._predict_metrics(self._augmented_image_rows, self.model)
 
@@ -297,8 +300,9 @@ class Trainer:
             with autocast(self.device):
                 probs.append(torch.softmax(model(rows(idx, False)).float(), dim=1)[:, 1].cpu())
         y = self.labels[torch.as_tensor(self.val_idx)].cpu().numpy()
-        metrics = classification_metrics(y, torch.cat(probs).numpy())
-        return {VAL_PREFIX + k: v for k, v in metrics.items()}
+        self.val_probabilities = torch.cat(probs).numpy()  # (len(val_idx),) float32, rows val_idx
+        metrics = classification_metrics(y, self.val_probabilities)
+        return {val(k): v for k, v in metrics.items()}
 
     # ---- checkpointing ----
 

@@ -14,6 +14,8 @@ import torchvision
 from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors
 
+from vocabulary import UserError
+
 from .backbones import BACKBONES, FeatureNet, FlairProjection, build_backbone
 
 FLAIR_PREFIX = "vision_model.model."
@@ -21,7 +23,7 @@ FLAIR_PROJECTION_KEY = "vision_model.projection_head_vision.projection.weight"
 FLAIR_FILE_NAMES = ("model.safetensors", "flair_resnet.pth")  # looked for inside a folder
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError):
     """A weight file is missing, unsafe or does not fit the backbone; the message says which."""
 
 
@@ -34,14 +36,21 @@ class InitSpec:
         weights: torchvision weights enum member (e.g. IMAGENET1K_V1), for `torchvision`.
         path: an explicit weight file (or, for `flair`, a folder holding one).
         projection: FLAIR only: add the 512-d projection head (features become 512-d).
-        normalize: input normalisation, `none` or `imagenet`.
+        normalize: input normalisation, `none` or `imagenet`; None: the source's own, as
+            torchvision's weights carry their transforms (torchvision: imagenet, since its
+            ImageNet weights expect ImageNet mean/std; flair: none, since FLAIR was pretrained
+            on [0, 1] inputs; random: none).
     """
 
     source: str
     weights: str | None = None
     path: Path | None = None
     projection: bool = False
-    normalize: str = "none"
+    normalize: str | None = None
+
+    def __post_init__(self):
+        if self.normalize is None and self.source in WEIGHT_SOURCES:
+            object.__setattr__(self, "normalize", WEIGHT_SOURCES[self.source].normalize)
 
 
 def file_sha256(path: Path) -> str:
@@ -190,16 +199,18 @@ def _build_random(init: InitSpec, backbone: str, where: str, seed: int) -> Featu
 
 @dataclass(frozen=True)
 class WeightSource:
-    """How a source finds its file (checked to exist; None when it has none) and builds the network."""
+    """How a source finds its file (checked to exist; None when it has none), builds the
+    network, and which input normalisation its weights expect (a key of NORMALIZATIONS)."""
 
     find_file: Callable[[InitSpec, str, str], Path | None]  # (init, backbone, where)
     build: Callable[[InitSpec, str, str, int], FeatureNet]  # (init, backbone, where, seed)
+    normalize: str
 
 
 WEIGHT_SOURCES: dict[str, WeightSource] = {
-    "torchvision": WeightSource(torchvision_weights_file, _build_torchvision),
-    "flair": WeightSource(flair_weights_file, _build_flair),
-    "random": WeightSource(lambda init, backbone, where: None, _build_random),
+    "torchvision": WeightSource(torchvision_weights_file, _build_torchvision, normalize="imagenet"),
+    "flair": WeightSource(flair_weights_file, _build_flair, normalize="none"),
+    "random": WeightSource(lambda init, backbone, where: None, _build_random, normalize="none"),
 }
 
 

@@ -16,11 +16,13 @@ import operator
 
 import pandas as pd
 
+from vocabulary import UserError
+
 _COMPARE = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
             ast.Gt: operator.gt, ast.GtE: operator.ge}
 
 
-class FilterError(ValueError):
+class FilterError(UserError):
     """A filter expression is outside the accepted grammar or names an unknown column."""
 
 

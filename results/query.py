@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from vocabulary import AUC, AVERAGE, ERROR, F1, INIT, KAPPA, SPECIFICITY, STRATEGY, EPOCHS_FILE, TRIALS_FILE, UserError, best, val
+
 from .filters import FilterError, filter_rows
-from .store import EPOCHS_FILE, TRIALS_FILE
 
 
-class ResultsError(ValueError):
+class ResultsError(UserError):
     """No results where the user pointed, or a query that does not fit them."""
 
 
@@ -49,14 +50,14 @@ def load_epochs(paths: list[str | Path]) -> pd.DataFrame:
 
 def metric_column(trials: pd.DataFrame, metric: str) -> str:
     """The column holding `metric`: itself, or its best-epoch column (`val_average` -> `best_val_average`)."""
-    column = metric if metric in trials.columns else f"best_{metric}"
+    column = metric if metric in trials.columns else best(metric)
     if column not in trials.columns:
-        valid = sorted(c.removeprefix("best_") for c in trials.columns if c.startswith("best_val"))
+        valid = sorted(c.removeprefix(best("")) for c in trials.columns if c.startswith(best(val(""))))
         raise ResultsError(f"--metric: unknown {metric!r}; use one of {valid}")
     return column
 
 
-def best_configs(trials: pd.DataFrame, *, metric: str = "val_average", mode: str = "max", top: int = 5,
+def best_configs(trials: pd.DataFrame, *, metric: str = val(AVERAGE), mode: str = "max", top: int = 5,
                  where: str | None = None) -> pd.DataFrame:
     """The `top` trials by their best epoch's `metric`, errored trials excluded.
 
@@ -65,7 +66,7 @@ def best_configs(trials: pd.DataFrame, *, metric: str = "val_average", mode: str
             (see results.filters: comparisons, and/or/not, literals; never Python code).
     """
     column = metric_column(trials, metric)
-    rows = trials[trials["status"] != "error"]
+    rows = trials[trials["status"] != ERROR]
     if where:
         try:
             rows = filter_rows(rows, where)
@@ -74,18 +75,17 @@ def best_configs(trials: pd.DataFrame, *, metric: str = "val_average", mode: str
     return rows.sort_values(column, ascending=mode == "min", na_position="last").head(top)
 
 
-def init_strategy_table(trials: pd.DataFrame, *, metric: str = "val_average", mode: str = "max") -> pd.DataFrame:
+def init_strategy_table(trials: pd.DataFrame, *, metric: str = val(AVERAGE), mode: str = "max") -> pd.DataFrame:
     """For each (init, strategy) cell, the trial with the best `metric`, with kappa, F1 and specificity.
 
     The shape of the seed paper's table. Columns: init, strategy, trials, and best_val_* of
     the cell's winner, plus its trial_id and search.
     """
     column = metric_column(trials, metric)
-    rows = trials[trials["status"] != "error"].dropna(subset=[column])
-    order = rows.sort_values(column, ascending=mode == "min")
-    winners = order.groupby(["init", "strategy"], as_index=False).head(1)
-    counts = trials.groupby(["init", "strategy"]).size().rename("trials").reset_index()
-    keep = ["init", "strategy", column, "best_val_kappa", "best_val_f1", "best_val_specificity", "best_val_auc",
-            "trial_id", "search"]
-    table = counts.merge(winners[list(dict.fromkeys(keep))], on=["init", "strategy"], how="left")
-    return table.sort_values(["init", "strategy"]).reset_index(drop=True)
+    rows = trials[trials["status"] != ERROR].dropna(subset=[column])
+    order = rows.sort_values([column, "optuna_number"], ascending=[mode == "min", True])  # ties: the earlier trial
+    winners = order.groupby([INIT, STRATEGY], as_index=False).head(1)
+    counts = trials.groupby([INIT, STRATEGY]).size().rename("trials").reset_index()
+    keep = [INIT, STRATEGY, column, *(best(val(m)) for m in (KAPPA, F1, SPECIFICITY, AUC)), "trial_id", "search"]
+    table = counts.merge(winners[list(dict.fromkeys(keep))], on=[INIT, STRATEGY], how="left")
+    return table.sort_values([INIT, STRATEGY]).reset_index(drop=True)

@@ -1,10 +1,12 @@
-"""The Parquet results store: `trials.parquet` and `epochs.parquet` of one search, with a fixed schema.
+"""The Parquet results store: the tables of a search (`trials`, `epochs`) and of an evaluation
+(`runs`, `predictions`, `epochs`), each with a fixed schema defined here.
 
 Rows arrive one at a time. Each is appended at once to a JSON-lines log (cheap, survives a
 killed driver) and the Parquet files are rewritten from all rows at most every
-`flush_seconds` and at the end, atomically (temporary file, then rename). Rows are keyed by
-(trial_id, epoch) and trial_id: a replayed or re-reported row replaces its predecessor, so a
-resumed search never duplicates one. Works on local paths and s3:// through pyarrow filesystems.
+`flush_seconds` and at the end, atomically (temporary file, then rename). Every table has a
+key (e.g. trial_id and epoch): a replayed or re-reported row replaces its predecessor, so a
+resumed search or evaluation never duplicates one. Works on local paths and s3:// through
+pyarrow filesystems.
 """
 
 from __future__ import annotations
@@ -14,46 +16,91 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
+from vocabulary import (BATCH_SIZE, EPOCHS_FILE, FOLD, FT_LR, INIT, LP_EPOCHS, LP_LR, METRICS, PARAMS, PREDICTIONS_FILE,
+                        ROW_LOG, RUNS_FILE, SEED, STRATEGY, TRAIN_LOSS, TRIALS_FILE, VAL_METRICS, WEIGHT_DECAY,
+                        UserError, best, last, lp_warmup)
+
 log = logging.getLogger(__name__)
 
-TRIALS_FILE, EPOCHS_FILE = "trials.parquet", "epochs.parquet"
-METRICS = ("kappa", "f1", "specificity", "average", "auc", "accuracy", "sensitivity")
-VAL_COLUMNS = tuple(f"val_{m}" for m in METRICS)
-
 _f64, _i64, _str = pa.float64(), pa.int64(), pa.string()
+_PARAM_TYPES = {INIT: _str, STRATEGY: _str, LP_LR: _f64, FT_LR: _f64, LP_EPOCHS: _i64, WEIGHT_DECAY: _f64,
+                BATCH_SIZE: _i64, SEED: _i64, FOLD: _i64}
+assert set(_PARAM_TYPES) == set(PARAMS)
 
 # One row per report (epoch). lp_val_* is set on the first main-phase epoch of lp_ft only.
 EPOCHS_SCHEMA = pa.schema(
-    [("search", _str), ("trial_id", _str), ("epoch", _i64), ("phase", _str), ("train_loss", _f64)]
-    + [(c, _f64) for c in VAL_COLUMNS]
-    + [(f"lp_{c}", _f64) for c in VAL_COLUMNS]
+    [("search", _str), ("trial_id", _str), ("epoch", _i64), ("phase", _str), (TRAIN_LOSS, _f64)]
+    + [(c, _f64) for c in VAL_METRICS]
+    + [(lp_warmup(c), _f64) for c in VAL_METRICS]
     + [("epoch_seconds", _f64), ("images_per_second", _f64), ("time_total_s", _f64), ("timestamp", _f64),
        ("node", _str)]
 )
 
-# One row per trial. Space parameters that do not apply to a strategy are null.
+# One row per trial. Space parameters that do not apply to a strategy are null. `normalize` is
+# the input normalisation the trial's weights were used with (its weight source's, or the config's).
 TRIALS_SCHEMA = pa.schema(
-    [("search", _str), ("trial_id", _str), ("optuna_number", _i64), ("status", _str),
-     ("init", _str), ("strategy", _str), ("lp_lr", _f64), ("ft_lr", _f64), ("lp_epochs", _i64),
-     ("weight_decay", _f64), ("batch_size", _i64), ("seed", _i64), ("fold", _i64)]
-    + [("best_epoch", _i64)] + [(f"best_{c}", _f64) for c in VAL_COLUMNS]
-    + [(f"last_{c}", _f64) for c in VAL_COLUMNS]
+    [("search", _str), ("trial_id", _str), ("optuna_number", _i64), ("status", _str)]
+    + [(p, _PARAM_TYPES[p]) for p in PARAMS]
+    + [("best_epoch", _i64)] + [(best(c), _f64) for c in VAL_METRICS]
+    + [(last(c), _f64) for c in VAL_METRICS]
     + [("epochs_run", _i64), ("max_epochs", _i64), ("wall_seconds", _f64), ("cpus", _f64), ("gpus", _f64),
-       ("node", _str), ("error", _str), ("weights_id", _str), ("dataset_fingerprint", _str)]
+       ("node", _str), ("error", _str), ("weights_id", _str), ("normalize", _str), ("dataset_fingerprint", _str)]
 )
 
-STATUSES = ("completed", "stopped_early", "error", "running")
+
+# One row per run of an evaluation: a configuration retrained on one fold (split "cv") or on
+# every non-test row and scored on the test split (split "test", fold null), with one seed, for a
+# fixed number of epochs. Metrics are those of the last epoch on the scored rows.
+RUNS_SCHEMA = pa.schema(
+    [("search", _str), ("run_id", _str), ("config_id", _str), ("rank", _i64), ("split", _str), ("trial_id", _str),
+     ("status", _str)]
+    + [(p, _PARAM_TYPES[p]) for p in PARAMS]
+    + [("epochs", _i64), ("source_trial_id", _str), ("source_optuna_number", _i64), ("search_score", _f64)]
+    + [(m, _f64) for m in METRICS]
+    + [("n_train", _i64), ("n_scored", _i64), ("train_seconds", _f64), ("wall_seconds", _f64), ("cpus", _f64),
+       ("gpus", _f64), ("node", _str), ("error", _str), ("weights_id", _str), ("normalize", _str),
+       ("dataset_fingerprint", _str)]
+)
+
+# One row per scored image per run: every metric of an evaluation is recomputed from these.
+PREDICTIONS_SCHEMA = pa.schema(
+    [("search", _str), ("run_id", _str), ("config_id", _str), ("split", _str), ("fold", _i64), ("seed", _i64),
+     ("row", _i64), ("image", _str), ("group", _str), ("label", _i64), ("prob_positive", _f64)]
+)
+
+# What a trial reports besides its epoch's columns: stored once per trial in trials.parquet
+# (`epochs_planned` as max_epochs). Anything else a trial reports is an error (see search.callbacks).
+TRIAL_REPORT_KEYS = ("epochs_planned", "weights_id", "normalize", "dataset_fingerprint")
+# ... and, in an evaluation, on its last epoch: the scored rows and their P(positive).
+PREDICTION_REPORT_KEYS = ("scored_rows", "scored_probabilities", "n_train")
 
 
-class ResultsWriteError(RuntimeError):
+@dataclass(frozen=True)
+class Table:
+    """A Parquet file of the store: its schema and the columns whose values identify a row."""
+
+    schema: pa.Schema
+    key: tuple[str, ...]
+
+
+SEARCH_TABLES = {EPOCHS_FILE: Table(EPOCHS_SCHEMA, ("trial_id", "epoch")), TRIALS_FILE: Table(TRIALS_SCHEMA, ("trial_id",))}
+EVALUATION_TABLES = {EPOCHS_FILE: Table(EPOCHS_SCHEMA, ("trial_id", "epoch")), RUNS_FILE: Table(RUNS_SCHEMA, ("run_id",)),
+                     PREDICTIONS_FILE: Table(PREDICTIONS_SCHEMA, ("run_id", "row"))}
+
+
+class ResultsWriteError(UserError):
     """A results file could not be written (disk full, read-only, no permission). The rows
-    written before stay readable; the message names the file and the OS error."""
+    written before stay readable; the message names the file and the OS error. Exit code 1:
+    the search ran and stopped, its input was fine."""
+
+    exit_code = 1
 
     def __init__(self, path: str, exc: OSError):
         self.path, self.errno = path, exc.errno
@@ -70,37 +117,38 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 class ResultsStore:
-    """Collects epoch and trial rows of one search and keeps its Parquet files current.
+    """Collects the rows of one search or evaluation and keeps its Parquet files current.
 
     Args:
-        uri: the search's results folder (local or s3://).
-        search: the search name written in every row.
+        uri: the results folder (local or s3://).
+        search: the search (or evaluation) name written in every row.
+        tables: file name -> Table; SEARCH_TABLES or EVALUATION_TABLES.
         metadata: provenance for the Parquet key-value metadata (config, versions, ...).
         log_path: the local JSON-lines row log; default `<uri>/.rows.jsonl` for local folders.
         flush_seconds: rewrite the Parquet files at most this often (and at `close`).
     """
 
-    def __init__(self, uri: str, *, search: str, metadata: dict[str, str] | None = None,
-                 log_path: Path | None = None, flush_seconds: float = 30.0):
+    def __init__(self, uri: str, *, search: str, tables: dict[str, Table] = SEARCH_TABLES,
+                 metadata: dict[str, str] | None = None, log_path: Path | None = None, flush_seconds: float = 30.0):
         self.fs, self.root = filesystem(uri)
         self.fs.create_dir(self.root, recursive=True)
-        self.search = search
+        self.search, self.tables = search, tables
         self.metadata = {f"fundus_search.{k}": v for k, v in (metadata or {}).items()}
         self.flush_seconds = flush_seconds
         if log_path is None:
             if "://" in uri:
                 raise ValueError("results: a remote store needs a local log_path")
-            log_path = Path(self.root) / ".rows.jsonl"
+            log_path = Path(self.root) / ROW_LOG
         self.log_path = Path(log_path)
-        self.epochs: dict[str, dict[int, dict]] = {}  # trial_id -> epoch -> row
-        self.trials: dict[str, dict] = {}
+        # file -> first key value (e.g. a trial id) -> rest of the key -> row: a trial's rows in one look-up
+        self._rows: dict[str, dict] = {name: {} for name in tables}
         self._last_flush = 0.0
         self._replay()
         self._log = open(self.log_path, "a", encoding="utf-8")
 
     def _replay(self) -> None:
-        """Load rows from the Parquet files and the log, so a resumed search continues them."""
-        for name, schema in ((EPOCHS_FILE, EPOCHS_SCHEMA), (TRIALS_FILE, TRIALS_SCHEMA)):
+        """Load rows from the Parquet files and the log, so a resumed run continues them."""
+        for name in self.tables:
             path = f"{self.root}/{name}"
             if self.fs.get_file_info(path).type == pafs.FileType.File:
                 for row in pq.read_table(path, filesystem=self.fs).to_pylist():
@@ -108,28 +156,25 @@ class ResultsStore:
         if self.log_path.exists():
             for line in self.log_path.read_text(encoding="utf-8").splitlines():
                 try:
-                    kind, row = json.loads(line)
+                    name, row = json.loads(line)
                 except json.JSONDecodeError:  # a line cut short by a killed driver
                     continue
-                self._keep(kind, row)
+                self._keep(name, row)
 
-    def _keep(self, kind: str, row: dict) -> None:
-        if kind == EPOCHS_FILE:
-            self.epochs.setdefault(row["trial_id"], {})[int(row["epoch"])] = row
-        else:
-            self.trials[row["trial_id"]] = row
+    def _keep(self, name: str, row: dict) -> None:
+        first, *rest = (row[k] for k in self.tables[name].key)
+        self._rows[name].setdefault(first, {})[tuple(rest)] = row
 
-    def add_epoch(self, row: dict) -> None:
-        self._add(EPOCHS_FILE, row)
+    def rows(self, name: str, first_key) -> list[dict]:
+        """The rows of table `name` whose first key column is `first_key` (e.g. one trial's epochs)."""
+        return list(self._rows[name].get(first_key, {}).values())
 
-    def put_trial(self, row: dict) -> None:
-        self._add(TRIALS_FILE, row)
-
-    def _add(self, kind: str, row: dict) -> None:
+    def put(self, name: str, row: dict) -> None:
+        """Add a row, or replace the row with the same key."""
         row = {"search": self.search, **row}
-        self._keep(kind, row)
+        self._keep(name, row)
         try:
-            self._log.write(json.dumps([kind, row]) + "\n")
+            self._log.write(json.dumps([name, row]) + "\n")
             self._log.flush()
         except OSError as exc:  # a cut line is skipped on replay (see _replay)
             raise ResultsWriteError(str(self.log_path), exc) from exc
@@ -137,10 +182,10 @@ class ResultsStore:
             self.flush()
 
     def flush(self) -> None:
-        """Rewrite both Parquet files from every row (atomic rename)."""
-        epochs = [self.epochs[t][e] for t in sorted(self.epochs) for e in sorted(self.epochs[t])]
-        self._write(EPOCHS_FILE, EPOCHS_SCHEMA, epochs)
-        self._write(TRIALS_FILE, TRIALS_SCHEMA, sorted(self.trials.values(), key=lambda r: r["trial_id"]))
+        """Rewrite every Parquet file from all its rows, in key order (atomic rename)."""
+        for name, table in self.tables.items():
+            rows = [row for first in sorted(self._rows[name]) for _, row in sorted(self._rows[name][first].items())]
+            self._write(name, table.schema, rows)
         self._last_flush = time.monotonic()
 
     def _write(self, name: str, schema: pa.Schema, rows: list[dict]) -> None:

@@ -5,17 +5,26 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Callable, TextIO
 
 from ray.tune import Callback
 from ray.tune.experiment import Trial
+from ray.tune.result import AUTO_RESULT_KEYS, DONE, EXPERIMENT_TAG, SHOULD_CHECKPOINT, TRIAL_ID
 
-from results.store import EPOCHS_SCHEMA, VAL_COLUMNS, ResultsStore
+from results.store import EPOCHS_SCHEMA, PREDICTION_REPORT_KEYS, TRIAL_REPORT_KEYS, ResultsStore
+from vocabulary import (COMPLETED, EPOCHS_FILE, ERROR, PARAMS, RUNNING, STOPPED_EARLY, TRIALS_FILE, VAL_METRICS, best,
+                        last)
 
-from .outcome import COMPLETED, ERROR, STOPPED_EARLY, trial_status
-from .trial import PARAMS
+from .outcome import trial_status
 
 _EPOCH_COLUMNS = [f.name for f in EPOCHS_SCHEMA if f.name not in ("search", "trial_id")]
+_TUNE_KEYS = {*AUTO_RESULT_KEYS, DONE, EXPERIMENT_TAG, SHOULD_CHECKPOINT, TRIAL_ID}  # filled in by Tune itself
+
+
+def unknown_report_keys(result: dict) -> list[str]:
+    """Keys a trial reported that no Parquet column stores (they would be lost)."""
+    known = {*_EPOCH_COLUMNS, *TRIAL_REPORT_KEYS, *PREDICTION_REPORT_KEYS, *_TUNE_KEYS}
+    return sorted(k for k in result if k not in known)
 
 
 def error_line(trial: Trial) -> str | None:
@@ -37,6 +46,15 @@ def error_line(trial: Trial) -> str | None:
 
 
 def epoch_row(trial: Trial, result: dict) -> dict:
+    """The epochs.parquet row of one report.
+
+    Raises:
+        ValueError: the report holds a key without a column (add it to results.store's schema).
+    """
+    unknown = unknown_report_keys(result)
+    if unknown:
+        raise ValueError(f"trial {trial.trial_id} reported {unknown}, which no column of results.store stores; "
+                         "add them to EPOCHS_SCHEMA, TRIAL_REPORT_KEYS or PREDICTION_REPORT_KEYS")
     return {"trial_id": trial.trial_id, **{k: result.get(k) for k in _EPOCH_COLUMNS}}
 
 
@@ -65,42 +83,55 @@ class ParquetCallback(Callback):
                                   log_path=self.log_path, flush_seconds=self.flush_seconds)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        self.store.add_epoch(epoch_row(trial, result))
-        self.store.put_trial(self.trial_row(trial, result, status="running"))
+        self.store.put(EPOCHS_FILE, epoch_row(trial, result))
+        self.store.put(TRIALS_FILE, self.trial_row(trial, result, status=RUNNING))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self.store.put_trial(self.trial_row(trial, trial.last_result, status=trial_status(trial.last_result, error=False)))
+        self.store.put(TRIALS_FILE, self.trial_row(trial, trial.last_result,
+                                                   status=trial_status(trial.last_result, error=False)))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.store.put_trial(self.trial_row(trial, trial.last_result, status=ERROR, error=error_line(trial)))
+        self.store.put(TRIALS_FILE, self.trial_row(trial, trial.last_result, status=ERROR, error=error_line(trial)))
 
     def on_experiment_end(self, trials, **info) -> None:
         self.store.close()
 
-    def trial_row(self, trial: Trial, last: dict, *, status: str, error: str | None = None) -> dict:
-        config = trial.config
-        epochs = self.store.epochs.get(trial.trial_id, {}).values()
+    def trial_row(self, trial: Trial, final: dict | None, *, status: str, error: str | None = None) -> dict:
+        """The trials.parquet row: parameters, best and last epoch metrics, resources, provenance."""
+        config, final = trial.config, final or {}
+        epochs = self.store.rows(EPOCHS_FILE, trial.trial_id)
         sign = 1 if self.mode == "max" else -1
         scored = [r for r in epochs if r.get(self.metric) is not None and not math.isnan(r[self.metric])]
-        best = max(scored, key=lambda r: (sign * r[self.metric], -r["epoch"]), default={})
+        top = max(scored, key=lambda r: (sign * r[self.metric], -r["epoch"]), default={})
         resources = trial.placement_group_factory.required_resources
         return {
             "trial_id": trial.trial_id, "optuna_number": config.get("optuna_number"), "status": status,
             **{k: config.get(k) for k in PARAMS},
-            "best_epoch": best.get("epoch"), **{f"best_{c}": best.get(c) for c in VAL_COLUMNS},
-            **{f"last_{c}": (last or {}).get(c) for c in VAL_COLUMNS},
-            "epochs_run": (last or {}).get("epoch", 0), "max_epochs": (last or {}).get("epochs_planned", config.get("max_epochs")),
-            "wall_seconds": (last or {}).get("time_total_s"), "cpus": resources.get("CPU"), "gpus": resources.get("GPU", 0.0),
-            "node": (last or {}).get("node"), "error": error, "weights_id": (last or {}).get("weights_id"),
-            "dataset_fingerprint": (last or {}).get("dataset_fingerprint"),
+            "best_epoch": top.get("epoch"), **{best(c): top.get(c) for c in VAL_METRICS},
+            **{last(c): final.get(c) for c in VAL_METRICS},
+            "epochs_run": final.get("epoch", 0), "max_epochs": final.get("epochs_planned", config.get("max_epochs")),
+            "wall_seconds": final.get("time_total_s"), "cpus": resources.get("CPU"), "gpus": resources.get("GPU", 0.0),
+            "node": final.get("node"), "error": error,
+            **{k: final.get(k) for k in TRIAL_REPORT_KEYS if k != "epochs_planned"},
         }
 
 
-class ProgressCallback(Callback):
-    """One line per finished trial: how it ended and the best result so far."""
+def search_label(config: dict) -> str:
+    """`#7 flair     lp_ft `: a search trial on its progress line."""
+    return f"#{config.get('optuna_number')} {config.get('init'):<9} {config.get('strategy'):<6}"
 
-    def __init__(self, *, metric: str, mode: str, total: int, stream: TextIO | None = None):
-        self.metric, self.mode, self.total = metric, mode, total
+
+class ProgressCallback(Callback):
+    """One line per finished trial: how it ended and the best result so far.
+
+    Args:
+        label: the trial's name on its line, from its config (a module-level function: the
+            callback is pickled with the experiment).
+    """
+
+    def __init__(self, *, metric: str, mode: str, total: int, stream: TextIO | None = None,
+                 label: Callable[[dict], str] = search_label):
+        self.metric, self.mode, self.total, self.label = metric, mode, total, label
         self.stream = stream
         self.best: float | None = None
         self.done = 0
@@ -116,13 +147,12 @@ class ProgressCallback(Callback):
 
     def _finish(self, trial: Trial, status: str, error: str | None = None) -> None:
         self.done += 1
-        last = trial.last_result or {}
-        value = last.get(self.metric)
+        final = trial.last_result or {}
+        value = final.get(self.metric)
         if value is not None and status != ERROR and (self.best is None or (value > self.best) == (self.mode == "max")):
             self.best = value
-        c = trial.config
         label = {COMPLETED: "completed", STOPPED_EARLY: "stopped early", ERROR: "FAILED"}[status]
         shown = f"{self.metric} {value:.3f}" if value is not None and not error else error or "no result"
-        best = f"{self.best:.3f}" if self.best is not None else "-"
-        self._say(f"[{self.done:>3}/{self.total}] #{c.get('optuna_number')} {c.get('init'):<9} {c.get('strategy'):<6}"
-                  f" {label:<13} epoch {last.get('epoch', 0):>2}  {shown}  (best {best})")
+        so_far = f"{self.best:.3f}" if self.best is not None else "-"
+        self._say(f"[{self.done:>3}/{self.total}] {self.label(trial.config)} {label:<13} epoch {final.get('epoch', 0):>2}"
+                  f"  {shown}  (best {so_far})")

@@ -3,34 +3,22 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from data_io import Augmentation, DataSpec, SyntheticSpec
-from models import BACKBONES, NORMALIZATIONS, VAL_METRICS, WEIGHT_SOURCES, InitSpec
+from data_io import SOURCES, Augmentation, DataSpec, SyntheticSpec
+from models import BACKBONES, NORMALIZATIONS, WEIGHT_SOURCES, InitSpec, TrainSettings
+from vocabulary import AVERAGE, FT, LP, LP_FT, STRATEGIES, TRAIN_LOSS, VAL_METRICS, UserError, check_name, val
 
-Strategy = Literal["lp", "ft", "lp_ft"]
+Strategy = Literal[STRATEGIES]  # type: ignore[valid-type]
 Normalization = Literal[tuple(NORMALIZATIONS)]  # type: ignore[valid-type]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file cannot be read or is invalid; the message names the key path."""
-
-
-def check_name(value: str) -> str:
-    """A search or folder name: letters, digits, '.', '_', '-', not starting with '.' (so it
-    can never climb out of storage.path).
-
-    Raises:
-        ValueError: the name is not of that form.
-    """
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
-        raise ValueError(f"use letters, digits, '.', '_' or '-', starting with a letter or digit (got {value!r})")
-    return value
 
 
 class _Strict(BaseModel):
@@ -46,15 +34,17 @@ def _resolve(path: Path | None, info: ValidationInfo) -> Path | None:
 
 
 class SyntheticConfig(_Strict):
-    n: int = Field(400, ge=10, description="number of images")
-    size: int = Field(128, ge=32, le=2048, description="image side, px")
-    seed: int = 0
-    difficulty: float = Field(0.5, ge=0.0, le=1.0, description="0 separable .. 1 overlapping")
-    positive_fraction: float = Field(0.41, gt=0.0, lt=1.0)
+    """Defaults: data_io.SyntheticSpec; the ranges live here."""
+
+    n: int = Field(SyntheticSpec.n, ge=10, description="number of images")
+    size: int = Field(SyntheticSpec.size, ge=32, le=2048, description="image side, px")
+    seed: int = SyntheticSpec.seed
+    difficulty: float = Field(SyntheticSpec.difficulty, ge=0.0, le=1.0, description="0 separable .. 1 overlapping")
+    positive_fraction: float = Field(SyntheticSpec.positive_fraction, gt=0.0, lt=1.0)
 
 
 class DataConfig(_Strict):
-    source: Literal["cgi-hrdc", "flair-csv", "csv", "synthetic"] = "synthetic"
+    source: Literal[tuple(SOURCES)] = "synthetic"  # type: ignore[valid-type]
     root: Path | None = None
     task: Literal[1, 2] = 1
     csv: Path | None = None
@@ -65,6 +55,7 @@ class DataConfig(_Strict):
     folds: int = Field(5, ge=2, le=20)
     fold: int = Field(0, ge=0)
     seed: int = 0
+    test_fraction: float = Field(0.0, ge=0.0, le=0.5, description="held out of the search and every fold")
     skip_bad: bool = False
     cache_dir: Path | None = None
 
@@ -88,7 +79,8 @@ class DataConfig(_Strict):
             source=self.source, root=self.root, task=self.task, csv=self.csv,
             classes=tuple(self.classes), synthetic=SyntheticSpec(**self.synthetic.model_dump()),
             image_size=self.image_size, crop_foreground=self.crop_foreground, folds=self.folds,
-            fold=self.fold, seed=self.seed, skip_bad=self.skip_bad, cache_dir=self.cache_dir,
+            fold=self.fold, seed=self.seed, test_fraction=self.test_fraction, skip_bad=self.skip_bad,
+            cache_dir=self.cache_dir,
         )
 
 
@@ -97,7 +89,7 @@ class InitConfig(_Strict):
     weights: str | None = None  # torchvision weights enum member, e.g. IMAGENET1K_V1
     path: Path | None = None
     projection: bool = False  # flair only: 512-d projected features
-    normalize: Normalization | None = None  # overrides model.normalize for this init
+    normalize: Normalization | None = None  # default: the source's (torchvision: imagenet; flair, random: none)
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> "InitConfig":
@@ -114,30 +106,32 @@ class InitConfig(_Strict):
 class ModelConfig(_Strict):
     backbone: Literal[tuple(BACKBONES)] = "resnet50"  # type: ignore[valid-type]
     inits: dict[str, InitConfig] = {"random": InitConfig(source="random")}
-    normalize: Normalization = "none"
 
     def init_spec(self, name: str) -> InitSpec:
+        """The init's weight source; normalisation is the source's unless the config sets it."""
         init = self.inits[name]
         return InitSpec(source=init.source, weights=init.weights, path=init.path, projection=init.projection,
-                        normalize=init.normalize or self.normalize)
+                        normalize=init.normalize)
 
 
 class AugmentationConfig(_Strict):
-    flip: float = Field(0.5, ge=0, le=1)
-    rotation_deg: float = Field(10.0, ge=0, le=180)
-    scale: float = Field(0.1, ge=0, lt=1)
-    brightness: float = Field(0.2, ge=0, lt=1)
-    contrast: float = Field(0.2, ge=0, lt=1)
+    """Defaults: data_io.Augmentation; the ranges live here."""
+
+    flip: float = Field(Augmentation.flip, ge=0, le=1)
+    rotation_deg: float = Field(Augmentation.rotation_deg, ge=0, le=180)
+    scale: float = Field(Augmentation.scale, ge=0, lt=1)
+    brightness: float = Field(Augmentation.brightness, ge=0, lt=1)
+    contrast: float = Field(Augmentation.contrast, ge=0, lt=1)
 
 
 class TrainingConfig(_Strict):
-    """Fixed (not searched) training knobs."""
+    """Fixed (not searched) training knobs. Defaults: models.TrainSettings; the ranges live here."""
 
-    lp_solver: Literal["adamw", "lbfgs"] = "adamw"
-    lp_c: float = Field(1.0, gt=0)
-    head_lr_mult: float = Field(1.0, gt=0)
-    grad_clip: float = Field(1.0, gt=0)
-    eval_batch_size: int = Field(64, ge=1)
+    lp_solver: Literal["adamw", "lbfgs"] = TrainSettings.lp_solver
+    lp_c: float = Field(TrainSettings.lp_c, gt=0)
+    head_lr_mult: float = Field(TrainSettings.head_lr_mult, gt=0)
+    grad_clip: float = Field(TrainSettings.grad_clip, gt=0)
+    eval_batch_size: int = Field(TrainSettings.eval_batch_size, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     augmentation: AugmentationConfig = AugmentationConfig()
 
@@ -177,7 +171,7 @@ class SpaceConfig(_Strict):
     {choices: [...]} searches those values only; for init, strategy and batch_size a list chooses."""
 
     init: list[str] | None = None  # default: every entry of model.inits
-    strategy: list[Strategy] = ["lp", "ft", "lp_ft"]
+    strategy: list[Strategy] = list(STRATEGIES)
     lp_lr: FloatRange = (1e-4, 1e-1)
     ft_lr: FloatRange = (1e-6, 1e-3)
     lp_epochs: IntRange = (1, 20)
@@ -236,7 +230,7 @@ class SchedulerConfig(_Strict):
 
 class SearchConfig(_Strict):
     num_samples: int = Field(60, ge=1)
-    metric: str = "val_average"
+    metric: str = val(AVERAGE)
     mode: Literal["max", "min"] = "max"
     seed: int = 0
     sampler: Literal["tpe", "random"] = "tpe"  # random: the baseline TPE is measured against (B3)
@@ -248,7 +242,7 @@ class SearchConfig(_Strict):
 
 class ResourcesConfig(_Strict):
     cpus_per_trial: float = Field(1, gt=0)
-    gpus_per_trial: dict[Strategy, float] = {"lp": 0.25, "ft": 1, "lp_ft": 1}
+    gpus_per_trial: dict[Strategy, float] = {LP: 0.25, FT: 1, LP_FT: 1}
     max_concurrent_trials: int | None = Field(None, ge=1)
 
     @field_validator("gpus_per_trial")
@@ -298,7 +292,7 @@ class Config(_Strict):
         return self.search.space.init or list(self.model.inits)
 
 
-_REPORTED_METRICS = set(VAL_METRICS) | {"train_loss"}
+_REPORTED_METRICS = set(VAL_METRICS) | {TRAIN_LOSS}
 
 
 def _describe(error: dict) -> str:

@@ -1,22 +1,11 @@
-"""Errors of the command line that are not input-file errors, and argument checks."""
+"""Errors of the search engine that are not about an input file (those live where the file is read)."""
 
-import argparse
-
-
-class UsageError(ValueError):
-    """A command-line argument is wrong; the message says which and what to do."""
+from vocabulary import UserError
 
 
-def number_above(minimum: float, kind: type = float, *, inclusive: bool = False):
-    """An argparse `type`: a number of `kind` above `minimum` (or equal, with `inclusive`)."""
+class SearchError(UserError):
+    """A search or evaluation folder, name or run cannot be used as asked; the message says why."""
 
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'} (got {text!r})")
-        if value < minimum or (value == minimum and not inclusive):
-            raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {minimum} (got {text})")
-        return value
 
-    return parse
+class ClusterError(UserError):
+    """No Ray cluster or Jobs API answers where the user pointed, or it refused us."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-COMPLETED, STOPPED_EARLY, ERROR = "completed", "stopped_early", "error"
+from vocabulary import COMPLETED, ERROR, STOPPED_EARLY
 
 
 def trial_status(last_result: dict | None, *, error: bool) -> str:

@@ -10,10 +10,7 @@ import socket
 import stat
 from pathlib import Path
 
-import ray
-from ray._private import ray_constants
-
-from .errors import UsageError
+from .errors import ClusterError
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +28,11 @@ def connect(address: str | None) -> None:
     every server listens on 127.0.0.1 (proven by tests/test_cluster.py).
 
     Raises:
-        UsageError: nothing answers at `address` (within CONNECT_TIMEOUT_S).
+        ClusterError: nothing answers at `address` (within CONNECT_TIMEOUT_S).
     """
+    import ray
+    from ray._private import ray_constants
+
     # We keep one checkpoint per trial (CheckpointConfig(num_to_keep=1)), which makes Tune
     # snapshot its state on every report and warn about it each time; the cost is small here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -44,8 +44,8 @@ def connect(address: str | None) -> None:
         try:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         except ConnectionError as exc:
-            raise UsageError(f"--address: cannot connect to a Ray cluster at {address} "
-                             f"({str(exc).splitlines()[0]}); start it or fix the address") from None
+            raise ClusterError(f"Ray address {address}: cannot connect ({str(exc).splitlines()[0]}); start the "
+                               "cluster or fix the address") from None
         return
     os.environ[_LOOPBACK_SWITCH] = "0"  # for the processes Ray starts
     ray_constants.ENABLE_RAY_CLUSTER = False  # for this one, which imported Ray already
@@ -60,18 +60,18 @@ def check_address(address: str) -> None:
     """Fail fast, naming the address, when nothing answers there: `ray.init` would retry for minutes.
 
     Raises:
-        UsageError: no server listens at `address`.
+        ClusterError: no server listens at `address`.
     """
     if address == "auto":
         return  # ray.init finds the local cluster's address itself and says at once when there is none
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
-        raise UsageError(f"--address: expected auto, HOST:PORT or ray://HOST:PORT (got {address!r})")
+        raise ClusterError(f"Ray address: expected auto, HOST:PORT or ray://HOST:PORT (got {address!r})")
     try:
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as exc:
-        raise UsageError(f"--address: no Ray cluster answers at {address} ({exc.strerror or exc}); start it "
-                         "(e.g. cluster/local.sh up) or fix the address") from None
+        raise ClusterError(f"Ray address {address}: no Ray cluster answers ({exc.strerror or exc}); start it "
+                           "(e.g. cluster/local.sh up) or fix the address") from None
 
 
 def token_path() -> Path:

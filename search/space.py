@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import optuna
 
-from models import STRATEGIES
+from models import TRANSFER_STRATEGIES
+from vocabulary import BATCH_SIZE, FOLD, FT, FT_LR, INIT, LP, LP_EPOCHS, LP_LR, SEED, STRATEGY, WEIGHT_DECAY
 
 from .config import Config, FloatChoices, IntChoices
 
@@ -29,32 +30,31 @@ class SearchSpace:
         space = config.search.space
         self.inits = list(config.inits)
         self.strategies = list(space.strategy)
-        self.ranges = {"lp_lr": space.lp_lr, "ft_lr": space.ft_lr, "weight_decay": space.weight_decay,
-                       "lp_epochs": space.lp_epochs}
+        self.ranges = {LP_LR: space.lp_lr, FT_LR: space.ft_lr, WEIGHT_DECAY: space.weight_decay,
+                       LP_EPOCHS: space.lp_epochs}
         self.batch_sizes = list(space.batch_size)
         self.adamw_probe = config.training.lp_solver == "adamw"
         self.search_seed, self.fold, self.max_epochs = config.search.seed, config.data.fold, config.search.max_epochs
 
     def __call__(self, trial: optuna.Trial) -> dict:
         fixed: dict = {}
-        init = self._choose(trial, "init", self.inits, fixed)
-        strategy = self._choose(trial, "strategy", self.strategies, fixed)
-        shape = STRATEGIES[strategy]
-        if self.adamw_probe and (shape.main == "lp" or shape.warmup):
-            self._number(trial, "lp_lr", fixed, log=True)
-        if shape.main == "ft":
-            self._number(trial, "ft_lr", fixed, log=True)
+        self._choose(trial, INIT, self.inits, fixed)
+        shape = TRANSFER_STRATEGIES[self._choose(trial, STRATEGY, self.strategies, fixed)]
+        if self.adamw_probe and (shape.main == LP or shape.warmup):
+            self._number(trial, LP_LR, fixed, log=True)
+        if shape.main == FT:
+            self._number(trial, FT_LR, fixed, log=True)
         if shape.warmup:
-            self._number(trial, "lp_epochs", fixed, log=False)
-        self._number(trial, "weight_decay", fixed, log=True)
-        self._choose(trial, "batch_size", self.batch_sizes, fixed)
-        return {**fixed, "seed": trial_seed(self.search_seed, trial.number), "fold": self.fold,
+            self._number(trial, LP_EPOCHS, fixed, log=False)
+        self._number(trial, WEIGHT_DECAY, fixed, log=True)
+        self._choose(trial, BATCH_SIZE, self.batch_sizes, fixed)
+        return {**fixed, SEED: trial_seed(self.search_seed, trial.number), FOLD: self.fold,
                 "optuna_number": trial.number, "max_epochs": self.max_epochs}
 
     def cell_points(self) -> list[dict]:
         """One partial point per init x strategy cell, naming only the searched keys."""
-        points = [{"init": i, "strategy": s} for i in self.inits for s in self.strategies]
-        searched = [k for k, choices in (("init", self.inits), ("strategy", self.strategies)) if len(choices) > 1]
+        points = [{INIT: i, STRATEGY: s} for i in self.inits for s in self.strategies]
+        searched = [k for k, choices in ((INIT, self.inits), (STRATEGY, self.strategies)) if len(choices) > 1]
         return [{k: p[k] for k in searched} for p in points] if searched else []
 
     @staticmethod
@@ -70,7 +70,7 @@ class SearchSpace:
             self._choose(trial, name, list(bounds.choices), fixed)
         elif not isinstance(bounds, (tuple, list)) or bounds[0] == bounds[1]:
             fixed[name] = bounds[0] if isinstance(bounds, (tuple, list)) else bounds
-        elif name == "lp_epochs":
+        elif name == LP_EPOCHS:
             trial.suggest_int(name, int(bounds[0]), int(bounds[1]))
         else:
             trial.suggest_float(name, float(bounds[0]), float(bounds[1]), log=log)

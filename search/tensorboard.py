@@ -8,12 +8,11 @@ from ray.tune import Callback
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-from results.store import VAL_COLUMNS
+from vocabulary import AVERAGE, PARAMS, SEED, FOLD, TRAIN_LOSS, VAL_METRICS, lp_warmup, val
 
-from .trial import PARAMS
-
-SCALARS = ("train_loss", *VAL_COLUMNS, "epoch_seconds", "images_per_second")
-_NAMED = ("init", "strategy", "lp_lr", "ft_lr", "lp_epochs", "weight_decay", "batch_size")
+SCALARS = (TRAIN_LOSS, *VAL_METRICS, "epoch_seconds", "images_per_second")
+_NAMED = tuple(p for p in PARAMS if p not in (SEED, FOLD))  # the run's name: what was chosen
+_WARMUP = lp_warmup(val(AVERAGE))
 
 
 def run_name(config: dict) -> str:
@@ -45,8 +44,8 @@ class TensorBoardCallback(Callback):
         for tag in SCALARS:
             if result.get(tag) is not None:
                 writer.add_scalar(tag, result[tag], global_step=result["epoch"])
-        if result.get("lp_val_average") is not None:
-            writer.add_scalar("lp_val_average", result["lp_val_average"], global_step=0)
+        if result.get(_WARMUP) is not None:
+            writer.add_scalar(_WARMUP, result[_WARMUP], global_step=0)
         writer.flush()
 
     def _close(self, trial) -> None:

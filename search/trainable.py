@@ -1,7 +1,8 @@
 """The Ray Tune trainable: a thin adapter from a trial config to `models.Trainer`.
 
 The only module that calls `tune.report` / `tune.get_checkpoint`. Every epoch reports every
-metric with a checkpoint, so a retried or resumed trial continues at the next epoch.
+metric with a checkpoint, so a retried or resumed trial continues at the next epoch. An
+evaluation run (`keep_predictions`) also reports its last epoch's predictions.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def train_trial(params: dict, *, images: np.ndarray, info: DatasetInfo, config: 
         config: the validated search config.
     """
     torch.set_num_threads(max(1, int(config.resources.cpus_per_trial)))
-    trainer, weights = make_trainer(config, params, images, info)
+    trainer, provenance = make_trainer(config, params, images, info)
     # host:node-id, unique even for several Ray nodes on one machine (cluster/local.sh)
     node = f"{socket.gethostname()}:{ray.get_runtime_context().get_node_id()[:12]}"
     checkpoint = tune.get_checkpoint()
@@ -39,8 +40,17 @@ def train_trial(params: dict, *, images: np.ndarray, info: DatasetInfo, config: 
         with checkpoint.as_directory() as folder:
             trainer.load_state_dict(torch.load(Path(folder) / STATE_FILE, weights_only=True))
     for metrics in trainer.epochs():
+        last = metrics["epoch"] == trainer.main_epochs
+        scored = predictions(trainer) if last and params.get("keep_predictions") else {}
         with tempfile.TemporaryDirectory() as folder:
             torch.save(trainer.state_dict(), Path(folder) / STATE_FILE)
-            tune.report({**metrics, "epochs_planned": trainer.main_epochs, "weights_id": weights,
-                         "dataset_fingerprint": info.fingerprint, "node": node},
+            tune.report({**metrics, "epochs_planned": trainer.main_epochs, **provenance,
+                         "dataset_fingerprint": info.fingerprint, "node": node, **scored},
                         checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def predictions(trainer) -> dict:
+    """The scored rows of the image array and their P(positive), for an evaluation's last epoch
+    (results.store.PREDICTION_REPORT_KEYS)."""
+    return {"scored_rows": trainer.val_idx.tolist(), "scored_probabilities": trainer.val_probabilities.tolist(),
+            "n_train": len(trainer.train_idx)}

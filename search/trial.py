@@ -8,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_io import ImageCache, fold_indices
+from data_io import ImageCache, split_indices
 from models import Trainer, TrainSettings, build_feature_net, feature_cache_key, load_or_extract_features, weights_id
 
-from .config import Config
+from vocabulary import BATCH_SIZE, FOLD, FT_LR, INIT, LP_EPOCHS, LP_LR, SEED, STRATEGY, WEIGHT_DECAY
 
-# The search-space keys, in the order they appear in tables and Parquet.
-PARAMS = ("init", "strategy", "lp_lr", "ft_lr", "lp_epochs", "weight_decay", "batch_size", "seed", "fold")
+from .config import Config
 
 
 @dataclass(frozen=True)
@@ -38,19 +37,21 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def make_trainer(config: Config, params: dict, images: np.ndarray, info: DatasetInfo) -> tuple[Trainer, str]:
-    """The Trainer of one configuration, and the id of its init's weights (for provenance).
+def make_trainer(config: Config, params: dict, images: np.ndarray, info: DatasetInfo) -> tuple[Trainer, dict]:
+    """The Trainer of one configuration, and its provenance: the id of its init's weights and the
+    input normalisation they are used with (results.store.TRIAL_REPORT_KEYS).
 
     Args:
         config: the validated search config.
-        params: search-space values; keys of PARAMS, absent (or None) where they do not apply.
+        params: search-space values; keys of vocabulary.PARAMS, absent (or None) where they do not apply,
+            except `fold`: None trains on every row outside the test split and scores the test split.
         images: (N, S, S, 3) uint8, the whole cached dataset.
         info: labels, groups and cache keys of `images`.
     """
     data = config.data
-    train_idx, val_idx = fold_indices(info.labels, info.groups, folds=data.folds,
-                                      fold=params.get("fold", data.fold), seed=data.seed)
-    init_name, backbone, seed = params["init"], config.model.backbone, int(params["seed"])
+    train_idx, val_idx = split_indices(info.labels, info.groups, folds=data.folds, fold=params.get(FOLD, data.fold),
+                                       seed=data.seed, test_fraction=data.test_fraction)
+    init_name, backbone, seed = params[INIT], config.model.backbone, int(params[SEED])
     init = config.model.init_spec(init_name)
     where = f"model.inits.{init_name}"
     device = resolve_device(config.training.device)
@@ -67,12 +68,12 @@ def make_trainer(config: Config, params: dict, images: np.ndarray, info: Dataset
 
     t = config.training
     settings = TrainSettings(
-        strategy=params["strategy"], max_epochs=int(params.get("max_epochs") or config.search.max_epochs),
-        lp_lr=params.get("lp_lr"), ft_lr=params.get("ft_lr"), lp_epochs=int(params.get("lp_epochs") or 0),
-        weight_decay=float(params["weight_decay"]), batch_size=int(params["batch_size"]), seed=seed,
+        strategy=params[STRATEGY], max_epochs=int(params.get("max_epochs") or config.search.max_epochs),
+        lp_lr=params.get(LP_LR), ft_lr=params.get(FT_LR), lp_epochs=int(params.get(LP_EPOCHS) or 0),
+        weight_decay=float(params[WEIGHT_DECAY]), batch_size=int(params[BATCH_SIZE]), seed=seed,
         lp_solver=t.lp_solver, lp_c=t.lp_c, head_lr_mult=t.head_lr_mult, grad_clip=t.grad_clip,
         eval_batch_size=t.eval_batch_size, augmentation=t.augmentation_spec(), device=device,
     )
     trainer = Trainer(settings, images=images, labels=info.labels, train_idx=train_idx, val_idx=val_idx,
                       build_net=build_net, load_features=load_features)
-    return trainer, weights
+    return trainer, {"weights_id": weights, "normalize": init.normalize}

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
-import os
-import stat
-import subprocess
-import tempfile
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Callable
 
@@ -23,12 +17,13 @@ from ray import tune
 from ray.tune.schedulers import TrialScheduler
 
 from data_io import ImageCache, prepare_images
-from models import build_feature_net
+from vocabulary import CONFIG_FILE, ROW_LOG, SEARCH_FILE, STUDY_FILE, TENSORBOARD_DIR, check_name
 
 from .callbacks import ParquetCallback, ProgressCallback
-from .config import Config, check_name, load_config
+from .config import Config, load_config
+from .errors import SearchError
+from .folders import check_storage, check_trusted, check_weights, provenance
 from .ray_session import check_address, connect
-from .errors import UsageError
 from .scheduler import make_scheduler
 from .searcher import PruningOptunaSearch, make_searcher
 from .space import SearchSpace
@@ -37,8 +32,6 @@ from .trainable import train_trial
 from .trial import DatasetInfo
 
 log = logging.getLogger(__name__)
-
-CONFIG_FILE, SEARCH_FILE, STUDY_FILE, TENSORBOARD_DIR = "config.yaml", "search.json", "optuna.db", "tensorboard"
 
 
 @dataclass(frozen=True)
@@ -62,60 +55,13 @@ def default_name(config: Config) -> str:
     return f"{config.name}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def check_weights(config: Config) -> None:
-    """Load every init's weights once, on the CPU, strictly: a missing, unsafe or mismatched file
-    fails here, before anything is written, not inside every trial."""
-    for name in config.inits:
-        build_feature_net(config.model.init_spec(name), config.model.backbone, seed=0, where=f"model.inits.{name}")
-
-
-def check_storage(results: str) -> None:
-    """A local results folder can be created and written: probe with a temporary file in the
-    nearest folder that exists (nothing is left behind).
-
-    Raises:
-        UsageError: naming the folder and the OS error.
-    """
-    if "://" in results:
-        return
-    folder = Path(results)
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    try:
-        if not folder.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise UsageError(f"storage.path: cannot write results under {folder} ([Errno {exc.errno}] {exc.strerror}); "
-                         "choose a writable folder") from exc
-
-
-def provenance(config: Config, fingerprint: str) -> dict[str, str]:
-    packages = ("fundus-search", "ray", "optuna", "torch", "torchvision", "pyarrow", "numpy")
-    versions = {p: _version(p) for p in packages}
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                                text=True, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.TimeoutExpired):
-        commit = None
-    return {"config": yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False),
-            "versions": json.dumps(versions), "git_commit": commit or "unknown", "dataset_fingerprint": fingerprint}
-
-
-def _version(package: str) -> str:
-    try:
-        return importlib_metadata.version(package)
-    except importlib_metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def trial_dirname(trial) -> str:
     """Short trial folder names; the readable names live in TensorBoard and Parquet."""
     return f"trial_{trial.trial_id}"
 
 
-def _trainable(config: Config, cache: ImageCache, train_fn: Callable):
+def trainable_with_resources(config: Config, cache: ImageCache, train_fn: Callable):
+    """`train_fn` with the image array shared through the object store and strategy-aware resources."""
     info = DatasetInfo.of(cache, config.data.to_spec().resolved_cache_dir())
     has_gpus = ray.cluster_resources().get("GPU", 0) > 0
     cpus, gpus = config.resources.cpus_per_trial, config.resources.gpus_per_trial
@@ -150,26 +96,35 @@ def build_tuner(config: Config, paths: SearchPaths, cache: ImageCache, *, num_sa
     s = config.search
     searcher, scheduler = search_algorithms(config, study_name=paths.name, db_path=paths.local / STUDY_FILE,
                                             num_samples=num_samples)
-    concurrent = config.resources.max_concurrent_trials or max(
-        1, int(ray.cluster_resources().get("CPU", 1) // config.resources.cpus_per_trial))
     meta = provenance(config, cache.meta["fingerprint"])
     remote = "://" in paths.results
     callbacks = [
         ParquetCallback(paths.results, search=paths.name, metric=s.metric, mode=s.mode, metadata=meta,
-                        log_path=paths.local / ".rows.jsonl" if remote else None),
+                        log_path=paths.local / ROW_LOG if remote else None),
         TensorBoardCallback(str(paths.local / TENSORBOARD_DIR)),
         ProgressCallback(metric=s.metric, mode=s.mode, total=num_samples),
         *extra_callbacks,
     ]
+    return make_tuner(trainable_with_resources(config, cache, train_fn), config, name=paths.name,
+                      storage_path=config.storage.path, search_alg=searcher, scheduler=scheduler,
+                      num_samples=num_samples, callbacks=callbacks)
+
+
+def make_tuner(trainable, config: Config, *, name: str, storage_path: str, search_alg, scheduler, num_samples: int,
+               callbacks: list) -> tune.Tuner:
+    """The Tuner a search and an evaluation share: concurrency from the resources, reused
+    workers, retries from the last checkpoint, one checkpoint kept per trial."""
+    concurrent = config.resources.max_concurrent_trials or max(
+        1, int(ray.cluster_resources().get("CPU", 1) // config.resources.cpus_per_trial))
     return tune.Tuner(
-        _trainable(config, cache, train_fn),
-        tune_config=tune.TuneConfig(num_samples=num_samples, search_alg=searcher, scheduler=scheduler,
+        trainable,
+        tune_config=tune.TuneConfig(num_samples=num_samples, search_alg=search_alg, scheduler=scheduler,
                                     max_concurrent_trials=concurrent, trial_dirname_creator=trial_dirname,
                                     # a new trial reuses a finished trial's worker process (same
                                     # resources): no torch import and array fetch per trial (B4)
                                     reuse_actors=True),
         run_config=tune.RunConfig(
-            name=paths.name, storage_path=config.storage.path, callbacks=callbacks, verbose=0,
+            name=name, storage_path=storage_path, callbacks=callbacks, verbose=0,
             failure_config=tune.FailureConfig(max_failures=config.storage.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
@@ -185,17 +140,17 @@ def start_search(config_path: Path, *, name: str | None = None, num_samples: int
     `extra_callbacks` are more Ray Tune callbacks (the benchmarks time trials with one).
 
     Raises:
-        ConfigError, ManifestError, WeightsError, UsageError: nothing was written.
+        UserError (ConfigError, ManifestError, WeightsError, SearchError, ClusterError): nothing was written.
     """
     config = load_config(config_path)
     if name is not None:
         try:
             check_name(name)
         except ValueError as exc:
-            raise UsageError(f"--name: {exc}") from None
+            raise SearchError(f"search name: {exc}") from None
     paths = SearchPaths.of(config, name or default_name(config))
     if "://" not in paths.results and Path(paths.results).exists():
-        raise UsageError(f"--name: {paths.results} already exists; pick another name or "
+        raise SearchError(f"search folder {paths.results} already exists; pick another name or "
                          f"`fundus-search resume {paths.results}`")
     check_storage(paths.results)
     if address:
@@ -215,41 +170,22 @@ def start_search(config_path: Path, *, name: str | None = None, num_samples: int
     return paths, tuner.fit()
 
 
-def check_trusted(folder: Path) -> None:
-    """Refuse a folder (or a file in it) owned by someone else or writable by others.
-
-    Resuming unpickles Ray's experiment state (`tuner.pkl`, the searcher state): a crafted
-    results folder would run code, so only folders only this user could have written are resumed.
-
-    Raises:
-        UsageError: naming the first untrusted path.
-    """
-    for path in [folder, *sorted(folder.iterdir())]:
-        info = path.lstat()
-        if info.st_uid != os.getuid():
-            raise UsageError(f"{path}: owned by user id {info.st_uid}, not you; resuming unpickles files from this "
-                             "folder, so only your own folders are resumed (copy it, check it, then resume the copy)")
-        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not stat.S_ISLNK(info.st_mode):
-            raise UsageError(f"{path}: writable by other users (mode {stat.filemode(info.st_mode)}); resuming "
-                             f"unpickles files from this folder: `chmod -R go-w {folder}` if you trust its contents")
-
-
 def resume_search(results_dir: Path, *, address: str | None = None,
                   train_fn: Callable = train_trial) -> tuple[SearchPaths, tune.ResultGrid]:
     """Continue an interrupted search to its full num_samples (same experiment, same trials).
 
     Raises:
-        UsageError: `results_dir` is not a search folder.
+        SearchError: `results_dir` is not a search folder.
     """
     results_dir = Path(results_dir).absolute()
     if not (results_dir / SEARCH_FILE).is_file():
-        raise UsageError(f"{results_dir}: not a search folder (no {SEARCH_FILE}); pass the folder `run` printed")
+        raise SearchError(f"{results_dir}: not a search folder (no {SEARCH_FILE}); pass the folder `run` printed")
     check_trusted(results_dir)
     meta = json.loads((results_dir / SEARCH_FILE).read_text())
     config = load_config(results_dir / CONFIG_FILE)
     paths = SearchPaths(name=meta["name"], results=meta["results"], local=results_dir)
     cache = prepare_images(config.data.to_spec())
     connect(address)
-    tuner = tune.Tuner.restore(paths.results, trainable=_trainable(config, cache, train_fn),
+    tuner = tune.Tuner.restore(paths.results, trainable=trainable_with_resources(config, cache, train_fn),
                                resume_unfinished=True, resume_errored=True)
     return paths, tuner.fit()

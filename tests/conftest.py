@@ -10,7 +10,6 @@ import yaml
 from data_io import SyntheticSpec
 from data_io.synthetic import write_cgi_hrdc
 
-TASK2 = "2-Hypertensive Retinopathy Classification"
 
 
 @pytest.fixture(autouse=True)
@@ -33,12 +32,6 @@ def cgi_tree(_cgi_tree_template, tmp_path) -> Path:
     return Path(shutil.copytree(_cgi_tree_template, tmp_path / "cgi"))
 
 
-def image_dir(root: Path) -> Path:
-    return root / TASK2 / "1-Images" / "1-Training Set"
-
-
-def label_csv(root: Path) -> Path:
-    return root / TASK2 / "2-Groundtruths" / "HRDC Hypertensive Retinopathy Classification Training Labels.csv"
 
 
 @pytest.fixture
@@ -55,19 +48,26 @@ def write_config(tmp_path):
 
 @pytest.fixture(scope="session")
 def pretrained_flair(tmp_path_factory) -> Path:
-    """A ResNet-18 pretrained for ~15 s on a synthetic lesion/anatomy corpus, saved in FLAIR's layout.
+    """A ResNet-18 pretrained for ~25 s (2 cores) on a synthetic lesion/anatomy corpus, saved in FLAIR's layout.
 
     Random-init networks cannot learn the synthetic task in a few epochs on ~150 images;
     a backbone that has seen fundus structure can, as with the real FLAIR.
     """
     import torch
 
-    from data_io.synthetic import generate_pretraining_corpus
+    from search.demo.corpora import generate_pretraining_corpus
     from models import InitSpec, build_feature_net
     from models.pretrain import pretrain, save_flair_checkpoint
 
     torch.set_num_threads(2)
-    images, targets, _ = generate_pretraining_corpus(400, 48, seed=100)
+    images, targets, _ = generate_pretraining_corpus(240, 48, seed=100)
     net = build_feature_net(InitSpec(source="random"), "resnet18", seed=0)
-    pretrain(net, images, targets, epochs=8)
+    pretrain(net, images, targets, epochs=6)
     return save_flair_checkpoint(net, tmp_path_factory.mktemp("weights") / "flair_resnet.pth")
+
+
+@pytest.fixture(scope="session")
+def evaluated_search(tmp_path_factory) -> Path:
+    """A tiny finished search and its evaluation (tests.helpers.evaluated_search), made once."""
+    from tests.helpers import evaluated_search as make
+    return make(tmp_path_factory.mktemp("evaluated"))

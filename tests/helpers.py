@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from data_io.cgi_hrdc import CGI_HRDC_TASKS, GROUNDTRUTHS, IMAGES
+from results import ResultsStore
+from vocabulary import EPOCHS_FILE, TRIALS_FILE
+
 
 def tiny_search_config(*, storage: Path, flair: Path | None = None, num_samples: int = 8, max_epochs: int = 3,
                        strategies=("lp", "ft", "lp_ft"), scheduler: dict | None = None, inits: dict | None = None,
@@ -41,3 +45,61 @@ def run_on_a_small_filesystem(command: list[str], folder: Path, *, size: str = "
         pytest.skip("needs unshare with mount namespaces to make a small filesystem")
     return subprocess.run(["unshare", "-rm", "sh", "-c", script, "sh", str(folder), *command],
                           capture_output=True, text=True, timeout=timeout)
+
+
+def image_dir(root: Path) -> Path:
+    """The training images of CGI-HRDC task 2 (the synthetic source's task) under `root`."""
+    folder, _, _ = CGI_HRDC_TASKS[2]
+    return root.joinpath(folder, *IMAGES)
+
+
+def label_csv(root: Path) -> Path:
+    folder, labels, _ = CGI_HRDC_TASKS[2]
+    return root / folder / GROUNDTRUTHS / labels
+
+
+def trial_row(trial_id, number, init, strategy, average, **extra) -> dict:
+    """A trials.parquet row with made-up metrics: best_val_average = `average`."""
+    return {"trial_id": trial_id, "optuna_number": number, "status": extra.pop("status", "completed"), "init": init,
+            "strategy": strategy, "lp_lr": 1e-3 if strategy != "ft" else None,
+            "ft_lr": 1e-4 if strategy != "lp" else None, "lp_epochs": 3 if strategy == "lp_ft" else None,
+            "weight_decay": 1e-3, "batch_size": 16, "seed": number, "fold": 0, "best_epoch": 2,
+            "best_val_average": average, "best_val_kappa": average - 0.1, "best_val_f1": average,
+            "best_val_specificity": average + 0.1, "best_val_auc": 0.8, "epochs_run": 3, **extra}
+
+
+def write_results_dir(folder: Path) -> Path:
+    """A search folder with six trials: flair lp 0.60 and 0.65, flair lp_ft 0.70, imagenet ft 0.55
+    and an errored 0.90, random ft 0.40 stopped early; one epoch row."""
+    store = ResultsStore(str(folder), search=folder.name, metadata={"config": "name: s1"})
+    for row in [trial_row("a", 0, "flair", "lp", 0.60), trial_row("b", 1, "flair", "lp", 0.65),
+                trial_row("c", 2, "flair", "lp_ft", 0.70), trial_row("d", 3, "imagenet", "ft", 0.55),
+                trial_row("e", 4, "imagenet", "ft", 0.90, status="error"),
+                trial_row("f", 5, "random", "ft", 0.40, status="stopped_early")]:
+        store.put(TRIALS_FILE, row)
+    store.put(EPOCHS_FILE, {"trial_id": "a", "epoch": 1, "phase": "lp", "val_average": 0.5})
+    store.close()
+    return folder
+
+
+EVALUATED_INITS = {"random": {"source": "random"}, "scratch": {"source": "random"}}
+EVALUATED_FOLDS, EVALUATED_SEEDS = (0, 1), 2
+
+
+def evaluated_search(folder: Path) -> Path:
+    """A finished 4-trial search over 2 inits x (lp, ft) on 3 folds with a 20% test split, and its
+    evaluation (folds 0 and 1 x 2 seeds), made by the real command line; returns the search folder."""
+    import sys
+
+    import yaml
+    config = tiny_search_config(storage=folder / "runs", num_samples=4, max_epochs=1, strategies=("lp", "ft"),
+                                scheduler={"type": "fifo"}, inits=EVALUATED_INITS)
+    config["data"]["test_fraction"] = 0.2
+    (folder / "c.yaml").write_text(yaml.safe_dump(config))
+    cli = str(Path(sys.executable).parent / "fundus-search")
+    for argv in (["run", str(folder / "c.yaml"), "--name", "s"],
+                 ["evaluate", str(folder / "runs" / "s"), "--seeds", str(EVALUATED_SEEDS),
+                  "--folds", ",".join(map(str, EVALUATED_FOLDS))]):
+        done = subprocess.run([cli, *argv], capture_output=True, text=True, timeout=900, start_new_session=True)
+        assert done.returncode == 0, f"{argv[0]}: {done.stderr[-3000:]}"
+    return folder / "runs" / "s"

@@ -11,7 +11,7 @@ from PIL import Image
 
 from data_io import DataSpec, build_manifest
 from search.cli import main
-from tests.conftest import image_dir, label_csv
+from tests.helpers import image_dir, label_csv
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:

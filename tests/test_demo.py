@@ -13,7 +13,9 @@ import yaml
 from models import InitSpec, build_feature_net
 from models.weights import FLAIR_PREFIX, FLAIR_PROJECTION_KEY
 from search.cli import main
-from search.demo_weights import FLAIR_FILE, IMAGENET_FILE, make_demo_weights
+from search.demo.weights import FLAIR_FILE, IMAGENET_FILE, make_demo_weights
+
+pytestmark = pytest.mark.slow
 
 DEMO = Path(__file__).parent.parent / "search" / "configs" / "demo.yaml"
 

@@ -159,5 +159,9 @@ def test_imagenet_normalisation_is_applied_inside_the_network():
         assert torch.allclose(normed(x), plain((x - mean) / std), atol=1e-6)
 
 
-def test_every_weight_source_is_registered():
-    assert set(WEIGHT_SOURCES) == {"torchvision", "flair", "random"}
+@pytest.mark.parametrize("name", sorted(WEIGHT_SOURCES))
+def test_every_weight_source_brings_a_known_normalisation(name):
+    from models import NORMALIZATIONS
+    source = WEIGHT_SOURCES[name]
+    assert source.normalize in NORMALIZATIONS, f"{name}: normalisation {source.normalize!r} is not registered"
+    assert InitSpec(source=name).normalize == source.normalize

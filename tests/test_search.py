@@ -21,6 +21,8 @@ from search.trainable import train_trial
 from search.tuner import start_search
 from tests.helpers import tiny_search_config
 
+pytestmark = pytest.mark.slow
+
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import test modules
 
 
@@ -153,7 +155,7 @@ def _kill_the_worker(params, **kwargs):
 def test_failed_trials_carry_their_error_and_the_run_says_how_many(ray_2_cpus, pretrained_flair, tmp_path, capsys):
     import yaml
 
-    from search.search_commands import summarise
+    from search.commands.run import summarise
     config = tiny_search_config(storage=tmp_path / "runs", flair=pretrained_flair, num_samples=4, max_epochs=1,
                                 strategies=("lp", "ft"), scheduler={"type": "fifo"})
     config["storage"]["max_failures"] = 0
@@ -173,8 +175,8 @@ def test_failed_trials_carry_their_error_and_the_run_says_how_many(ray_2_cpus, p
 def test_a_killed_worker_is_an_error_with_a_message_and_all_failing_is_one_line(ray_2_cpus, tmp_path):
     import yaml
 
-    from search.errors import UsageError
-    from search.search_commands import summarise
+    from vocabulary import UserError
+    from search.commands.run import summarise
     config = tiny_search_config(storage=tmp_path / "runs", num_samples=2, max_epochs=1, strategies=("lp",),
                                 scheduler={"type": "fifo"})
     config["storage"]["max_failures"] = 0
@@ -183,97 +185,30 @@ def test_a_killed_worker_is_an_error_with_a_message_and_all_failing_is_one_line(
     trials = pd.read_parquet(Path(paths.results) / "trials.parquet")
     assert (trials["status"] == "error").all() and trials["error"].notna().all()
     assert trials["error"].str.contains("died|exit", case=False).all(), list(trials["error"])
-    with pytest.raises(UsageError, match=r"all 2 trials failed; the first: .*error column"):
+    with pytest.raises(UserError, match=r"all 2 trials failed; the first: .*error column"):
         summarise(paths)
 
 
 # ---- refused before anything is written ----
 
-def _weights_that_do_not_fit(kind: str, folder: Path) -> Path:
-    import os
-    import torch
-    import torchvision
-    path = folder / f"{kind}.pth"
-    if kind == "random-bytes":
-        path.write_bytes(os.urandom(4096))
-    elif kind == "resnet50-for-resnet18":
-        torch.save({f"vision_model.model.{k}": v for k, v in torchvision.models.resnet50().state_dict().items()}, path)
-    else:  # a pickle that would run code
-        class Payload:
-            def __reduce__(self):
-                return (os.system, (f"touch {folder / 'pwned'}",))
-        torch.save({"vision_model.model.conv1.weight": Payload()}, path)
-    return path
 
 
-@pytest.mark.parametrize("kind,message", [
-    ("random-bytes", "is not a PyTorch checkpoint"),
-    ("resnet50-for-resnet18", "checkpoint is a resnet50 but model.backbone is resnet18"),
-    ("code", "would run code on load"),
-])
-def test_bad_weights_stop_the_run_before_anything_is_written(kind, message, tmp_path, capsys):
-    import yaml
-
-    from search.cli import main
-    weights = _weights_that_do_not_fit(kind, tmp_path)
-    config = tiny_search_config(storage=tmp_path / "runs", flair=weights)
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    assert main(["run", str(tmp_path / "c.yaml")]) == 2
-    err = capsys.readouterr().err
-    assert message in err and "model.inits.flair" in err and len(err.strip().splitlines()) == 1, err
-    assert not (tmp_path / "runs").exists() and not (tmp_path / "pwned").exists()
 
 
-@pytest.mark.parametrize("name", ["../outside", "/tmp/abs", ".hidden", "a/b"])
-def test_a_name_cannot_leave_the_storage_folder(name, tmp_path, capsys):
-    import yaml
-
-    from search.cli import main
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny_search_config(storage=tmp_path / "runs")))
-    assert main(["run", str(tmp_path / "c.yaml"), "--name", name]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: --name: use letters, digits") and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "runs").exists() and not (tmp_path / "outside").exists()
 
 
-def test_a_read_only_results_folder_is_one_line_and_exit_2(tmp_path):
-    import yaml
+def test_every_reported_key_has_a_column_and_an_unknown_key_is_an_error(search):
+    from types import SimpleNamespace
 
-    from tests.helpers import run_on_a_small_filesystem
-    storage = tmp_path / "ro"
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny_search_config(storage=storage / "runs")))
-    cli = str(Path(sys.executable).parent / "fundus-search")
-    done = run_on_a_small_filesystem([cli, "run", str(tmp_path / "c.yaml")], storage, read_only=True)
-    assert done.returncode == 2, done.stderr[-2000:]
-    assert f"storage.path: cannot write results under {storage} ([Errno 30] Read-only file system)" in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    from search.callbacks import epoch_row, unknown_report_keys
+    reports = [json.loads(line) for trial_dir in search.glob("trial_*")
+               for line in (trial_dir / "result.json").read_text().splitlines()]
+    assert reports and all(unknown_report_keys(r) == [] for r in reports)
+    with pytest.raises(ValueError, match=r"reported \['val_magic'\], which no column of results.store stores"):
+        epoch_row(SimpleNamespace(trial_id="t"), {**reports[0], "val_magic": 0.5})
 
 
-_FILL_WHEN_ROWS_ARRIVE = """
-set -e
-folder=$1; shift
-( while [ ! -s "$folder/runs/full/.rows.jsonl" ]; do sleep 0.2; done; sleep 1; cat /dev/zero > "$folder/filler" 2>/dev/null || true ) &
-exec "$@"
-"""
-
-
-def test_a_disk_that_fills_mid_run_is_one_line_exit_1_and_readable_parquet(tmp_path):
-    import yaml
-
-    from tests.helpers import run_on_a_small_filesystem
-    storage = tmp_path / "fs"
-    config = tiny_search_config(storage=storage / "runs", num_samples=8, max_epochs=3, strategies=("lp",),
-                                scheduler={"type": "fifo"})
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    cli = str(Path(sys.executable).parent / "fundus-search")
-    read_back = (f"import pandas as pd, glob; rows = len(pd.read_parquet('{storage}/runs/full/trials.parquet')); "
-                 f"print('rows', rows, 'tmp', glob.glob('{storage}/runs/full/.*.tmp'))")
-    command = ["sh", "-c", f'{cli} run {tmp_path / "c.yaml"} --name full; echo "exit=$?"; {sys.executable} -c "{read_back}"']
-    done = run_on_a_small_filesystem(["sh", "-c", _FILL_WHEN_ROWS_ARRIVE, "sh", str(storage), *command], storage,
-                                     size="40m")
-    assert "exit=1" in done.stdout, done.stdout[-2000:] + done.stderr[-3000:]
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    noise = [line for line in done.stderr.splitlines() if not line.startswith(("error:", "INFO "))]
-    assert len(errors) == 1 and not noise, done.stderr[-3000:]
-    assert "No space left on device" in errors[0] and "fundus-search resume" in errors[0], errors
-    assert "tmp []" in done.stdout and "rows " in done.stdout, done.stdout[-1000:]
+def test_trials_record_the_normalisation_their_weights_were_used_with(search):
+    trials = pd.read_parquet(search / "trials.parquet")
+    assert set(trials["normalize"]) == {"none"}  # the flair and random sources' own
+    assert trials["weights_id"].notna().all()

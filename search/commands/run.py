@@ -6,45 +6,64 @@ import argparse
 import json
 from pathlib import Path
 
-from results import best_configs, init_strategy_table, load_trials
-from results.store import EPOCHS_FILE, TRIALS_FILE
+from vocabulary import AVERAGE, EPOCHS_FILE, ERROR, EVALUATION_FILE, RUNNING, SEARCH_FILE, TRIALS_FILE, val
 
-from .errors import UsageError
-from .results_commands import best_columns, format_best, format_table, format_winners, tensorboard_command
-from .tuner import SEARCH_FILE, SearchPaths, resume_search, start_search
+from ._args import UsageError, folder_name, number_above, quiet_optuna
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
     run = commands.add_parser("run", help="run a search from a YAML config")
     run.add_argument("config", type=Path)
-    run.add_argument("--name", help="results folder name under storage.path (default: <name>-<timestamp>)")
-    run.add_argument("--num-samples", type=int, help="override search.num_samples")
+    run.add_argument("--name", type=folder_name,
+                     help="results folder name under storage.path (default: <name>-<timestamp>)")
+    run.add_argument("--num-samples", type=number_above(1, int, inclusive=True), help="override search.num_samples")
     run.add_argument("--address", help="Ray cluster: auto, HOST:PORT or ray://...; default: embedded local Ray")
     run.set_defaults(handler=run_command)
-    resume = commands.add_parser("resume", help="continue an interrupted search to its full num_samples")
-    resume.add_argument("results", type=Path, help="the search folder `run` printed")
+    resume = commands.add_parser("resume", help="continue an interrupted search or evaluation")
+    resume.add_argument("results", type=Path, help="the search (or evaluation) folder `run` (or `evaluate`) printed")
     resume.add_argument("--address")
     resume.set_defaults(handler=resume_command)
 
 
 def run_command(args: argparse.Namespace) -> int:
-    if args.num_samples is not None and args.num_samples < 1:
-        raise UsageError(f"--num-samples: must be >= 1 (got {args.num_samples})")
+    from ..tuner import start_search
+
+    quiet_optuna()
     paths, _ = start_search(args.config, name=args.name, num_samples=args.num_samples, address=args.address)
     return summarise(paths)
 
 
 def resume_command(args: argparse.Namespace) -> int:
+    quiet_optuna()
+    if (args.results / EVALUATION_FILE).is_file():
+        from ..evaluation import resume_evaluation
+        from .evaluate import summarise_evaluation
+
+        return summarise_evaluation(resume_evaluation(args.results, address=args.address))
+    from ..tuner import resume_search
+
     paths, _ = resume_search(args.results, address=args.address)
     return summarise(paths)
 
 
-def summarise(paths: SearchPaths) -> int:
-    """The ending screen: table, best config, where the files are, how to look at them."""
+def summarise(paths) -> int:
+    """The ending screen: table, best config, where the files are, how to look at them.
+
+    Returns:
+        0, or 1 when trials failed or the search stopped before `num_samples`.
+
+    Raises:
+        UsageError: every trial failed (one line: the first error and where the others are).
+    """
+    from results import best_configs, init_strategy_table, load_trials
+    from results.tables import best_columns, format_best, format_table, format_winners
+
+    from .query import tensorboard_command
+
     trials = load_trials([paths.results])
     planned = json.loads((paths.local / SEARCH_FILE).read_text())["num_samples"]
-    finished = trials[trials["status"] != "running"]
-    failed = trials[trials["status"] == "error"]
+    finished = trials[trials["status"] != RUNNING]
+    failed = trials[trials["status"] == ERROR]
     if len(failed) and len(failed) == len(trials):
         raise UsageError(f"all {len(trials)} trials failed; the first: {failed['error'].iloc[0]}; every error is in "
                          f"the error column of {paths.results}/{TRIALS_FILE} and in trial_*/error.txt")
@@ -52,10 +71,10 @@ def summarise(paths: SearchPaths) -> int:
     print()
     print(format_table(table))
     print(format_winners(table, trials))
-    best = best_configs(trials, top=1)
-    if len(best):
+    top = best_configs(trials, top=1)
+    if len(top):
         print("\nbest configuration:")
-        print(format_best(best[best_columns(best, "val_average")]))
+        print(format_best(top[best_columns(top, val(AVERAGE))]))
     print(f"\nresults:     {paths.results}/{TRIALS_FILE}")
     print(f"             {paths.results}/{EPOCHS_FILE}")
     print(f"tensorboard: {tensorboard_command([paths.local])}")

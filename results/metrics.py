@@ -1,26 +1,22 @@
-"""CGI-HRDC challenge metrics on scikit-learn, and CPU inference time per image.
+"""CGI-HRDC challenge metrics of a binary classifier, from labels and predicted probabilities.
 
 The challenge ranks by `average` = mean(Cohen's kappa, F1 of the positive class,
 specificity), all at one decision rule: positive when the predicted probability of the
-positive class is >= THRESHOLD (0.5; an exact tie counts as positive). Metric names are
-defined here once.
+positive class is >= THRESHOLD (0.5; an exact tie counts as positive). Training reports them
+per epoch, and every metric of an evaluation is recomputed from its stored predictions, so
+both use this module (numpy and scikit-learn only).
 """
 
 from __future__ import annotations
 
-import time
 import warnings
 
 import numpy as np
-import torch
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, f1_score, roc_auc_score
 
-KAPPA, F1, SPECIFICITY, AVERAGE, AUC, ACCURACY, SENSITIVITY = (
-    "kappa", "f1", "specificity", "average", "auc", "accuracy", "sensitivity")
-METRICS = (KAPPA, F1, SPECIFICITY, AVERAGE, AUC, ACCURACY, SENSITIVITY)
-VAL_PREFIX = "val_"
-VAL_METRICS = tuple(VAL_PREFIX + m for m in METRICS)  # val_kappa, val_f1, ... as reported
+from vocabulary import ACCURACY, AUC, AVERAGE, F1, KAPPA, SENSITIVITY, SPECIFICITY
+
 THRESHOLD = 0.5
 
 
@@ -60,18 +56,3 @@ def classification_metrics(y_true: np.ndarray, prob_positive: np.ndarray) -> dic
         ACCURACY: float(accuracy_score(y_true, y_pred)),
         SENSITIVITY: float(tp / (tp + fn)) if tp + fn else 0.0,
     }
-
-
-@torch.no_grad()
-def cpu_seconds_per_image(model: torch.nn.Module, image_size: int, *, repeats: int = 10, warmup: int = 2) -> float:
-    """Median CPU seconds to classify one (1, 3, S, S) image: the challenge's CPU-time column."""
-    model = model.to("cpu").eval()
-    x = torch.rand(1, 3, image_size, image_size)
-    for _ in range(warmup):
-        model(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(x)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))

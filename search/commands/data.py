@@ -3,41 +3,43 @@
 from __future__ import annotations
 
 import argparse
-from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
-from data_io import BadFile, BadFilesError, SyntheticSpec, build_manifest, prepare_images, scan_images
-from data_io.manifest import MAX_LISTED_BAD_FILES
-from data_io.synthetic import write_cgi_hrdc
-
-from .config import load_config
+from ._args import number_above
 
 
-def add_parser(commands: argparse._SubParsersAction) -> None:
+def add_parsers(commands: argparse._SubParsersAction) -> None:
     data = commands.add_parser("data", help="check, cache or synthesise a dataset")
     sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     check = sub.add_parser("check", help="validate every file and print counts; exit 2 on problems")
     check.add_argument("config", help="search YAML with a data: section")
-    check.set_defaults(handler=check_dataset)
+    check.set_defaults(handler=check_command)
     cache = sub.add_parser("cache", help="build the decoded-image cache and print its path")
     cache.add_argument("config")
-    cache.set_defaults(handler=cache_dataset)
+    cache.set_defaults(handler=cache_command)
     synth = sub.add_parser("synth", help="write a synthetic dataset in the CGI-HRDC layout")
     synth.add_argument("out_dir", type=Path)
-    defaults = SyntheticSpec()
-    synth.add_argument("--n", type=int, default=defaults.n, help="number of images")
-    synth.add_argument("--size", type=int, default=defaults.size, help="image side, px")
-    synth.add_argument("--seed", type=int, default=defaults.seed)
-    synth.add_argument("--difficulty", type=float, default=defaults.difficulty, help="0 easy .. 1 hard")
-    synth.add_argument("--positive-fraction", type=float, default=defaults.positive_fraction)
+    # defaults (None): data_io.SyntheticSpec's
+    synth.add_argument("--n", type=number_above(10, int, inclusive=True), help="number of images")
+    synth.add_argument("--size", type=number_above(32, int, inclusive=True), help="image side, px")
+    synth.add_argument("--seed", type=int)
+    synth.add_argument("--difficulty", type=float, help="0 easy .. 1 hard")
+    synth.add_argument("--positive-fraction", type=float)
     synth.add_argument("--task", type=int, choices=(1, 2), default=2)
-    synth.set_defaults(handler=synthesise_dataset)
+    synth.set_defaults(handler=synth_command)
 
 
-def check_dataset(args: argparse.Namespace) -> int:
+def check_command(args: argparse.Namespace) -> int:
+    from collections import Counter
+    from dataclasses import replace
+
+    import numpy as np
+
+    from data_io import BadFile, BadFilesError, build_manifest, scan_images
+    from data_io.manifest import MAX_LISTED_BAD_FILES
+
+    from ..config import load_config
+
     spec = load_config(args.config).data.to_spec()
     manifest = build_manifest(replace(spec, skip_bad=True))  # collect every problem, then judge
     scanned = scan_images(manifest)
@@ -63,7 +65,11 @@ def check_dataset(args: argparse.Namespace) -> int:
     raise BadFilesError(bad)
 
 
-def cache_dataset(args: argparse.Namespace) -> int:
+def cache_command(args: argparse.Namespace) -> int:
+    from data_io import prepare_images
+
+    from ..config import load_config
+
     cache = prepare_images(load_config(args.config).data.to_spec())
     n, s = cache.images.shape[0], cache.images.shape[1]
     print(f"{n} images at {s}x{s} px, {len(cache.meta['excluded'])} excluded")
@@ -71,9 +77,13 @@ def cache_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
-def synthesise_dataset(args: argparse.Namespace) -> int:
-    spec = SyntheticSpec(n=args.n, size=args.size, seed=args.seed, difficulty=args.difficulty,
-                         positive_fraction=args.positive_fraction)
+def synth_command(args: argparse.Namespace) -> int:
+    from data_io import SyntheticSpec
+    from data_io.synthetic import write_cgi_hrdc
+
+    given = {"n": args.n, "size": args.size, "seed": args.seed, "difficulty": args.difficulty,
+             "positive_fraction": args.positive_fraction}
+    spec = SyntheticSpec(**{k: v for k, v in given.items() if v is not None})
     root = write_cgi_hrdc(spec, args.out_dir, task=args.task)
     print(f"wrote {spec.n} images ({spec.size} px) in the CGI-HRDC layout under {root.absolute()}")
     return 0

@@ -1,14 +1,19 @@
-"""Synthetic natural-image-like pictures: the generic pretraining corpus that stands in for ImageNet.
+"""The demo's pretraining corpora: stand-ins for the data ImageNet and FLAIR were trained on.
 
-Each picture is a textured, coloured background with one large object of a labelled shape
-class and a few small distractors. Nothing in it looks like a fundus: a backbone pretrained
-on it learns generic edges, colours and shapes, as an ImageNet backbone does.
+- `generate_shapes_corpus`: natural-image-like pictures (a textured, coloured background with
+  one large object of a labelled shape class and a few small distractors). Nothing in it looks
+  like a fundus: a backbone pretrained on it learns generic edges, colours and shapes, as an
+  ImageNet backbone does.
+- `generate_pretraining_corpus`: synthetic fundus images labelled with what was drawn (lesions,
+  anatomy), never with the diagnosis: the stand-in for a foundation model's fundus data.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+from data_io.synthetic import draw_fundus
 
 SHAPES = ("disc", "square", "triangle", "cross", "ring", "star")
 _SUPERSAMPLE = 2
@@ -69,3 +74,22 @@ def generate_shapes_corpus(n: int, size: int, *, seed: int) -> tuple[np.ndarray,
     images = np.stack([generate_shape_image(np.random.default_rng([seed, 11, i]), size, int(label))
                        for i, label in enumerate(labels)])
     return images, np.eye(len(SHAPES), dtype=np.float32)[labels], SHAPES
+
+
+def generate_pretraining_corpus(n: int, size: int, *, seed: int) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """A fundus corpus labelled with what was drawn, not with a diagnosis.
+
+    The stand-in for a foundation model's pretraining data: sign strengths are uniform, so
+    lesions appear in about half the images, and the targets are lesion presence and
+    anatomy, never the hypertensive-retinopathy label. Seeds are disjoint from datasets'.
+
+    Returns:
+        images (n, size, size, 3) uint8, targets (n, 3) float32 in {0, 1}, target names.
+    """
+    names = ("right_eye", "haemorrhages", "cotton_wool")
+    images, targets = np.empty((n, size, size, 3), np.uint8), np.empty((n, len(names)), np.float32)
+    for i in range(n):
+        rng = np.random.default_rng([seed, 7, i])
+        images[i], attributes = draw_fundus(rng, size, float(rng.random()), difficulty=0.5)
+        targets[i] = [attributes[k] for k in names]
+    return images, targets, names

@@ -1,0 +1,265 @@
+"""`fundus-search report`: one self-contained HTML page per study, from the Parquet files and the
+Optuna study alone (no Ray, no torch): the answer, the diagnostics, how the search got there,
+what matters, and the provenance. Figures are inlined PNGs; nothing is fetched to view it."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import yaml
+
+from vocabulary import (CONFIG_FILE, EVALUATION_FILE, FT_LR, INIT, LP_EPOCHS, LP_LR, REPORT_FILE, SEARCH_FILE, STRATEGY,
+                        STUDY_FILE, TRIALS_FILE, WEIGHT_DECAY, UserError, best)
+
+from . import figures
+from .evaluation import evaluation_table, find_evaluation, load_comparisons, load_evaluation
+from .query import ResultsError, load_epochs, load_trials
+from .tables import comparison_sentences, evaluation_caption, evaluation_frame
+
+SECTIONS = {"answer": "The answer", "diagnostics": "Out-of-fold diagnostics", "search": "How the search got there",
+            "parameters": "What matters", "provenance": "Provenance"}
+_SEARCHED = {"lp": [LP_LR, WEIGHT_DECAY], "ft": [FT_LR, WEIGHT_DECAY], "lp_ft": [LP_LR, FT_LR, LP_EPOCHS, WEIGHT_DECAY]}
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
+table.data { border-collapse: collapse; font-size: .85em; margin: .5em 0; }
+table.data th, table.data td { border: 1px solid #ddd; padding: .25em .5em; text-align: right; white-space: nowrap; }
+table.data th { background: #f4f4f4; } figure { margin: 1em 0; } img { max-width: 100%; }
+figcaption, .note { color: #555; font-size: .9em; } pre { background: #f7f7f7; padding: .8em; overflow-x: auto; }
+.missing { background: #fff6e0; border-left: 4px solid #e0a000; padding: .6em 1em; }
+nav a { margin-right: 1em; }
+@media print { nav { display: none; } figure, table { page-break-inside: avoid; } body { max-width: none; } }
+"""
+
+
+class ReportError(UserError):
+    """The report cannot be written where asked; the message says why."""
+
+
+def write_report(search_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write the report of the search at `search_dir` (and of its evaluation, if any).
+
+    Args:
+        out: the HTML file; default `<search>/report.html`. Its folder must exist.
+
+    Raises:
+        ResultsError: `search_dir` is not a search or has no trials.
+        ReportError: the output folder does not exist.
+    """
+    search_dir = Path(search_dir)
+    if not (search_dir / SEARCH_FILE).is_file() or not (search_dir / TRIALS_FILE).is_file():
+        raise ResultsError(f"{search_dir}: not a search folder (no {SEARCH_FILE} and {TRIALS_FILE}); pass the "
+                           "folder `fundus-search run` printed")
+    out = Path(out) if out else search_dir / REPORT_FILE
+    if not out.parent.is_dir():
+        raise ReportError(f"-o: no folder {out.parent}; create it or write the report elsewhere")
+    trials = load_trials([search_dir])
+    if trials.empty:
+        raise ResultsError(f"{search_dir}: the search has no trials yet; run or resume it first")
+    study = Study(search_dir, trials)
+    body = "\n".join(section(study) for section in (_answer, _diagnostics, _search, _parameters, _provenance))
+    nav = " ".join(f'<a href="#{key}">{title}</a>' for key, title in SECTIONS.items())
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(study.name)}: "
+            f"fundus-search report</title><style>{_CSS}</style></head><body><h1>{html.escape(study.name)}</h1>"
+            f"<p class='note'>fundus-search report, written {datetime.now():%Y-%m-%d %H:%M} from "
+            f"{html.escape(str(search_dir.absolute()))}</p><nav>{nav}</nav>{body}</body></html>")
+    out.write_text(page, encoding="utf-8")
+    return out
+
+
+class Study:
+    """What the report reads: the search's files, its config and its evaluation, if any."""
+
+    def __init__(self, folder: Path, trials: pd.DataFrame):
+        self.folder, self.trials = folder, trials
+        self.epochs = load_epochs([folder])
+        self.name = json.loads((folder / SEARCH_FILE).read_text()).get("name", folder.name)
+        self.config = yaml.safe_load((folder / CONFIG_FILE).read_text()) if (folder / CONFIG_FILE).is_file() else {}
+        search = self.config.get("search", {})
+        self.metric, self.mode = search.get("metric", "val_average"), search.get("mode", "max")
+        self.metadata = {k.decode().removeprefix("fundus_search."): v.decode()
+                         for k, v in (pq.read_schema(folder / TRIALS_FILE).metadata or {}).items()
+                         if k.startswith(b"fundus_search.")}
+        try:
+            self.evaluation = find_evaluation(folder)
+        except ResultsError:
+            self.evaluation = None
+
+
+def _section(key: str, content: str) -> str:
+    return f'<section id="{key}"><h2>{SECTIONS[key]}</h2>{content}</section>'
+
+
+def _figure(image: bytes, caption: str) -> str:
+    data = base64.b64encode(image).decode()
+    return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _table(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, classes="data", border=0, escape=True, na_rep="-")
+
+
+def _missing(what: str, command: str) -> str:
+    return f'<p class="missing">{html.escape(what)}: run <code>{html.escape(command)}</code> to produce it.</p>'
+
+
+def _answer(study: Study) -> str:
+    if study.evaluation is None:
+        return _section("answer", _missing("No evaluation of this search yet (the cross-validated table, the "
+                                           "paired comparisons)", f"fundus-search evaluate {study.folder}"))
+    runs, predictions = load_evaluation(study.evaluation)
+    table = evaluation_table(runs, predictions)
+    cpu = json.loads((study.evaluation / EVALUATION_FILE).read_text()).get("cpu_ms_per_image")
+    comparisons = load_comparisons(study.evaluation)
+    parts = [f"<p class='note'>{html.escape(evaluation_caption(table))}. CPU ms per image: from a decoded image "
+             "to its probability at batch 1; LP, FT and LP-FT of one init share the network.</p>",
+             _table(evaluation_frame(table, cpu))]
+    if comparisons.empty:
+        parts.append("<p>No paired comparisons: they need two evaluated cells sharing folds and seeds.</p>")
+    else:
+        parts.append("<h3>Paired comparisons</h3><ul>" + "".join(
+            f"<li>{html.escape(s)}</li>" for s in comparison_sentences(comparisons)) + "</ul>")
+        parts.append(f"<p class='note'>What the intervals assume: corrected t-test: "
+                     f"{html.escape(comparisons['assumes'].iloc[0])}; paired bootstrap: "
+                     f"{html.escape(comparisons['assumes'].iloc[-1])}.</p>")
+        parts.append(_figure(figures.forest_plot(comparisons), "Paired differences with 95% intervals (forest plot)"))
+    return _section("answer", "".join(parts))
+
+
+def _diagnostics(study: Study) -> str:
+    if study.evaluation is None:
+        return _section("diagnostics", _missing("ROC curves and confusion matrices come from the evaluation's "
+                                                "out-of-fold predictions", f"fundus-search evaluate {study.folder}"))
+    runs, predictions = load_evaluation(study.evaluation)
+    return _section("diagnostics", _figure(figures.roc_curves(predictions, runs),
+                                           "Out-of-fold ROC of each cell's configuration (AUC: mean over seeds)")
+                    + _figure(figures.confusion_matrices(predictions, runs),
+                              "Confusion matrices at P(positive) >= 0.5, out of fold, counts summed over seeds"))
+
+
+def _search(study: Study) -> str:
+    column = best(study.metric)
+    parts = [_figure(figures.best_so_far(study.trials, study.epochs, column, study.metric, study.mode),
+                     f"Best {study.metric} so far, by trials finished and by training epochs spent"),
+             _figure(figures.learning_curves(study.trials, study.epochs, study.metric, study.mode),
+                     "Every trial's learning curve by cell: faded = stopped early by ASHA, red = the cell's winner")]
+    scheduler = study.config.get("search", {}).get("scheduler", {})
+    rungs = _rungs(scheduler, study.config.get("search", {}).get("max_epochs", 1))
+    if rungs:
+        parts.append(_figure(figures.asha_survival(study.trials, rungs), "Trials of each cell reaching each ASHA rung"))
+    else:
+        parts.append("<p class='note'>No early stopping (FIFO scheduler): every trial ran its epochs.</p>")
+    return _section("search", "".join(parts))
+
+
+def _rungs(scheduler: dict, max_epochs: int) -> list[int]:
+    """ASHA's rungs, grace x rf^k below max_epochs, and max_epochs itself."""
+    if scheduler.get("type", "asha") != "asha":
+        return []
+    rungs, rung = [], scheduler.get("grace_period", 1)
+    while rung < max_epochs:
+        rungs.append(int(rung))
+        rung *= scheduler.get("reduction_factor", 2)
+    return rungs + [max_epochs]
+
+
+def _parameters(study: Study) -> str:
+    column, parts = best(study.metric), []
+    for strategy, params in _SEARCHED.items():
+        searched = [p for p in params if study.trials.loc[study.trials[STRATEGY] == strategy, p].nunique() > 1]
+        if searched and (study.trials[STRATEGY] == strategy).sum() >= 2:
+            parts.append(_figure(figures.parameter_scatter(study.trials, column, study.metric, strategy, searched),
+                                 f"{study.metric} of every {strategy} trial against each searched parameter"))
+    parts.append(_importances(study))
+    return _section("parameters", "".join(parts))
+
+
+def _importances(study: Study) -> str:
+    """Optuna's parameter importances (its default evaluator), on the search's own study: over all
+    completed trials, and per strategy over the parameters that strategy searches."""
+    import optuna
+
+    path = study.folder / STUDY_FILE
+    if not path.is_file():
+        return "<p class='note'>No Optuna study in this folder: no parameter importances.</p>"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    stored = optuna.load_study(study_name=study.name, storage=f"sqlite:///{path}")
+    complete = stored.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    groups = {"all strategies": complete}
+    for strategy in _SEARCHED:
+        groups[strategy] = [t for t in complete if t.params.get(STRATEGY, strategy) == strategy]
+    parts = []
+    for title, trials in groups.items():
+        importances = _importance(trials, stored.direction)
+        if isinstance(importances, str):
+            parts.append(f"<p class='note'>Parameter importances ({html.escape(title)}): {html.escape(importances)}.</p>")
+        else:
+            parts.append(_figure(figures.importance_bars(importances, f"importances: {title}"),
+                                 f"Optuna parameter importances, {title} ({len(trials)} completed trials)"))
+    return "".join(parts)
+
+
+def _importance(trials: list, direction) -> dict[str, float] | str:
+    import optuna
+
+    if len(trials) < 3:
+        return f"too few completed trials to compute them ({len(trials)}; at least 3)"
+    shared = set.intersection(*(set(t.params) for t in trials))
+    varied = sorted(p for p in shared if len({str(t.params[p]) for t in trials}) > 1)
+    if not varied:
+        return "no parameter varied across these completed trials"
+    study = optuna.create_study(direction=direction)
+    study.add_trials(trials)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return optuna.importance.get_param_importances(study, params=varied)
+        except (RuntimeError, ValueError) as exc:
+            return f"Optuna could not compute them ({exc})"
+
+
+def _provenance(study: Study) -> str:
+    trials, meta = study.trials, study.metadata
+    by_status = trials["status"].value_counts().to_dict()
+    gpu_hours = float((trials["wall_seconds"].fillna(0) * trials["gpus"].fillna(0)).sum() / 3600)
+    span = _wall_seconds(study.epochs)
+    facts = {
+        "search": study.name, "folder": str(study.folder.absolute()),
+        "git commit": meta.get("git_commit", "unknown"), "dataset fingerprint": meta.get("dataset_fingerprint", "-"),
+        "machine": meta.get("machine", "not recorded"),
+        "trials": f"{len(trials)} ({', '.join(f'{n} {s}' for s, n in by_status.items())})",
+        "epochs trained": str(len(study.epochs)),
+        "search wall time": f"{span / 60:.1f} min" if span else "-",
+        "GPU-hours": f"{gpu_hours:.2f}" if gpu_hours else "none recorded (CPU or no GPU share)",
+    }
+    weights = trials.groupby(INIT)["weights_id"].agg(lambda ids: _weights_text(ids.dropna().unique()))
+    versions = json.loads(meta["versions"]) if "versions" in meta else {}
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts.items())
+    rows += "".join(f"<tr><th>weights: {html.escape(i)}</th><td>{html.escape(w)}</td></tr>" for i, w in weights.items())
+    rows += "".join(f"<tr><th>{html.escape(p)}</th><td>{html.escape(str(v))}</td></tr>" for p, v in versions.items())
+    config = meta.get("config") or yaml.safe_dump(study.config, sort_keys=False)
+    return _section("provenance", f"<table class='data'>{rows}</table><h3>Resolved config</h3>"
+                                  f"<pre>{html.escape(config)}</pre>")
+
+
+def _weights_text(ids) -> str:
+    if len(ids) and all(str(i).startswith("random-") for i in ids):
+        return "random initialisation, seeded per trial"
+    return ", ".join(f"sha256 {i}" for i in ids) or "-"
+
+
+def _wall_seconds(epochs: pd.DataFrame) -> float | None:
+    """From the first trial's start to the last report, from the epoch rows' timestamps."""
+    stamped = epochs.dropna(subset=["timestamp", "time_total_s"])
+    if stamped.empty:
+        return None
+    return float(stamped["timestamp"].max() - (stamped["timestamp"] - stamped["time_total_s"]).min())
+

@@ -1,0 +1,9 @@
+"""The `fundus-search` commands: one module per command family, each with `add_parsers(commands)`
+and one handler per command named `<command>_command(args) -> int`.
+
+Command modules import nothing heavy at the top: torch, Ray and Optuna load inside the handlers
+that need them, so `fundus-search --help`, `best`, `table` and `report` start in about a second.
+"""
+
+# The registry: `search.cli` builds the parser from these modules, in this order of the help.
+COMMAND_MODULES = ("data", "train", "run", "evaluate", "query", "report", "jobs", "demo")

@@ -1,0 +1,79 @@
+"""`fundus-search evaluate`: retrain each cell's winners on every fold x seeds; print the table
+and the paired comparisons."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from vocabulary import COMPARISONS_FILE, EVALUATION_FILE, PREDICTIONS_FILE, RUNS_FILE
+
+from ._args import UsageError, folder_name, number_above, quiet_optuna
+
+
+def add_parsers(commands: argparse._SubParsersAction) -> None:
+    evaluate = commands.add_parser("evaluate", help="retrain each cell's best configurations on every fold x seeds "
+                                                    "and compare them (the study's answer)")
+    evaluate.add_argument("results", type=Path, help="a finished (or resumed) search folder")
+    evaluate.add_argument("--top", type=number_above(1, int, inclusive=True), default=1,
+                          help="configurations per init x strategy cell, best first (default 1)")
+    evaluate.add_argument("--seeds", type=number_above(1, int, inclusive=True), default=3,
+                          help="seeds per fold (default 3)")
+    evaluate.add_argument("--folds", type=fold_list, help="comma-separated folds, e.g. 0,2 (default: all)")
+    evaluate.add_argument("--epochs", choices=("best", "max"), default="best",
+                          help="epochs per run: the configuration's best epoch in the search, or search.max_epochs")
+    evaluate.add_argument("--name", type=folder_name, help="evaluation folder inside the search (default: evaluation)")
+    evaluate.add_argument("--address", help="Ray cluster: auto, HOST:PORT or ray://...; default: embedded local Ray")
+    evaluate.set_defaults(handler=evaluate_command)
+
+
+def fold_list(text: str) -> tuple[int, ...]:
+    try:
+        folds = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated fold numbers, e.g. 0,2 (got {text!r})") from None
+    if any(f < 0 for f in folds) or len(set(folds)) != len(folds):
+        raise argparse.ArgumentTypeError(f"folds are distinct numbers >= 0 (got {text!r})")
+    return folds
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    from ..evaluation import EvaluationRequest, start_evaluation
+
+    quiet_optuna()
+    request = EvaluationRequest(top=args.top, seeds=args.seeds, folds=args.folds, epochs=args.epochs)
+    folder = start_evaluation(args.results, request, name=args.name, address=args.address)
+    return summarise_evaluation(folder)
+
+
+def summarise_evaluation(folder: Path) -> int:
+    """The ending screen: the table, the comparisons, the files.
+
+    Returns:
+        0, or 1 when runs failed or did not finish.
+    """
+    from results.evaluation import evaluation_table, load_comparisons, load_evaluation
+    from results.query import read_parquet
+    from results.tables import format_comparisons, format_evaluation_table
+
+    all_runs = read_parquet(folder / RUNS_FILE)
+    meta = json.loads((folder / EVALUATION_FILE).read_text())
+    runs, predictions = load_evaluation(folder)
+    if runs.empty:
+        raise UsageError(f"{folder}: no run finished; their errors are in the error column of {RUNS_FILE}")
+    comparisons = load_comparisons(folder)
+    print()
+    print(format_evaluation_table(evaluation_table(runs, predictions), meta.get("cpu_ms_per_image")))
+    print()
+    print(format_comparisons(comparisons))
+    print(f"\nruns:        {folder / RUNS_FILE}")
+    print(f"predictions: {folder / PREDICTIONS_FILE}")
+    print(f"comparisons: {folder / COMPARISONS_FILE}")
+    print(f"again:       fundus-search table {folder} --evaluation")
+    unfinished = len(all_runs) - len(runs)
+    if unfinished or len(all_runs) < meta["runs"]:
+        print(f"\n{meta['runs'] - len(runs)} of {meta['runs']} runs did not finish; continue with: "
+              f"fundus-search resume {folder}")
+        return 1
+    return 0

@@ -1,0 +1,1 @@
+"""The demo: offline stand-ins for the ImageNet and FLAIR weights and their pretraining corpora."""

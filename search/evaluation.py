@@ -1,0 +1,303 @@
+"""`fundus-search evaluate`: the study's answer from a finished search.
+
+Each init x strategy cell's top K configurations are retrained from scratch on every fold of the
+search's split x R seeds, for a fixed number of epochs (no early stopping, no best-epoch
+picking on the fold being scored), and, when the config holds out a test split, on every
+non-test image x R seeds, scored once on the test images. The runs go through the search's own
+machinery (the same trainable, resources, image sharing, checkpoints and retries) as one Ray
+Tune run over that grid; their last epoch's predictions are kept, and the table and the paired
+comparisons are computed from them (results.evaluation).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+from ray import tune
+from ray.tune.search import Searcher
+
+from data_io import ImageCache, decode_image, prepare_images
+from models import Classifier, build_feature_net, cpu_ms_per_image
+from models.backbones import Head
+from results import ResultsStore, load_trials
+from results.evaluation import CV, TEST, load_evaluation, paired_comparisons, write_comparisons
+from results.store import EVALUATION_TABLES
+from vocabulary import (BATCH_SIZE, COMPLETED, CONFIG_FILE, EPOCHS_FILE, ERROR, EVALUATION_DIR, EVALUATION_FILE, FOLD,
+                        FT_LR, INIT, LP_EPOCHS, LP_LR, METRICS, PARAMS, PREDICTIONS_FILE, RUNNING, RUNS_FILE,
+                        SEARCH_FILE, SEED, STOPPED_EARLY, STRATEGY, WEIGHT_DECAY, best, check_name, val)
+
+from .callbacks import ProgressCallback, epoch_row, error_line
+from .config import Config, load_config
+from .errors import SearchError
+from .folders import check_storage, check_trusted, check_weights, provenance
+from .outcome import trial_status
+from .ray_session import check_address, connect
+from .trainable import train_trial
+from .tuner import make_tuner, trainable_with_resources
+
+_CHOSEN = (INIT, STRATEGY, LP_LR, FT_LR, LP_EPOCHS, WEIGHT_DECAY, BATCH_SIZE)  # what a configuration fixes
+
+
+@dataclass(frozen=True)
+class EvaluationRequest:
+    """What to retrain: each cell's `top` configurations, on `folds` (None: all) x `seeds` seeds,
+    for each configuration's best epoch of the search (`epochs="best"`) or search.max_epochs ("max")."""
+
+    top: int = 1
+    seeds: int = 3
+    folds: tuple[int, ...] | None = None
+    epochs: str = "best"
+
+
+def plan_runs(trials: pd.DataFrame, config: Config, request: EvaluationRequest) -> list[dict]:
+    """One run per configuration x fold x seed (and x seed on the test split): the trial configs.
+
+    Raises:
+        SearchError: no finished trial, a cell of the search space without one, or a fold that
+            the search's split does not have.
+    """
+    folds = request.folds if request.folds is not None else tuple(range(config.data.folds))
+    bad = [f for f in folds if not 0 <= f < config.data.folds]
+    if bad:
+        raise SearchError(f"folds: {bad} not in the search's {config.data.folds}-fold split "
+                          f"(0..{config.data.folds - 1}); pick folds from it")
+    score = best(config.search.metric)
+    done = trials[trials["status"].isin([COMPLETED, STOPPED_EARLY]) & trials["best_epoch"].notna()]
+    if done.empty:
+        raise SearchError("no finished trials in the search; let it finish first (fundus-search resume FOLDER)")
+    cells = [(i, s) for i in config.inits for s in config.search.space.strategy]
+    missing = [f"{i}/{s}" for i, s in cells if not ((done[INIT] == i) & (done[STRATEGY] == s)).any()]
+    if missing:
+        raise SearchError(f"no finished trial in cell(s) {', '.join(missing)}; resume the search with more trials "
+                          "(search.num_samples) so every cell has one")
+    runs = []
+    for init, strategy in cells:
+        cell = done[(done[INIT] == init) & (done[STRATEGY] == strategy)]
+        chosen = cell.sort_values([score, "optuna_number"], ascending=[config.search.mode == "min", True])
+        for rank, trial in enumerate(chosen.head(request.top).to_dict("records"), start=1):
+            runs += _runs_of(trial, rank, config, request, folds, score)
+    return runs
+
+
+def _runs_of(trial: dict, rank: int, config: Config, request: EvaluationRequest, folds, score: str) -> list[dict]:
+    config_id = f"{trial[INIT]}-{trial[STRATEGY]}-{rank}"
+    common = {**{k: None if pd.isna(trial[k]) else trial[k] for k in _CHOSEN}, "config_id": config_id, "rank": rank,
+              "max_epochs": int(trial["best_epoch"]) if request.epochs == "best" else config.search.max_epochs,
+              "source_trial_id": trial["trial_id"], "source_optuna_number": int(trial["optuna_number"]),
+              "search_score": float(trial[score]), "keep_predictions": True}
+    runs = [{**common, "split": CV, FOLD: fold, SEED: seed, "run_id": f"{config_id}-fold{fold}-seed{seed}"}
+            for fold in folds for seed in range(request.seeds)]
+    if config.data.test_fraction > 0:
+        runs += [{**common, "split": TEST, FOLD: None, SEED: seed, "run_id": f"{config_id}-test-seed{seed}"}
+                 for seed in range(request.seeds)]
+    return runs
+
+
+class FixedRuns(Searcher):
+    """Hands Tune the planned runs in order, then says it is finished: a fixed grid, no search.
+    Its state (the runs and how many were handed out) is saved with Tune's experiment state, so
+    a resumed evaluation continues exactly where the snapshot left it."""
+
+    def __init__(self, runs: list[dict]):
+        super().__init__()
+        self.runs, self.handed_out = runs, 0
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # nothing to search: metric and mode do not matter
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if self.handed_out >= len(self.runs):
+            return Searcher.FINISHED
+        self.handed_out += 1
+        return dict(self.runs[self.handed_out - 1])
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass
+
+    def save(self, checkpoint_path: str) -> None:
+        Path(checkpoint_path).write_text(json.dumps({"runs": self.runs, "handed_out": self.handed_out}, default=_plain))
+
+    def restore(self, checkpoint_path: str) -> None:
+        state = json.loads(Path(checkpoint_path).read_text())
+        self.runs, self.handed_out = state["runs"], state["handed_out"]
+
+
+def _plain(value):
+    """numpy scalars (from pandas rows) as JSON numbers."""
+    return value.item()
+
+
+def evaluation_label(config: dict) -> str:
+    """`flair     lp_ft  fold 2 seed 0`: an evaluation run on its progress line."""
+    where = f"fold {config[FOLD]}" if config["split"] == CV else "test  "
+    return f"{config[INIT]:<9} {config[STRATEGY]:<6} {where} seed {config[SEED]}"
+
+
+class EvaluationCallback(tune.Callback):
+    """Keeps runs.parquet, predictions.parquet and epochs.parquet of an evaluation current.
+
+    Args:
+        folder: the evaluation folder.
+        name: written in every row's `search` column.
+        images: paths, groups and labels of the image array's rows (the predictions name them).
+        metadata: provenance for the Parquet metadata.
+    """
+
+    def __init__(self, folder: str, *, name: str, images: dict[str, list], metadata: dict[str, str]):
+        self.folder, self.name, self.images, self.metadata = folder, name, images, metadata
+        self.store: ResultsStore | None = None  # opened in setup: the callback is pickled before
+
+    def __getstate__(self):  # the store holds an open log; a restored callback reopens it in setup
+        return {**self.__dict__, "store": None}
+
+    def setup(self, **info) -> None:
+        self.store = ResultsStore(self.folder, search=self.name, tables=EVALUATION_TABLES, metadata=self.metadata)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self.store.put(EPOCHS_FILE, epoch_row(trial, result))
+        run = trial.config
+        for row, prob in zip(result.get("scored_rows") or [], result.get("scored_probabilities") or []):
+            self.store.put(PREDICTIONS_FILE, {
+                "run_id": run["run_id"], "config_id": run["config_id"], "split": run["split"], "fold": run[FOLD],
+                "seed": run[SEED], "row": row, "image": self.images["paths"][row], "group": self.images["groups"][row],
+                "label": self.images["labels"][row], "prob_positive": prob})
+        self.store.put(RUNS_FILE, self.run_row(trial, result, status=RUNNING))
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        final = trial.last_result or {}
+        self.store.put(RUNS_FILE, self.run_row(trial, final, status=trial_status(final, error=False)))
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.store.put(RUNS_FILE, self.run_row(trial, trial.last_result or {}, status=ERROR, error=error_line(trial)))
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self.store.close()
+
+    def run_row(self, trial, final: dict, *, status: str, error: str | None = None) -> dict:
+        """The runs.parquet row: the configuration, the last epoch's metrics, sizes, time, provenance."""
+        run, resources = trial.config, trial.placement_group_factory.required_resources
+        epochs = self.store.rows(EPOCHS_FILE, trial.trial_id)
+        return {
+            "run_id": run["run_id"], "config_id": run["config_id"], "rank": run["rank"], "split": run["split"],
+            "trial_id": trial.trial_id, "status": status, **{p: run.get(p) for p in PARAMS},
+            "epochs": run["max_epochs"], "source_trial_id": run["source_trial_id"],
+            "source_optuna_number": run["source_optuna_number"], "search_score": run["search_score"],
+            **{m: final.get(val(m)) for m in METRICS},
+            "n_train": final.get("n_train"), "n_scored": len(final["scored_rows"]) if final.get("scored_rows") else None,
+            "train_seconds": sum(r.get("epoch_seconds") or 0.0 for r in epochs), "wall_seconds": final.get("time_total_s"),
+            "cpus": resources.get("CPU"), "gpus": resources.get("GPU", 0.0), "node": final.get("node"), "error": error,
+            "weights_id": final.get("weights_id"), "normalize": final.get("normalize"),
+            "dataset_fingerprint": final.get("dataset_fingerprint"),
+        }
+
+
+def _image_rows(cache: ImageCache) -> dict[str, list]:
+    return {"paths": list(cache.paths), "groups": list(cache.groups), "labels": [int(x) for x in cache.labels]}
+
+
+def _search_folder(search_dir: Path) -> tuple[Path, Config, pd.DataFrame]:
+    search_dir = Path(search_dir).absolute()
+    if not (search_dir / SEARCH_FILE).is_file():
+        raise SearchError(f"{search_dir}: not a search folder (no {SEARCH_FILE}); pass the folder `run` printed")
+    return search_dir, load_config(search_dir / CONFIG_FILE), load_trials([search_dir])
+
+
+def start_evaluation(search_dir: Path, request: EvaluationRequest = EvaluationRequest(), *, name: str | None = None,
+                     address: str | None = None, train_fn: Callable = train_trial) -> Path:
+    """Validate everything, then write the evaluation folder, then run every planned run.
+
+    Returns:
+        the evaluation folder (`<search>/evaluation` or `<search>/<name>`).
+
+    Raises:
+        UserError (SearchError, ConfigError, WeightsError, ManifestError, ClusterError): nothing was written.
+    """
+    search_dir, config, trials = _search_folder(search_dir)
+    runs = plan_runs(trials, config, request)
+    try:
+        name = check_name(name or EVALUATION_DIR)
+    except ValueError as exc:
+        raise SearchError(f"evaluation name: {exc}") from None
+    folder = search_dir / name
+    if folder.exists():
+        raise SearchError(f"{folder} already exists; continue it with `fundus-search resume {folder}` or pass "
+                          "another --name")
+    check_storage(str(folder))
+    if address:
+        check_address(address)
+    check_weights(config)
+    cache = prepare_images(config.data.to_spec())
+    connect(address)
+    cpu = measure_cpu(config, cache, sorted({r["config_id"]: r[INIT] for r in runs}.items()))
+    folder.mkdir(parents=True)
+    (folder / EVALUATION_FILE).write_text(json.dumps({
+        "name": name, "search": str(search_dir), "request": request.__dict__, "runs": len(runs),
+        "cpu_ms_per_image": cpu}, indent=2, default=list))
+    tuner = make_tuner(trainable_with_resources(config, cache, train_fn), config, name=name,
+                       storage_path=str(search_dir), search_alg=FixedRuns(runs),
+                       scheduler=None, num_samples=len(runs), callbacks=_callbacks(folder, name, config, cache, len(runs)))
+    tuner.fit()
+    finish_evaluation(folder)
+    return folder
+
+
+def _callbacks(folder: Path, name: str, config: Config, cache: ImageCache, total: int) -> list:
+    return [EvaluationCallback(str(folder), name=name, images=_image_rows(cache),
+                               metadata=provenance(config, cache.meta["fingerprint"])),
+            ProgressCallback(metric=config.search.metric, mode=config.search.mode, total=total,
+                             label=evaluation_label)]
+
+
+def resume_evaluation(folder: Path, *, address: str | None = None, train_fn: Callable = train_trial) -> Path:
+    """Continue an interrupted evaluation (same runs; none lost, none twice).
+
+    Raises:
+        SearchError: `folder` is not an evaluation folder, or others could have written it.
+    """
+    folder = Path(folder).absolute()
+    if not (folder / EVALUATION_FILE).is_file():
+        raise SearchError(f"{folder}: not an evaluation folder (no {EVALUATION_FILE})")
+    check_trusted(folder)
+    search_dir = Path(json.loads((folder / EVALUATION_FILE).read_text())["search"])
+    config = load_config(search_dir / CONFIG_FILE)
+    cache = prepare_images(config.data.to_spec())
+    connect(address)
+    tuner = tune.Tuner.restore(str(folder), trainable=trainable_with_resources(config, cache, train_fn),
+                               resume_unfinished=True, resume_errored=True)
+    tuner.fit()
+    finish_evaluation(folder)
+    return folder
+
+
+def finish_evaluation(folder: Path, *, resamples: int = 2000) -> pd.DataFrame:
+    """Compute the paired comparisons of the finished runs and write comparisons.parquet
+    (the bootstrap is seeded with search.seed: the same runs give the same file)."""
+    meta = json.loads((folder / EVALUATION_FILE).read_text())
+    config = load_config(Path(meta["search"]) / CONFIG_FILE)
+    sources = {name: init.source for name, init in config.model.inits.items()}
+    runs, predictions = load_evaluation(folder)
+    comparisons = paired_comparisons(runs, predictions, sources, resamples=resamples, seed=config.search.seed)
+    write_comparisons(folder, comparisons)
+    return comparisons
+
+
+def measure_cpu(config: Config, cache: ImageCache, configs: list[tuple[str, str]]) -> dict[str, dict]:
+    """CPU milliseconds per image of each configuration, from a decoded image of the dataset to
+    its probability, at batch 1, on 1 thread and on all of this machine's threads. LP, FT and
+    LP-FT of one init share one network, so each init is timed once."""
+    image = decode_image(Path(cache.meta["root"]) / cache.paths[0])
+    preprocessing, threads = config.data.to_spec().preprocessing, os.cpu_count() or 1
+    per_init = {}
+    for init in sorted({i for _, i in configs}):
+        net = build_feature_net(config.model.init_spec(init), config.model.backbone, seed=0)
+        classifier = Classifier(net, Head(net.feature_dim, 2))
+        per_init[init] = {"ms_1_thread": cpu_ms_per_image(classifier, image, preprocessing, threads=1),
+                          "ms_all_threads": cpu_ms_per_image(classifier, image, preprocessing, threads=threads),
+                          "threads": threads, "torch": torch.__version__}
+    return {config_id: per_init[init] for config_id, init in configs}

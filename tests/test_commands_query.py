@@ -1,0 +1,110 @@
+"""`best`, `table` and `tensorboard` on real Parquet files: ordering, filters that never run
+code, formats, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from search.cli import main
+from tests.helpers import write_results_dir
+
+
+@pytest.fixture
+def results_dir(tmp_path):
+    return write_results_dir(tmp_path / "s1")
+
+
+def test_best_command_orders_filters_and_formats(results_dir, capsys):
+    assert main(["best", str(results_dir), "--top", "2", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["trial_id"] for r in rows] == ["c", "b"]
+    assert main(["best", str(results_dir), "--where", "strategy == 'ft'", "--csv"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("search,trial_id,status,init") and len(out) == 3  # header, d, f (e errored)
+    assert main(["best", str(results_dir.parent), "--metric", "val_kappa", "--top", "1"]) == 0
+    assert "lp_ft" in capsys.readouterr().out
+
+
+def test_table_command_prints_the_paper_shape(results_dir, capsys):
+    assert main(["table", str(results_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "best val_average per init x strategy" in out
+    flair_line = next(line for line in out.splitlines() if line.startswith("flair"))
+    assert "0.650 (k 0.55 F1 0.65 Sp 0.75) n=2" in flair_line and "0.700" in flair_line
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["best", "{tmp}/nothing"], "no trials.parquet in"),
+    (["best", "{results}", "--metric", "val_magic"], "--metric: unknown 'val_magic'"),
+    (["best", "{results}", "--where", "strategy ==="], "--where: not a valid expression"),
+    (["best", "{results}", "--where", "magic > 1"], "--where: unknown column 'magic'"),
+    (["best", "{results}", "--top", "-1"], "argument --top: must be >= 1 (got -1)"),
+    (["best", "{results}", "--top", "x"], "argument --top: expected an integer (got 'x')"),
+])
+def test_query_mistakes_exit_2_with_one_line(argv, message, results_dir, tmp_path, capsys):
+    argv = [a.format(tmp=tmp_path, results=results_dir) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_tensorboard_command_serves_on_loopback(results_dir):
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cli = str(Path(sys.executable).parent / "fundus-search")
+    server = subprocess.Popen([cli, "tensorboard", str(results_dir), "--port", str(port)], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert f"at http://127.0.0.1:{port}/" in server.stdout.readline()
+        deadline, status = time.monotonic() + 60, None
+        while time.monotonic() < deadline and status is None:
+            try:
+                status = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).status
+            except OSError:
+                time.sleep(0.5)
+        assert status == 200, "TensorBoard did not answer on 127.0.0.1"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.parametrize("payload", [
+    "@pd.io.common.os.system('touch {pwned}')",
+    "@Path('{pwned}').touch()",
+    "strategy == __import__('os').system('touch {pwned}')",
+    "strategy.__class__.__init__.__globals__ == 1",
+    "init == (lambda: open('{pwned}', 'w'))()",
+    "best_val_average > [x for x in ().__class__.__base__.__subclasses__()]",
+    "strategy == 'lp' + 'ft'",
+    "init[0] == 'f'",
+])
+def test_where_never_runs_code(payload, results_dir, tmp_path, capsys):
+    pwned = tmp_path / "pwned"
+    assert main(["best", str(results_dir), "--where", payload.format(pwned=pwned)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --where:") and len(err.strip().splitlines()) == 1, err
+    assert not pwned.exists()
+
+
+def test_where_filters_with_comparisons_in_and_not(results_dir, capsys):
+    query = "init in ['flair', 'imagenet'] and not strategy == 'lp' and best_val_average >= 0.55"
+    assert main(["best", str(results_dir), "--where", query, "--json"]) == 0
+    assert sorted(r["trial_id"] for r in json.loads(capsys.readouterr().out)) == ["c", "d"]
+
+
+def test_a_corrupt_parquet_file_is_one_line(results_dir, capsys):
+    (results_dir / "trials.parquet").write_bytes(b"PAR1 not really")
+    for command in ("best", "table"):
+        assert main([command, str(results_dir)]) == 2
+        err = capsys.readouterr().err
+        assert "trials.parquet: not a readable Parquet file" in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,170 @@
+"""`fundus-search evaluate` on a real tiny search: one run per configuration x fold x seed, every
+image predicted once per configuration and seed in its held-out fold, metrics recomputed from
+the predictions, a test split outside every fold, kill and resume, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from data_io import split_indices
+from results.evaluation import evaluation_table, load_evaluation, run_metrics
+from search.cli import main
+from tests.helpers import EVALUATED_FOLDS as FOLDS
+from tests.helpers import EVALUATED_INITS as INITS
+from tests.helpers import EVALUATED_SEEDS as SEEDS
+
+pytestmark = pytest.mark.slow
+
+CLI = str(Path(sys.executable).parent / "fundus-search")
+
+
+@pytest.fixture(scope="module")
+def search(evaluated_search) -> Path:
+    return evaluated_search
+
+
+@pytest.fixture(scope="module")
+def evaluation(evaluated_search) -> Path:
+    return evaluated_search / "evaluation"
+
+
+def test_one_run_per_configuration_fold_and_seed_and_per_seed_on_the_test_split(evaluation):
+    runs = pd.read_parquet(evaluation / "runs.parquet")
+    cells = len(INITS) * 2
+    assert len(runs) == cells * (len(FOLDS) + 1) * SEEDS and runs["run_id"].is_unique
+    assert (runs["status"] == "completed").all()
+    cv = runs[runs["split"] == "cv"]
+    assert sorted(cv.groupby("config_id").size().unique()) == [len(FOLDS) * SEEDS]
+    assert set(cv["fold"]) == set(FOLDS) and set(runs["seed"]) == set(range(SEEDS))
+    assert runs.loc[runs["split"] == "test", "fold"].isna().all()
+    assert (runs["epochs"] >= 1).all() and runs["search_score"].notna().all()
+
+
+def test_every_image_is_predicted_once_per_configuration_and_seed_in_its_held_out_fold(search, evaluation):
+    from search.config import load_config
+    config = load_config(search / "config.yaml")
+    predictions = pd.read_parquet(evaluation / "predictions.parquet")
+    labels, groups = _dataset(search)
+    cv = predictions[predictions["split"] == "cv"]
+    held_out = {fold: set(split_indices(labels, groups, folds=config.data.folds, fold=fold, seed=config.data.seed,
+                                        test_fraction=0.2)[1]) for fold in FOLDS}
+    for (config_id, seed), rows in cv.groupby(["config_id", "seed"]):
+        assert rows["row"].is_unique, f"{config_id} seed {seed}: an image predicted twice"
+        assert set(rows["row"]) == set().union(*held_out.values()), f"{config_id} seed {seed}: images missing"
+        assert all(row in held_out[fold] for row, fold in zip(rows["row"], rows["fold"])), "predicted outside its fold"
+
+
+def test_metrics_recomputed_from_the_predictions_equal_the_runs(evaluation):
+    runs = pd.read_parquet(evaluation / "runs.parquet").set_index("run_id")
+    recomputed = run_metrics(pd.read_parquet(evaluation / "predictions.parquet")).set_index("run_id")
+    for metric in ("kappa", "f1", "specificity", "average", "auc", "accuracy", "sensitivity"):
+        assert np.allclose(recomputed.loc[runs.index, metric], runs[metric], atol=1e-12, equal_nan=True), metric
+
+
+def test_the_test_split_shares_no_group_with_any_fold_or_the_search(search, evaluation):
+    from search.config import load_config
+    config = load_config(search / "config.yaml")
+    labels, groups = _dataset(search)
+    train, test = split_indices(labels, groups, folds=config.data.folds, fold=None, seed=config.data.seed,
+                                test_fraction=0.2)
+    assert len(test) and not set(groups[test]) & set(groups[train])
+    for fold in range(config.data.folds):  # the search trained and validated on these
+        fold_train, fold_val = split_indices(labels, groups, folds=config.data.folds, fold=fold, seed=config.data.seed,
+                                             test_fraction=0.2)
+        assert not set(groups[test]) & (set(groups[fold_train]) | set(groups[fold_val]))
+    predictions = pd.read_parquet(evaluation / "predictions.parquet")
+    assert set(predictions.loc[predictions["split"] == "test", "row"]) == set(test)
+
+
+def _dataset(search: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and groups of every row of the search's image array."""
+    from data_io import prepare_images
+    from search.config import load_config
+    cache = prepare_images(load_config(search / "config.yaml").data.to_spec())
+    return cache.labels, np.asarray(cache.groups)
+
+
+def test_the_table_and_comparisons_come_back_from_parquet_without_ray(evaluation, capsys):
+    runs, predictions = load_evaluation(evaluation)
+    table = evaluation_table(runs, predictions)
+    assert len(table) == len(INITS) * 2 and (table["folds"] == len(FOLDS)).all()
+    assert main(["table", str(evaluation.parent), "--evaluation"]) == 0
+    out = capsys.readouterr().out
+    for r in table.itertuples():
+        assert f"{r.average_mean:.3f} ± {r.average_std:.3f}" in out
+    assert "random - scratch (lp):" in out and "corrected t-test" in out and "paired bootstrap" in out
+    comparisons = pd.read_parquet(evaluation / "comparisons.parquet")
+    assert set(comparisons["method"]) == {"corrected t-test", "paired bootstrap"}
+    assert set(comparisons["split"]) == {"cv", "test"}
+    assert main(["table", str(evaluation), "--evaluation", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == len(table)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--folds", "9"], "folds: [9] not in the search's 3-fold split (0..2)"),
+    (["--seeds", "0"], "argument --seeds: must be >= 1 (got 0)"),
+    (["--folds", "a,b"], "argument --folds: expected comma-separated fold numbers"),
+])
+def test_bad_evaluate_arguments_are_one_line_and_write_nothing(argv, message, search, capsys):
+    assert main(["evaluate", str(search), "--name", "never", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (search / "never").exists()
+
+
+def test_evaluate_refuses_a_search_without_finished_trials_or_with_an_empty_cell(search, tmp_path, capsys):
+    import shutil
+
+    for case, keep in (("nothing-finished", lambda t: t.assign(status="error")),
+                       ("empty-cell", lambda t: t[~((t["init"] == "scratch") & (t["strategy"] == "ft"))])):
+        copy = tmp_path / case
+        shutil.copytree(search, copy, ignore=shutil.ignore_patterns("evaluation", "killed", "trial_*"))
+        keep(pd.read_parquet(search / "trials.parquet")).to_parquet(copy / "trials.parquet")
+        assert main(["evaluate", str(copy)]) == 2
+        err = capsys.readouterr().err
+        expected = "no finished trials" if case == "nothing-finished" else "no finished trial in cell(s) scratch/ft"
+        assert expected in err and len(err.strip().splitlines()) == 1, err
+        assert not (copy / "evaluation").exists()
+
+
+def test_a_killed_evaluation_resumes_with_nothing_lost_or_twice(search, evaluation):
+    rows = search / "killed" / ".rows.jsonl"
+    driver = subprocess.Popen([CLI, "evaluate", str(search), "--name", "killed", "--seeds", "1", "--folds", "0"],
+                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and driver.poll() is None and _runs_done(rows) < 3:
+            time.sleep(0.3)
+        assert driver.poll() is None, "the evaluation finished before it could be killed"
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    resumed = subprocess.run([CLI, "resume", str(search / "killed")], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "paired comparisons" in resumed.stdout
+    runs = pd.read_parquet(search / "killed" / "runs.parquet")
+    predictions = pd.read_parquet(search / "killed" / "predictions.parquet")
+    assert len(runs) == len(INITS) * 2 * (1 + 1) and (runs["status"] == "completed").all()  # fold 0 and the test split
+    assert runs["run_id"].is_unique and not predictions.duplicated(["run_id", "row"]).any()
+    assert set(predictions["run_id"]) == set(runs["run_id"])
+
+
+def _runs_done(rows: Path) -> int:
+    if not rows.exists():
+        return 0
+    lines = [line for line in rows.read_text().splitlines() if line.startswith('["runs.parquet"')]
+    return sum(1 for line in lines if '"status": "completed"' in line)
