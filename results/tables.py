@@ -113,7 +113,7 @@ def comparison_sentences(comparisons: pd.DataFrame) -> list[str]:
     [95% CI +0.012, +0.070], p = 0.01 (5 folds x 3 seeds, corrected t-test)`."""
     sentences = []
     for r in comparisons.itertuples():
-        what = f"{r.difference:+.3f} {r.metric} [95% CI {r.ci_low:+.3f}, {r.ci_high:+.3f}], p = {_p(r.p_value)}"
+        what = f"{r.difference:+.3f} {r.metric} [95% CI {r.ci_low:+.3f}, {r.ci_high:+.3f}], {_p(r.p_value)}"
         within = f"{r.within}{', test split' if r.split == 'test' else ''}"
         if r.method == "corrected t-test":
             how = f"{r.folds} folds x {r.seeds} seeds, corrected t-test"
@@ -132,4 +132,4 @@ def format_comparisons(comparisons: pd.DataFrame) -> str:
 
 
 def _p(p: float) -> str:
-    return "< 0.001" if p < 0.001 else f"{p:.3f}" if p < 0.01 else f"{p:.2f}"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.01 else f"p = {p:.2f}"

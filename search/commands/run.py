@@ -19,6 +19,14 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--num-samples", type=number_above(1, int, inclusive=True), help="override search.num_samples")
     run.add_argument("--address", help="Ray cluster: auto, HOST:PORT or ray://...; default: embedded local Ray")
     run.set_defaults(handler=run_command)
+    study = commands.add_parser("study", help="the whole study in one go: run the search, evaluate its winners, "
+                                              "write the report (one Ray session)")
+    study.add_argument("config", type=Path)
+    study.add_argument("--name", type=folder_name, help="as for run")
+    study.add_argument("--seeds", type=number_above(1, int, inclusive=True), default=3,
+                       help="seeds per fold in the evaluation (default 3)")
+    study.add_argument("--address", help="as for run")
+    study.set_defaults(handler=study_command)
     resume = commands.add_parser("resume", help="continue an interrupted search or evaluation")
     resume.add_argument("results", type=Path, help="the search (or evaluation) folder `run` (or `evaluate`) printed")
     resume.add_argument("--address")
@@ -31,6 +39,24 @@ def run_command(args: argparse.Namespace) -> int:
     quiet_optuna()
     paths, _ = start_search(args.config, name=args.name, num_samples=args.num_samples, address=args.address)
     return summarise(paths)
+
+
+def study_command(args: argparse.Namespace) -> int:
+    """`run`, then `evaluate` (every fold x --seeds), then `report`, printing each one's screen."""
+    from results.report import write_report
+
+    from ..evaluation import EvaluationRequest, start_evaluation
+    from ..tuner import start_search
+    from .evaluate import summarise_evaluation
+
+    quiet_optuna()
+    paths, _ = start_search(args.config, name=args.name, address=args.address)
+    searched = summarise(paths)
+    evaluated = summarise_evaluation(start_evaluation(paths.local, EvaluationRequest(seeds=args.seeds),
+                                                      address=args.address))
+    report = write_report(paths.local)
+    print(f"\nreport:      {report}  (open it in a browser; no network needed)")
+    return max(searched, evaluated)
 
 
 def resume_command(args: argparse.Namespace) -> int:

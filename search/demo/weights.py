@@ -49,7 +49,7 @@ STAND_INS: dict[str, StandIn] = {
 }
 
 
-def make_demo_weights(out_dir: Path, *, size: int = 64, images: int = 512, epochs: int = 10, seed: int = 0) -> dict:
+def make_demo_weights(out_dir: Path, *, size: int = 32, images: int = 192, epochs: int = 6, seed: int = 0) -> dict:
     """Pretrain and save both stand-ins unless the same recipe is already in `out_dir`.
 
     Returns:
