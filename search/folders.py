@@ -3,9 +3,11 @@ before anything is written; and the provenance written with their results."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import platform
 import stat
 import subprocess
 import tempfile
@@ -78,7 +80,23 @@ def provenance(config: Config, fingerprint: str) -> dict[str, str]:
     except (OSError, subprocess.TimeoutExpired):
         commit = None
     return {"config": yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False),
-            "versions": json.dumps(versions), "git_commit": commit or "unknown", "dataset_fingerprint": fingerprint}
+            "versions": json.dumps(versions), "git_commit": commit or "unknown", "dataset_fingerprint": fingerprint,
+            "machine": machine()}
+
+
+def machine() -> str:
+    """`AMD EPYC (2 cores, 23 GiB), GPUs: none` for the driver's machine."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    memory = ""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        kib = int(next(line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal")))
+        memory = f", {kib / 2**20:.0f} GiB"
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return f"{cpu} ({os.cpu_count()} cores{memory}), GPUs: {', '.join(gpus) or 'none'}"
 
 
 def _version(package: str) -> str:
