@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from . import b1_data_path, b2_lp_trials, b3_search_efficiency, b4_orchestration, b5_memory, b6_gpu, b8_evaluation
+from . import (b1_data_path, b2_lp_trials, b3_search_efficiency, b4_orchestration, b5_memory, b6_gpu, b7_gpu_search,
+               b8_evaluation)
 
 BENCHMARKS = {"b1_data_path": b1_data_path, "b2_lp_trials": b2_lp_trials,
               "b3_search_efficiency": b3_search_efficiency, "b4_orchestration": b4_orchestration,
-              "b5_memory": b5_memory, "b6_gpu": b6_gpu, "b8_evaluation": b8_evaluation}
+              "b5_memory": b5_memory, "b6_gpu": b6_gpu, "b7_gpu_search": b7_gpu_search,
+              "b8_evaluation": b8_evaluation}
 
 
 def summary_line(name: str, record: dict) -> str:
@@ -25,6 +27,9 @@ def summary_line(name: str, record: dict) -> str:
         "b6_gpu": lambda r: (", ".join(f"{k} {v['images_per_second']:.0f} img/s" for k, v in r["results"].items()
                                        if "error" not in v)
                              + f"; Trainer FT epoch {r['trainer']['ft_epoch_seconds_median']:.2f} s"),
+        "b7_gpu_search": lambda r: ", ".join(f"{k} checkpoint {v['checkpoint_seconds']:.2f} s"
+                                             for k, v in r["checkpoint"].items()) + "; " + (
+            r["search"].get("skipped") or f"search {r['search']['wall_speedup']:.2f}x faster"),
         "b3_search_efficiency": lambda r: ", ".join(
             f"{m} {'-' if v['fraction_of_grid_epochs'] is None else format(v['fraction_of_grid_epochs'], '.0%')}"
             for m, v in r["methods"].items()) + " of grid epochs",

@@ -31,7 +31,8 @@ node_ports() {  # the explicit ports of node $1 (0 = head) from port base $2
        "--runtime-env-agent-port $((base + 6)) --min-worker-port $((base + 10)) --max-worker-port $((base + 99))"
 }
 
-alive() { [ -n "$(pgrep -g "$1" 2>/dev/null)" ]; }
+# a process of group $1 that is not a zombie (where nothing reaps orphans, the dead linger as zombies)
+alive() { ps -eo pgid=,stat= | awk -v g="$1" '$1 == g && $2 !~ /^Z/ {found = 1} END {exit !found}'; }
 
 start_node() {  # name, log, then `ray start` arguments; records "node NAME PID"
   local name=$1 log=$2; shift 2

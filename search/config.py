@@ -257,6 +257,10 @@ class ResourcesConfig(_Strict):
 class StorageConfig(_Strict):
     path: str = "./runs"  # local folder, shared mount, or s3://bucket/prefix
     max_failures: int = Field(2, ge=0)
+    # Epochs between trial checkpoints; a retried or resumed trial continues, exactly, from the
+    # last one and redoes the epochs since. A ResNet-50 + AdamW checkpoint is ~300 MB, so every
+    # epoch costs most on fast GPU epochs (README "Checkpoints").
+    checkpoint_every: int = Field(1, ge=1)
 
 
 class Config(_Strict):

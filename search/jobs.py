@@ -22,7 +22,9 @@ from .errors import ClusterError
 from .ray_session import token_path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-EXCLUDED = (".venv", ".cache", "runs", ".git", "__pycache__", "*.egg-info", ".pytest_cache", "benchmarks/results")
+# .gitignore too: what it lists is excluded here already, and Ray would log a line about it
+EXCLUDED = (".venv", ".cache", "runs", ".git", ".gitignore", "__pycache__", "*.egg-info", ".pytest_cache",
+            "benchmarks/results")
 JOB_CONFIG = "submitted-config.yaml"
 _CONNECT_TIMEOUT_S = 10
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
+from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
 from .outcome import COMPLETED, ERROR, trial_status
@@ -52,7 +53,13 @@ class PruningOptunaSearch(OptunaSearch):
         return trial is None or self._ot_study._storage.get_trial(trial._trial_id).state.is_finished()
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if not self._finished_in_study(trial_id):
+        """Skips a step Optuna already has: an epoch redone by a trial retried from an earlier
+        checkpoint (storage.checkpoint_every > 1) reports the same value again."""
+        trial = self._ot_trials.get(trial_id)
+        if trial is None:
+            return
+        stored = self._ot_study._storage.get_trial(trial._trial_id)
+        if not stored.state.is_finished() and result.get(TRAINING_ITERATION) not in stored.intermediate_values:
             super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:

@@ -1,8 +1,9 @@
 """The Ray Tune trainable: a thin adapter from a trial config to `models.Trainer`.
 
 The only module that calls `tune.report` / `tune.get_checkpoint`. Every epoch reports every
-metric with a checkpoint, so a retried or resumed trial continues at the next epoch. An
-evaluation run (`keep_predictions`) also reports its last epoch's predictions.
+metric; every `storage.checkpoint_every`-th epoch (but never the last: the trial ends there) also
+saves a checkpoint, from which a retried or resumed trial continues exactly. An evaluation run
+(`keep_predictions`) also reports its last epoch's predictions.
 """
 
 from __future__ import annotations
@@ -42,11 +43,14 @@ def train_trial(params: dict, *, images: np.ndarray, info: DatasetInfo, config: 
     for metrics in trainer.epochs():
         last = metrics["epoch"] == trainer.main_epochs
         scored = predictions(trainer) if last and params.get("keep_predictions") else {}
+        report = {**metrics, "epochs_planned": trainer.main_epochs, **provenance,
+                  "dataset_fingerprint": info.fingerprint, "node": node, **scored}
+        if last or metrics["epoch"] % config.storage.checkpoint_every:
+            tune.report(report)
+            continue
         with tempfile.TemporaryDirectory() as folder:
             torch.save(trainer.state_dict(), Path(folder) / STATE_FILE)
-            tune.report({**metrics, "epochs_planned": trainer.main_epochs, **provenance,
-                         "dataset_fingerprint": info.fingerprint, "node": node, **scored},
-                        checkpoint=tune.Checkpoint.from_directory(folder))
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
 def predictions(trainer) -> dict:

@@ -87,8 +87,9 @@ EVALUATED_FOLDS, EVALUATED_SEEDS = (0, 1), 2
 
 
 def evaluated_search(folder: Path) -> Path:
-    """A finished 4-trial search over 2 inits x (lp, ft) on 3 folds with a 20% test split, and its
-    evaluation (folds 0 and 1 x 2 seeds), made by the real command line; returns the search folder."""
+    """A finished 4-trial search over 2 inits x (lp, ft) on 3 folds with a 20% test split, its
+    evaluation (folds 0 and 1 x 2 seeds) and report, made by the real `study` command (one Ray
+    session); returns the search folder."""
     import sys
 
     import yaml
@@ -97,9 +98,10 @@ def evaluated_search(folder: Path) -> Path:
     config["data"]["test_fraction"] = 0.2
     (folder / "c.yaml").write_text(yaml.safe_dump(config))
     cli = str(Path(sys.executable).parent / "fundus-search")
-    for argv in (["run", str(folder / "c.yaml"), "--name", "s"],
-                 ["evaluate", str(folder / "runs" / "s"), "--seeds", str(EVALUATED_SEEDS),
-                  "--folds", ",".join(map(str, EVALUATED_FOLDS))]):
-        done = subprocess.run([cli, *argv], capture_output=True, text=True, timeout=900, start_new_session=True)
-        assert done.returncode == 0, f"{argv[0]}: {done.stderr[-3000:]}"
+    done = subprocess.run([cli, "study", str(folder / "c.yaml"), "--name", "s", "--seeds", str(EVALUATED_SEEDS),
+                           "--folds", ",".join(map(str, EVALUATED_FOLDS))],
+                          capture_output=True, text=True, timeout=900, start_new_session=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "paired comparisons" in done.stdout and "report:" in done.stdout, done.stdout[-3000:]
+    assert (folder / "runs" / "s" / "report.html").is_file()
     return folder / "runs" / "s"

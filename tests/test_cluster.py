@@ -42,7 +42,9 @@ def node_pids(state: Path) -> dict[str, int]:
 
 
 def group_alive(pgid: int) -> bool:
-    return subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True).returncode == 0
+    """A live (not zombie) process in group `pgid`."""
+    return any(p.info["status"] != psutil.STATUS_ZOMBIE for p in psutil.process_iter(["status"])
+               if _pgid(p.pid) == pgid)
 
 
 def is_loopback(ip: str) -> bool:
@@ -101,7 +103,7 @@ def _pgid(pid: int) -> int | None:
 
 
 def test_embedded_ray_listens_on_loopback_only(tmp_path):
-    config = write_config(tmp_path, num_samples=1, max_epochs=4, strategies=("ft",), scheduler={"type": "fifo"})
+    config = write_config(tmp_path, num_samples=1, max_epochs=3, strategies=("ft",), scheduler={"type": "fifo"})
     driver = subprocess.Popen([CLI, "run", str(config), "--name", "local"], stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     rows, sockets = tmp_path / "runs" / "local" / ".rows.jsonl", []
@@ -109,13 +111,12 @@ def test_embedded_ray_listens_on_loopback_only(tmp_path):
         deadline = time.monotonic() + 300
         while not (rows.exists() and rows.read_text()) and time.monotonic() < deadline and driver.poll() is None:
             time.sleep(0.5)
-        root = psutil.Process(driver.pid)
+        assert driver.poll() is None, driver.communicate()[1][-2000:]
+        root = psutil.Process(driver.pid)  # a trial is reporting: every server and worker is up
         sockets = listening_sockets([root, *root.children(recursive=True)])
-        _, err = driver.communicate(timeout=600)
     finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-    assert driver.returncode == 0, err[-2000:]
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started, nothing else
+        driver.wait(timeout=30)
     assert len(sockets) >= 5, f"expected GCS, raylet, agents and workers, found {sockets}"
     assert not exposed(sockets), f"listening beyond 127.0.0.1: {exposed(sockets)}"
 
@@ -215,8 +216,10 @@ def test_manifests_parse_and_carry_the_required_fields():
 
 def test_a_submitted_search_spreads_over_the_nodes_and_survives_losing_one(cluster, tmp_path):
     config = write_config(tmp_path, num_samples=4, max_epochs=6, strategies=("ft",), scheduler={"type": "fifo"})
-    job = subprocess.Popen([CLI, "submit", str(config), "--address", DASHBOARD, "--follow", "--name", "loss"],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    stdout, stderr = tmp_path / "stdout", tmp_path / "stderr"
+    with stdout.open("w") as out_file, stderr.open("w") as err_file:
+        job = subprocess.Popen([CLI, "submit", str(config), "--address", DASHBOARD, "--follow", "--name", "loss"],
+                               stdout=out_file, stderr=err_file, text=True)
     rows = tmp_path / "runs" / "loss" / ".rows.jsonl"
     deadline = time.monotonic() + 300
     nodes: set[str] = set()
@@ -227,8 +230,9 @@ def test_a_submitted_search_spreads_over_the_nodes_and_survives_losing_one(clust
                      if line.startswith('["epochs')} - {None}
     assert len(nodes) >= 2, "trials never ran on both nodes"
     os.killpg(node_pids(cluster)["worker1"], signal.SIGKILL)  # the worker node dies mid-trial
-    out, _ = job.communicate(timeout=600)
-    assert job.returncode == 0, out[-3000:]
+    job.wait(timeout=600)
+    out = stdout.read_text()
+    assert job.returncode == 0, (out + stderr.read_text())[-3000:]
     assert out.splitlines()[0] == "loss", "the job id comes first"
     assert "SUCCEEDED" in out
     trials = pd.read_parquet(tmp_path / "runs" / "loss" / "trials.parquet")

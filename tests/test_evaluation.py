@@ -122,6 +122,14 @@ def test_bad_evaluate_arguments_are_one_line_and_write_nothing(argv, message, se
     assert not (search / "never").exists()
 
 
+def test_study_refuses_folds_outside_the_split_before_it_searches(search, capsys):
+    config = search.parent.parent / "c.yaml"
+    assert main(["study", str(config), "--name", "never", "--folds", "0,5"]) == 2
+    err = capsys.readouterr().err
+    assert "--folds: [5] not in the config's 3-fold split (0..2)" in err and len(err.strip().splitlines()) == 1, err
+    assert not (search.parent / "never").exists()
+
+
 def test_evaluate_refuses_a_search_without_finished_trials_or_with_an_empty_cell(search, tmp_path, capsys):
     import shutil
 

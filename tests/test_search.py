@@ -100,14 +100,14 @@ def test_scheduler_stopped_trials_are_pruned_in_the_optuna_study(search):
     assert len(study.trials) == 8
 
 
-def _fail_once_after_epoch_2(params, **kwargs):
-    """The real trainable, which crashes once right after reporting epoch 2."""
+def _fail_once_after_epoch_3(params, **kwargs):
+    """The real trainable, which crashes once right after reporting epoch 3."""
     marker = Path(kwargs["config"].storage.path) / f"failed-{params['optuna_number']}"
     real_report = tune.report
 
     def report(metrics, *, checkpoint=None):
         real_report(metrics, checkpoint=checkpoint)
-        if metrics["epoch"] == 2 and not marker.exists():
+        if metrics["epoch"] == 3 and not marker.exists():
             marker.touch()
             raise RuntimeError("injected failure")
 
@@ -118,22 +118,27 @@ def _fail_once_after_epoch_2(params, **kwargs):
         tune.report = real_report
 
 
-def test_a_failed_trial_is_retried_from_its_checkpoint(ray_2_cpus, tmp_path):
+def test_a_failed_trial_is_retried_exactly_from_its_last_checkpoint(ray_2_cpus, tmp_path):
     import yaml
     config = tiny_search_config(storage=tmp_path / "runs", num_samples=2, max_epochs=4, strategies=("ft",),
                                 scheduler={"type": "fifo"})
+    config["storage"]["checkpoint_every"] = 2
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    paths, _ = start_search(tmp_path / "c.yaml", name="retry", train_fn=_fail_once_after_epoch_2)
+    paths, _ = start_search(tmp_path / "c.yaml", name="retry", train_fn=_fail_once_after_epoch_3)
     assert len(list((tmp_path / "runs").glob("failed-*"))) == 2, "each trial failed once"
     trials = pd.read_parquet(Path(paths.results) / "trials.parquet")
     epochs = pd.read_parquet(Path(paths.results) / "epochs.parquet")
     assert (trials["status"] == "completed").all() and (trials["epochs_run"] == 4).all()
     assert not epochs.duplicated(["trial_id", "epoch"]).any()
     assert sorted(epochs.groupby("trial_id").size()) == [4, 4]
-    # The retry resumed at epoch 3 from the epoch-2 checkpoint: Ray's own log shows 1, 2, 3, 4 once each.
+    # The retry resumed from the epoch-2 checkpoint (checkpoint_every 2): Ray's own log shows epoch 3
+    # twice, and the redone epoch equals the first one bit for bit (exact resume).
     for trial_dir in Path(paths.results).glob("trial_*"):
-        lines = (trial_dir / "result.json").read_text().splitlines()
-        assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
+        results = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+        assert [r["epoch"] for r in results] == [1, 2, 3, 3, 4]
+        first, redone = results[2], results[3]
+        assert {k: first[k] for k in ("train_loss", "val_average", "val_auc")} == \
+               {k: redone[k] for k in ("train_loss", "val_average", "val_auc")}
 
 
 # ---- failures say what happened ----

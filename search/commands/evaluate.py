@@ -16,16 +16,27 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser("evaluate", help="retrain each cell's best configurations on every fold x seeds "
                                                     "and compare them (the study's answer)")
     evaluate.add_argument("results", type=Path, help="a finished (or resumed) search folder")
-    evaluate.add_argument("--top", type=number_above(1, int, inclusive=True), default=1,
-                          help="configurations per init x strategy cell, best first (default 1)")
-    evaluate.add_argument("--seeds", type=number_above(1, int, inclusive=True), default=3,
-                          help="seeds per fold (default 3)")
-    evaluate.add_argument("--folds", type=fold_list, help="comma-separated folds, e.g. 0,2 (default: all)")
-    evaluate.add_argument("--epochs", choices=("best", "max"), default="best",
-                          help="epochs per run: the configuration's best epoch in the search, or search.max_epochs")
+    add_request_arguments(evaluate)
     evaluate.add_argument("--name", type=folder_name, help="evaluation folder inside the search (default: evaluation)")
     evaluate.add_argument("--address", help="Ray cluster: auto, HOST:PORT or ray://...; default: embedded local Ray")
     evaluate.set_defaults(handler=evaluate_command)
+
+
+def add_request_arguments(parser: argparse.ArgumentParser) -> None:
+    """What to evaluate (`evaluate` and `study`): --top, --seeds, --folds, --epochs."""
+    parser.add_argument("--top", type=number_above(1, int, inclusive=True), default=1,
+                        help="configurations per init x strategy cell, best first (default 1)")
+    parser.add_argument("--seeds", type=number_above(1, int, inclusive=True), default=3,
+                        help="seeds per fold (default 3)")
+    parser.add_argument("--folds", type=fold_list, help="comma-separated folds, e.g. 0,2 (default: all)")
+    parser.add_argument("--epochs", choices=("best", "max"), default="best",
+                        help="epochs per run: the configuration's best epoch in the search, or search.max_epochs")
+
+
+def evaluation_request(args: argparse.Namespace):
+    from ..evaluation import EvaluationRequest
+
+    return EvaluationRequest(top=args.top, seeds=args.seeds, folds=args.folds, epochs=args.epochs)
 
 
 def fold_list(text: str) -> tuple[int, ...]:
@@ -39,11 +50,10 @@ def fold_list(text: str) -> tuple[int, ...]:
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
-    from ..evaluation import EvaluationRequest, start_evaluation
+    from ..evaluation import start_evaluation
 
     quiet_optuna()
-    request = EvaluationRequest(top=args.top, seeds=args.seeds, folds=args.folds, epochs=args.epochs)
-    folder = start_evaluation(args.results, request, name=args.name, address=args.address)
+    folder = start_evaluation(args.results, evaluation_request(args), name=args.name, address=args.address)
     return summarise_evaluation(folder)
 
 

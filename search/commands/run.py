@@ -9,6 +9,7 @@ from pathlib import Path
 from vocabulary import AVERAGE, EPOCHS_FILE, ERROR, EVALUATION_FILE, RUNNING, SEARCH_FILE, TRIALS_FILE, val
 
 from ._args import UsageError, folder_name, number_above, quiet_optuna
+from .evaluate import add_request_arguments, evaluation_request, summarise_evaluation
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -23,8 +24,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                                               "write the report (one Ray session)")
     study.add_argument("config", type=Path)
     study.add_argument("--name", type=folder_name, help="as for run")
-    study.add_argument("--seeds", type=number_above(1, int, inclusive=True), default=3,
-                       help="seeds per fold in the evaluation (default 3)")
+    add_request_arguments(study)  # as for evaluate
     study.add_argument("--address", help="as for run")
     study.set_defaults(handler=study_command)
     resume = commands.add_parser("resume", help="continue an interrupted search or evaluation")
@@ -45,15 +45,18 @@ def study_command(args: argparse.Namespace) -> int:
     """`run`, then `evaluate` (every fold x --seeds), then `report`, printing each one's screen."""
     from results.report import write_report
 
-    from ..evaluation import EvaluationRequest, start_evaluation
+    from ..config import load_config
+    from ..evaluation import start_evaluation
     from ..tuner import start_search
-    from .evaluate import summarise_evaluation
 
     quiet_optuna()
+    folds = load_config(args.config).data.folds  # a bad --folds is an error now, not after the search
+    if outside := [f for f in args.folds or () if f >= folds]:
+        raise UsageError(f"--folds: {outside} not in the config's {folds}-fold split (0..{folds - 1})")
+    request = evaluation_request(args)
     paths, _ = start_search(args.config, name=args.name, address=args.address)
     searched = summarise(paths)
-    evaluated = summarise_evaluation(start_evaluation(paths.local, EvaluationRequest(seeds=args.seeds),
-                                                      address=args.address))
+    evaluated = summarise_evaluation(start_evaluation(paths.local, request, address=args.address))
     report = write_report(paths.local)
     print(f"\nreport:      {report}  (open it in a browser; no network needed)")
     return max(searched, evaluated)
@@ -63,7 +66,6 @@ def resume_command(args: argparse.Namespace) -> int:
     quiet_optuna()
     if (args.results / EVALUATION_FILE).is_file():
         from ..evaluation import resume_evaluation
-        from .evaluate import summarise_evaluation
 
         return summarise_evaluation(resume_evaluation(args.results, address=args.address))
     from ..tuner import resume_search
