@@ -1,9 +1,10 @@
 """B7 GPU search: a whole CGI-HRDC-sized search on one GPU, and what a trial checkpoint costs.
 
-Part 1, everywhere: the cost of one trial checkpoint through Ray's storage. A trainable holding a
-real ResNet-18 / ResNet-50 + AdamW state (what `models.Trainer.state_dict` saves for a fine-tuning
-trial) reports 5 epochs through the real search stack, once with a checkpoint on every report and
-once with none; the seconds of `torch.save` + `tune.report` per report, side by side.
+Part 1, everywhere: the cost of one trial checkpoint through Ray's storage. Trials holding a real
+ResNet-18 / ResNet-50 + AdamW state (what `models.Trainer.state_dict` saves for a fine-tuning
+trial) report 5 epochs each through the real search stack, one at a time, alternately with a
+checkpoint on every report and with none; the seconds of `torch.save` + `tune.report` per
+report, side by side in one search.
 
 Part 2, on CUDA only (elsewhere a skip line): the search of issue 15, on synthetic data of
 CGI-HRDC's size (712 images generated at 64 px, upscaled to 512 by the preprocessing), ResNet-50,
@@ -61,33 +62,36 @@ def trainer_state(backbone: str) -> dict:
     return {"epoch": 1, "net": net.state_dict(), "head": model.head.state_dict(), "optimizer": optimizer.state_dict()}
 
 
-def checkpoint_search(folder: Path, backbone: str, checkpoint: bool) -> list[dict]:
-    """Two trials of REPORTS reports each; the seconds of each report (and of its save)."""
-    log = folder / f"times-{backbone}-{checkpoint}.jsonl"
+def checkpoint_search(folder: Path, backbone: str, reports: int, pairs: int) -> list[dict]:
+    """`pairs` x 2 trials, one after the other, of `reports` reports each: even trials save a
+    checkpoint with every report, odd ones none. The seconds of each report (and of its save)."""
+    log = folder / f"times-{backbone}.jsonl"
 
     def trial_fn(params, **kwargs):
+        checkpoint = params["optuna_number"] % 2 == 0
         state = trainer_state(backbone)
-        for epoch in range(1, REPORTS + 1):
+        for epoch in range(1, reports + 1):
             start = time.perf_counter()
             with tempfile.TemporaryDirectory() as tmp:
                 if checkpoint:
                     torch.save(state, Path(tmp) / "trainer.pt")
                 saved = time.perf_counter()
-                tune.report({"epoch": epoch, "val_average": 0.5, "epochs_planned": REPORTS},
+                tune.report({"epoch": epoch, "val_average": 0.5, "epochs_planned": reports},
                             checkpoint=tune.Checkpoint.from_directory(tmp) if checkpoint else None)
             with log.open("a") as out:
-                out.write(json.dumps({"save_s": saved - start, "report_s": time.perf_counter() - saved}) + "\n")
+                out.write(json.dumps({"checkpoint": checkpoint, "save_s": saved - start,
+                                      "report_s": time.perf_counter() - saved}) + "\n")
 
     config = {
         "name": "b7", "data": {"source": "synthetic", "synthetic": {"n": 20, "size": 32}, "image_size": 32, "folds": 2},
         "model": {"backbone": "resnet18", "inits": {"random": {"source": "random"}}},
-        "search": {"num_samples": 2, "max_epochs": REPORTS, "cover_cells": False, "scheduler": {"type": "fifo"},
+        "search": {"num_samples": 2 * pairs, "max_epochs": reports, "cover_cells": False, "scheduler": {"type": "fifo"},
                    "space": {"strategy": ["ft"], "batch_size": [16]}},
-        "resources": {"cpus_per_trial": 1}, "storage": {"path": str(folder / "runs")},
+        "resources": {"cpus_per_trial": 1, "max_concurrent_trials": 1}, "storage": {"path": str(folder / "runs")},
     }
-    path = folder / f"b7-{backbone}-{checkpoint}.yaml"
+    path = folder / f"b7-{backbone}.yaml"
     path.write_text(yaml.safe_dump(config))
-    start_search(path, name=f"b7-{backbone}-{int(checkpoint)}", train_fn=trial_fn)
+    start_search(path, name=f"b7-{backbone}", train_fn=trial_fn)
     return [json.loads(line) for line in log.read_text().splitlines()]
 
 
@@ -96,13 +100,13 @@ def checkpoint_costs(tiny: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for backbone in ("resnet18",) if tiny else ("resnet18", "resnet50"):
             state_mb = _state_bytes(trainer_state(backbone)) / 1e6
-            with_ckpt = checkpoint_search(Path(tmp), backbone, True)
-            without = checkpoint_search(Path(tmp), backbone, False)
-            per_report = median([r["save_s"] + r["report_s"] for r in with_ckpt])
-            bare = median([r["report_s"] for r in without])
-            out[backbone] = {"checkpoint_mb": state_mb, "report_with_checkpoint_seconds": per_report,
-                             "report_without_checkpoint_seconds": bare, "save_seconds": median([r["save_s"] for r in with_ckpt]),
-                             "checkpoint_seconds": per_report - bare}
+            times = checkpoint_search(Path(tmp), backbone, reports=2 if tiny else REPORTS, pairs=1 if tiny else 2)
+            with_ckpt = [r["save_s"] + r["report_s"] for r in times if r["checkpoint"]]
+            bare = median([r["report_s"] for r in times if not r["checkpoint"]])
+            out[backbone] = {"checkpoint_mb": state_mb, "report_with_checkpoint_seconds": median(with_ckpt),
+                             "report_without_checkpoint_seconds": bare,
+                             "save_seconds": median([r["save_s"] for r in times if r["checkpoint"]]),
+                             "checkpoint_seconds": median(with_ckpt) - bare}
     return out
 
 
