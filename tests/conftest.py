@@ -12,19 +12,6 @@ from data_io.synthetic import write_cgi_hrdc
 
 
 
-# Modules whose tests must run in one pytest-xdist worker with another's: they share its session fixture.
-_SHARES_A_WORKER_WITH = {"test_report": "test_evaluation"}
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """`make test` runs two pytest-xdist workers (`-n 2 --dist loadgroup`, much of a Ray test is
-    waiting); a module's tests stay in one worker, as they share one Ray instance or one search."""
-    for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1]
-        item.add_marker(pytest.mark.xdist_group(_SHARES_A_WORKER_WITH.get(module, module)))
-
-
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own cache root unless it sets data.cache_dir itself."""
