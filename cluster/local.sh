@@ -117,7 +117,7 @@ down() {
   pids=$(awk '$1 == "node" {print $3}' "$state")
   gcs_port=$(awk '$1 == "address" {print $2}' "$state" | cut -d: -f2)
   for pid in $pids; do kill -TERM -- "-$pid" 2>/dev/null || true; done
-  for _ in $(seq 1 30); do
+  for _ in $(seq 1 10); do  # 10 s to stop cleanly, then SIGKILL
     local left=0
     for pid in $pids; do alive "$pid" && left=1; done
     [ $left = 0 ] && break

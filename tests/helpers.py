@@ -87,10 +87,14 @@ EVALUATED_FOLDS, EVALUATED_SEEDS = (0, 1), 2
 
 
 def evaluated_search(folder: Path) -> Path:
-    """A finished 4-trial search over 2 inits x (lp, ft) on 3 folds with a 20% test split, its
-    evaluation (folds 0 and 1 x 2 seeds) and report, made by the real `study` command (one Ray
-    session); returns the search folder."""
+    """A finished 4-trial search over 2 inits x (lp, ft) on 3 folds with a 20% test split and its
+    evaluation (folds 0 and 1 x 2 seeds), made by the real command line: `study`, killed with
+    SIGKILL once 3 evaluation runs are done, then `resume` of the evaluation. Returns the search
+    folder; its `.study_stdout` holds what the killed study printed."""
+    import os
+    import signal
     import sys
+    import time
 
     import yaml
     config = tiny_search_config(storage=folder / "runs", num_samples=4, max_epochs=1, strategies=("lp", "ft"),
@@ -98,10 +102,38 @@ def evaluated_search(folder: Path) -> Path:
     config["data"]["test_fraction"] = 0.2
     (folder / "c.yaml").write_text(yaml.safe_dump(config))
     cli = str(Path(sys.executable).parent / "fundus-search")
-    done = subprocess.run([cli, "study", str(folder / "c.yaml"), "--name", "s", "--seeds", str(EVALUATED_SEEDS),
-                           "--folds", ",".join(map(str, EVALUATED_FOLDS))],
-                          capture_output=True, text=True, timeout=900, start_new_session=True)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "paired comparisons" in done.stdout and "report:" in done.stdout, done.stdout[-3000:]
-    assert (folder / "runs" / "s" / "report.html").is_file()
-    return folder / "runs" / "s"
+    search = folder / "runs" / "s"
+    rows = search / "evaluation" / ".rows.jsonl"
+    # Own session: the study's Ray shares its process group, so exactly those are killed.
+    with (folder / "study.out").open("w") as out:
+        study = subprocess.Popen([cli, "study", str(folder / "c.yaml"), "--name", "s", "--seeds", str(EVALUATED_SEEDS),
+                                  "--folds", ",".join(map(str, EVALUATED_FOLDS))],
+                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline and study.poll() is None and completed_runs(rows) < 3:
+                time.sleep(0.3)
+            assert study.poll() is None, "the study ended before its evaluation could be killed: " + \
+                (folder / "study.out").read_text()[-3000:]
+            os.killpg(study.pid, signal.SIGKILL)
+            study.wait(timeout=30)
+        finally:
+            try:
+                os.killpg(study.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    printed = (folder / "study.out").read_text()
+    assert "best val_average per init x strategy" in printed, printed[-3000:]  # the search's screen came first
+    resumed = subprocess.run([cli, "resume", str(search / "evaluation")], capture_output=True, text=True, timeout=900,
+                             start_new_session=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "paired comparisons" in resumed.stdout, resumed.stdout[-3000:]
+    return search
+
+
+def completed_runs(rows: Path) -> int:
+    """Evaluation runs logged as completed in an evaluation's .rows.jsonl."""
+    if not rows.exists():
+        return 0
+    return sum(1 for line in rows.read_text().splitlines()
+               if line.startswith('["runs.parquet"') and '"status": "completed"' in line)

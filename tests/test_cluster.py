@@ -215,7 +215,7 @@ def test_manifests_parse_and_carry_the_required_fields():
 
 
 def test_a_submitted_search_spreads_over_the_nodes_and_survives_losing_one(cluster, tmp_path):
-    config = write_config(tmp_path, num_samples=4, max_epochs=6, strategies=("ft",), scheduler={"type": "fifo"})
+    config = write_config(tmp_path, num_samples=2, max_epochs=6, strategies=("ft",), scheduler={"type": "fifo"})
     stdout, stderr = tmp_path / "stdout", tmp_path / "stderr"
     with stdout.open("w") as out_file, stderr.open("w") as err_file:
         job = subprocess.Popen([CLI, "submit", str(config), "--address", DASHBOARD, "--follow", "--name", "loss"],
@@ -236,4 +236,4 @@ def test_a_submitted_search_spreads_over_the_nodes_and_survives_losing_one(clust
     assert out.splitlines()[0] == "loss", "the job id comes first"
     assert "SUCCEEDED" in out
     trials = pd.read_parquet(tmp_path / "runs" / "loss" / "trials.parquet")
-    assert len(trials) == 4 and (trials["status"] == "completed").all() and (trials["epochs_run"] == 6).all()
+    assert len(trials) == 2 and (trials["status"] == "completed").all() and (trials["epochs_run"] == 6).all()
