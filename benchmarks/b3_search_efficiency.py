@@ -26,7 +26,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import ray
 from ray import tune
 
 from search.config import Config
@@ -34,7 +33,7 @@ from search.tuner import search_algorithms
 
 from .b3_curves import HYPER, TABLE, build_table, read_table
 from .b3_replay import Curves, replay_trial
-from .common import main, median, write
+from .common import local_ray, main, median, write
 
 TOLERANCE = 0.01
 LOOSER = (0.02, 0.04)  # the same figure for looser targets: how much hinges on one lucky epoch
@@ -172,13 +171,9 @@ def run(tiny: bool = False) -> dict:
         table, meta = read_table(Path(tmp) / "curves.parquet" if tiny else TABLE)
         curves = Curves(table.to_pylist())
         seeds, num_samples = (1, 4) if tiny else (SEEDS, len(curves.points))
-        ray.init(address="local", num_cpus=CONCURRENT, include_dashboard=False, log_to_driver=False,
-                 object_store_memory=300 * 1024**2)
-        try:
+        with local_ray(num_cpus=CONCURRENT):
             runs = {method: [one_search(curves, meta, method, seed, num_samples, Path(tmp)) for seed in range(seeds)]
                     for method in METHODS}
-        finally:
-            ray.shutdown()
     figures = {"table": str(TABLE.relative_to(TABLE.parents[2])) if not tiny else "tiny",
                "grid_points": len(curves.points), "grid_epochs": curves.grid_epochs,
                "grid_seconds": curves.grid_seconds, "grid_best": curves.grid_best,

@@ -18,7 +18,7 @@ from ray import tune
 
 from search.tuner import start_search
 
-from .common import REPEATS, main, median, write
+from .common import REPEATS, local_ray, main, median, write
 
 REPORTS = 5
 
@@ -87,12 +87,8 @@ def one_search(folder: Path, trials: int, work_s: float, index: int) -> dict:
 
 def run(tiny: bool = False) -> dict:
     trials, work_s, repeats = (2, 0.5, 1) if tiny else (16, 5.0, REPEATS)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=300 * 1024**2)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            runs = [one_search(Path(tmp), trials, work_s, i) for i in range(repeats)]
-    finally:
-        ray.shutdown()
+    with local_ray(), tempfile.TemporaryDirectory() as tmp:
+        runs = [one_search(Path(tmp), trials, work_s, i) for i in range(repeats)]
     latencies = [x for r in runs for x in r["first_report_latency_seconds"]]
     figures = {"trials": trials, "work_seconds_per_trial": work_s, "repeats": runs,
                "overhead_median": median([r["overhead"] for r in runs]),

@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import ray
 import torch
 import torch.nn.functional as F
 from ray import tune
@@ -23,7 +22,7 @@ from data_io import to_float
 from models import InitSpec, build_feature_net
 from models.backbones import Classifier, Head
 
-from .common import REPEATS, main, median, write
+from .common import REPEATS, local_ray, main, median, write
 
 
 def trial(params: dict, *, images: np.ndarray | None = None, path: str | None = None) -> None:
@@ -67,21 +66,16 @@ def search(trials: int, **data) -> list[int]:
 def run(tiny: bool = False) -> dict:
     n, size, repeats = (64, 64, 1) if tiny else (6000, 256, REPEATS)
     array = n * size * size * 3
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=max(2 * n * size * size * 3, 100 * 1024**2))
     figures = {"images": n, "image_size": size, "array_bytes": array, "repeats": repeats,
                "single_bytes": [], "shared_two_bytes": [], "own_copy_two_bytes": []}
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            images = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-            path = Path(tmp) / "images.npy"
-            np.save(path, images)  # made before each baseline: the driver's copy is not counted
-            for _ in range(repeats):
-                figures["single_bytes"].append(sum(search(1, images=images)) + array)
-                figures["shared_two_bytes"].append(sum(search(2, images=images)) + array)
-                figures["own_copy_two_bytes"].append(sum(search(2, path=str(path))))
-    finally:
-        ray.shutdown()
+    with local_ray(object_store_memory=max(2 * array, 300 * 1024**2)), tempfile.TemporaryDirectory() as tmp:
+        images = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+        path = Path(tmp) / "images.npy"
+        np.save(path, images)  # made before each baseline: the driver's copy is not counted
+        for _ in range(repeats):
+            figures["single_bytes"].append(sum(search(1, images=images)) + array)
+            figures["shared_two_bytes"].append(sum(search(2, images=images)) + array)
+            figures["own_copy_two_bytes"].append(sum(search(2, path=str(path))))
     single = median(figures["single_bytes"])
     figures["shared_two_over_single"] = median(figures["shared_two_bytes"]) / single
     figures["own_copy_two_over_single"] = median(figures["own_copy_two_bytes"]) / single

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import ray
 import torch
 import yaml
 from ray import tune
@@ -40,7 +39,7 @@ from models.pretrain import save_flair_checkpoint
 from search.tuner import start_search
 from vocabulary import EPOCHS_FILE
 
-from .common import machine, main, median, results_dir, write
+from .common import local_ray, machine, main, median, results_dir, write
 
 CONFIG = Path(__file__).parent / "b7_search.yaml"
 REPORTS = 5
@@ -218,9 +217,8 @@ def gpu_search(folder: Path, weights: dict[str, Path], name: str, overrides: dic
 
 
 def run(tiny: bool = False) -> dict:
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, **({} if torch.cuda.is_available() else
-             {"num_cpus": 2, "object_store_memory": 300 * 1024**2}))
-    try:
+    gpu_machine = {"num_cpus": None, "object_store_memory": None} if torch.cuda.is_available() else {}
+    with local_ray(**gpu_machine):
         figures = {"checkpoint": checkpoint_costs(tiny)}
         if not torch.cuda.is_available():
             figures["search"] = {"skipped": "no CUDA device here: the search part runs on a GPU machine"}
@@ -240,8 +238,6 @@ def run(tiny: bool = False) -> dict:
                                  "wall_speedup": first["wall_seconds"] / last["wall_seconds"],
                                  "ft_throughput_ratio": last["ft_images_per_second_aggregate"]
                                  / first["ft_images_per_second_aggregate"]}
-    finally:
-        ray.shutdown()
     return write("b7_gpu_search", figures, tiny=tiny,
                  target="one H100/H200: search <= 75 s wall, <= 15 s to the first epoch, >= 85% GPU utilisation, "
                         ">= 1,100 FT img/s aggregate")

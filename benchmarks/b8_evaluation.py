@@ -25,7 +25,7 @@ from search.config import load_config
 from search.evaluation import EvaluationRequest, start_evaluation
 from vocabulary import CONFIG_FILE, RUNS_FILE, SEARCH_FILE, TRIALS_FILE
 
-from .common import REPEATS, main, median, write
+from .common import REPEATS, local_ray, main, median, write
 
 
 def search_folder(folder: Path, cache: Path, *, tiny: bool) -> Path:
@@ -71,12 +71,8 @@ def one_evaluation(folder: Path, index: int, *, tiny: bool) -> dict:
 
 def run(tiny: bool = False) -> dict:
     repeats = 1 if tiny else REPEATS
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=300 * 1024**2)
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            measured = [one_evaluation(Path(tmp), i, tiny=tiny) for i in range(repeats)]
-    finally:
-        ray.shutdown()
+    with local_ray(), tempfile.TemporaryDirectory() as tmp:
+        measured = [one_evaluation(Path(tmp), i, tiny=tiny) for i in range(repeats)]
     figures = {"repeats": measured, "overhead_median": median([r["overhead"] for r in measured]),
                "runs_per_evaluation": measured[0]["runs"]}
     return write("b8_evaluation", figures, target="overhead <= 15%", tiny=tiny)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -38,6 +39,24 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             out[package] = None
     return out
+
+
+@contextlib.contextmanager
+def local_ray(**options):
+    """A local Ray for one benchmark (2 CPUs, a 300 MB object store, no dashboard, unless
+    `options` say otherwise; None: Ray's default). Inside a Ray already running (the tests start
+    one for all the tiny runs) it uses that one and leaves it running."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    settings = {"num_cpus": 2, "object_store_memory": 300 * 1024**2, **options}
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, **settings)
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 def timed(fn: Callable[[], object], repeats: int = REPEATS) -> list[float]:

@@ -12,6 +12,18 @@ from benchmarks.common import RESULTS_ENV
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_ray_for_all():
+    """One local Ray for every tiny run (benchmarks.common.local_ray uses it): a start each is
+    most of a tiny run."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=300 * 1024**2)
+    yield
+    ray.shutdown()
+
+
 @pytest.mark.parametrize("name", sorted(run_all.BENCHMARKS))
 def test_benchmark_runs_tiny_and_writes_json(name, tmp_path, monkeypatch):
     monkeypatch.setenv(RESULTS_ENV, str(tmp_path))  # tiny runs write nothing into the checkout

@@ -76,7 +76,7 @@ exec "$@"
 @pytest.mark.slow
 def test_a_disk_that_fills_mid_run_is_one_line_exit_1_and_readable_parquet(tmp_path):
     storage = tmp_path / "fs"
-    config = tiny_search_config(storage=storage / "runs", num_samples=4, max_epochs=3, strategies=("lp",),
+    config = tiny_search_config(storage=storage / "runs", num_samples=3, max_epochs=2, strategies=("lp",),
                                 scheduler={"type": "fifo"})
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     read_back = (f"import pandas as pd, glob; rows = len(pd.read_parquet('{storage}/runs/full/trials.parquet')); "

@@ -161,20 +161,20 @@ def test_failed_trials_carry_their_error_and_the_run_says_how_many(ray_2_cpus, p
     import yaml
 
     from search.commands.run import summarise
-    config = tiny_search_config(storage=tmp_path / "runs", flair=pretrained_flair, num_samples=4, max_epochs=1,
-                                strategies=("lp", "ft"), scheduler={"type": "fifo"})
+    config = tiny_search_config(storage=tmp_path / "runs", flair=pretrained_flair, num_samples=2, max_epochs=1,
+                                strategies=("lp",), scheduler={"type": "fifo"})
     config["storage"]["max_failures"] = 0
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     paths, _ = start_search(tmp_path / "c.yaml", name="some-fail", train_fn=_raise_in_flair_trials)
     trials = pd.read_parquet(Path(paths.results) / "trials.parquet")
     failed = trials[trials["status"] == "error"]
-    assert set(failed["init"]) == {"flair"} and len(failed) == 2
+    assert set(failed["init"]) == {"flair"} and len(failed) == 1
     assert all(e.startswith("RuntimeError: injected failure in trial") for e in failed["error"]), failed["error"]
     assert trials.loc[trials["status"] != "error", "error"].isna().all()
     capsys.readouterr()
     assert summarise(paths) == 1
     out = capsys.readouterr().out
-    assert "2 of 4 trials failed" in out and "RuntimeError: injected failure" in out
+    assert "1 of 2 trials failed" in out and "RuntimeError: injected failure" in out
 
 
 def test_a_killed_worker_is_an_error_with_a_message_and_all_failing_is_one_line(ray_2_cpus, tmp_path):
