@@ -31,7 +31,7 @@ body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; 
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
 table.data { border-collapse: collapse; font-size: .85em; margin: .5em 0; }
 table.data th, table.data td { border: 1px solid #ddd; padding: .25em .5em; text-align: right; white-space: nowrap; }
-table.data th { background: #f4f4f4; } figure { margin: 1em 0; } img { max-width: 100%; }
+table.data th { background: #f4f4f4; white-space: normal; } .wide { overflow-x: auto; } figure { margin: 1em 0; } img { max-width: 100%; }
 figcaption, .note { color: #555; font-size: .9em; } pre { background: #f7f7f7; padding: .8em; overflow-x: auto; }
 .missing { background: #fff6e0; border-left: 4px solid #e0a000; padding: .6em 1em; }
 nav a { margin-right: 1em; }
@@ -104,7 +104,8 @@ def _figure(image: bytes, caption: str) -> str:
 
 
 def _table(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, classes="data", border=0, escape=True, na_rep="-")
+    """Headers wrap; a table still wider than the page scrolls on its own, not the page."""
+    return f'<div class="wide">{frame.to_html(index=False, classes="data", border=0, escape=True, na_rep="-")}</div>'
 
 
 def _missing(what: str, command: str) -> str:
