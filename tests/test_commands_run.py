@@ -68,7 +68,7 @@ def test_a_read_only_results_folder_is_one_line_and_exit_2(tmp_path):
 _FILL_WHEN_ROWS_ARRIVE = """
 set -e
 folder=$1; shift
-( while [ ! -s "$folder/runs/full/.rows.jsonl" ]; do sleep 0.2; done; sleep 1; cat /dev/zero > "$folder/filler" 2>/dev/null || true ) &
+( while [ ! -s "$folder/runs/full/.rows.jsonl" ]; do sleep 0.2; done; sleep 0.3; cat /dev/zero > "$folder/filler" 2>/dev/null || true ) &
 exec "$@"
 """
 
@@ -76,7 +76,7 @@ exec "$@"
 @pytest.mark.slow
 def test_a_disk_that_fills_mid_run_is_one_line_exit_1_and_readable_parquet(tmp_path):
     storage = tmp_path / "fs"
-    config = tiny_search_config(storage=storage / "runs", num_samples=3, max_epochs=2, strategies=("lp",),
+    config = tiny_search_config(storage=storage / "runs", num_samples=4, max_epochs=3, strategies=("lp",),
                                 scheduler={"type": "fifo"})
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     read_back = (f"import pandas as pd, glob; rows = len(pd.read_parquet('{storage}/runs/full/trials.parquet')); "
