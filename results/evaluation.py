@@ -8,17 +8,20 @@ image per run.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from vocabulary import (AUC, AVERAGE, CHALLENGE_METRICS, COMPARISONS_FILE, EVALUATION_DIR, FT, INIT, LP, LP_FT,
-                        PREDICTIONS_FILE, RUNS_FILE, STRATEGY, held_out)
+from vocabulary import (AUC, AVERAGE, CHALLENGE_METRICS, COMPARISONS_FILE, COMPLETED, EVALUATION_DIR, EVALUATION_FILE,
+                        FT, INIT, LP, LP_FT, PREDICTIONS_FILE, RUNS_FILE, SEARCH_FILE, STRATEGY, held_out)
 
 from .metrics import classification_metrics
+from .layout import EvaluationFolder, SearchFolder, write_atomic
 from .query import ResultsError, read_parquet
+from .store import EVALUATION_TABLES, current_table
 from .statistics import BOOTSTRAP_ASSUMES, TTEST_ASSUMES, corrected_resampled_ttest, paired_bootstrap
 from .tables import describe_params
 
@@ -26,26 +29,83 @@ CV, TEST = "cv", "test"  # the two splits a run scores
 SOURCE_ORDER = ("flair", "torchvision", "random")  # comparisons read "the first minus the later"
 
 
-def find_evaluation(path: str | Path) -> Path:
-    """The evaluation folder at `path`, or the `evaluation/` folder of the search at `path`.
+def find_evaluation(path: str | Path, name: str | None = None) -> Path:
+    """The evaluation folder at `path`, or the evaluation `name` (default `evaluation`) of the
+    search at `path`; it must belong to that search.
 
     Raises:
-        ResultsError: neither holds runs.parquet.
+        ResultsError: there is no such evaluation.
+        FolderError: the folder is an evaluation of another search.
     """
     path = Path(path)
-    for folder in (path, path / EVALUATION_DIR):
-        if (folder / RUNS_FILE).is_file():
-            return folder
-    raise ResultsError(f"{path}: no {RUNS_FILE} here or in {path / EVALUATION_DIR}; run "
-                       f"`fundus-search evaluate {path}` first")
+    if name is None and (path / EVALUATION_FILE).is_file():
+        return EvaluationFolder.open(path).path
+    if not (path / SEARCH_FILE).is_file():
+        raise ResultsError(f"{path}: neither a search nor an evaluation folder; pass a folder `fundus-search run` "
+                           "or `fundus-search evaluate` printed")
+    search = SearchFolder.open(path)
+    if not (path / (name or EVALUATION_DIR) / EVALUATION_FILE).is_file():
+        raise ResultsError(f"{path}: no evaluation {name or EVALUATION_DIR!r} here; run "
+                           f"`fundus-search evaluate {path}{f' --name {name}' if name else ''}` first")
+    return search.evaluation(name or EVALUATION_DIR).path
 
 
 def load_evaluation(folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(runs, predictions) of the finished runs of an evaluation folder."""
-    runs = read_parquet(folder / RUNS_FILE)
-    runs = runs[runs["status"] == "completed"]
-    predictions = read_parquet(folder / PREDICTIONS_FILE)
+    """(runs, predictions) of the finished runs of an evaluation folder, as they stand now
+    (rows only the row log holds yet included: see results.store.current_table)."""
+    runs = _current(folder, RUNS_FILE)
+    runs = runs[runs["status"] == COMPLETED]
+    predictions = _current(folder, PREDICTIONS_FILE)
     return runs, predictions[predictions["run_id"].isin(runs["run_id"])]
+
+
+def _current(folder: Path, name: str) -> pd.DataFrame:
+    try:
+        return current_table(folder, name, EVALUATION_TABLES).to_pandas()
+    except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise ResultsError(f"{Path(folder) / name}: not readable ({str(exc).splitlines()[0][:200]}); "
+                           f"continue the evaluation with `fundus-search resume {folder}`") from None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How much of an evaluation has finished: `finished` of `planned` runs; `missing` names
+    the others by configuration (e.g. `flair-lp-1: fold 2 seed 0, test seed 1`)."""
+
+    planned: int
+    finished: int
+    failed: int
+    missing: tuple[str, ...]
+
+    @property
+    def complete(self) -> bool:
+        return self.finished >= self.planned
+
+    def sentence(self, folder: Path | None = None) -> str:
+        """`9 of 16 runs finished (2 failed); missing: ...; continue with: fundus-search resume F`."""
+        text = f"{self.finished} of {self.planned} runs finished"
+        text += f" ({self.failed} failed)" if self.failed else ""
+        if self.missing:
+            shown = "; ".join(self.missing[:6]) + ("; ..." if len(self.missing) > 6 else "")
+            text += f"; missing: {shown}"
+        if folder is not None and not self.complete:
+            text += f"; continue with: fundus-search resume {folder}"
+        return text
+
+
+def evaluation_progress(folder: Path) -> Progress:
+    """Finished, failed and missing runs of the evaluation at `folder` against its plan."""
+    meta = EvaluationFolder.open(folder)
+    runs = _current(folder, RUNS_FILE)
+    done = set(runs.loc[runs["status"] == COMPLETED, "run_id"])
+    failed = int((runs["status"] == "error").sum())
+    missing: dict[str, list[str]] = {}
+    for run in meta.planned:
+        if run["run_id"] not in done:
+            where = f"fold {run['fold']} seed {run['seed']}" if run["split"] == CV else f"test seed {run['seed']}"
+            missing.setdefault(run["config_id"], []).append(where)
+    return Progress(planned=meta.runs, finished=len(done), failed=failed,
+                    missing=tuple(f"{config}: {', '.join(where)}" for config, where in missing.items()))
 
 
 def run_metrics(predictions: pd.DataFrame) -> pd.DataFrame:
@@ -61,6 +121,8 @@ def evaluation_table(runs: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFr
     folds (each image once per seed; mean over seeds), the search-fold score the configuration
     was chosen by and the optimism (search score minus the cross-validated average), and, when
     a test split exists, the same metrics on it as mean and std over seeds."""
+    if runs.empty or predictions.empty:
+        return pd.DataFrame()
     recomputed = run_metrics(predictions)
     scored = runs.drop(columns=[c for c in recomputed.columns if c != "run_id"], errors="ignore")
     scored = scored.merge(recomputed, on="run_id")
@@ -116,6 +178,8 @@ def paired_comparisons(runs: pd.DataFrame, predictions: pd.DataFrame, sources: d
     """The planned comparisons of each cell's rank-1 configuration, on the challenge average:
     the corrected resampled t-test over shared (fold, seed) runs and the paired bootstrap over
     out-of-fold images; on the test split, the paired bootstrap over test images."""
+    if runs.empty or predictions.empty:
+        return pd.DataFrame()
     metrics = runs.drop(columns=list(CHALLENGE_METRICS), errors="ignore").merge(run_metrics(predictions), on="run_id")
     top = metrics[metrics["rank"] == 1]
     cells = sorted(set(zip(top[INIT], top[STRATEGY])))
@@ -163,9 +227,7 @@ def _aligned_predictions(predictions: pd.DataFrame, runs_a, runs_b) -> tuple[np.
 
 
 def write_comparisons(folder: Path, comparisons: pd.DataFrame) -> Path:
-    path = folder / COMPARISONS_FILE
-    comparisons.to_parquet(path, index=False)
-    return path
+    return write_atomic(Path(folder) / COMPARISONS_FILE, comparisons.to_parquet(index=False))
 
 
 def load_comparisons(folder: Path) -> pd.DataFrame:

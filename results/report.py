@@ -15,11 +15,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 
-from vocabulary import (CONFIG_FILE, EVALUATION_FILE, FT_LR, INIT, LP_EPOCHS, LP_LR, REPORT_FILE, SEARCH_FILE, STRATEGY,
+from vocabulary import (CONFIG_FILE, EVALUATION_DIR, FT_LR, INIT, LP_EPOCHS, LP_LR, REPORT_FILE, SEARCH_FILE, STRATEGY,
                         STUDY_FILE, TRIALS_FILE, WEIGHT_DECAY, UserError, best)
 
 from . import figures
-from .evaluation import evaluation_table, find_evaluation, load_comparisons, load_evaluation
+from .evaluation import evaluation_progress, evaluation_table, find_evaluation, load_comparisons, load_evaluation
+from .layout import EvaluationFolder, FolderError, SearchFolder, write_atomic
 from .query import ResultsError, load_epochs, load_trials
 from .tables import comparison_sentences, evaluation_caption, evaluation_frame
 
@@ -43,14 +44,21 @@ class ReportError(UserError):
     """The report cannot be written where asked; the message says why."""
 
 
-def write_report(search_dir: str | Path, out: str | Path | None = None) -> Path:
+def write_report(search_dir: str | Path, out: str | Path | None = None, *, evaluation: str | None = None) -> Path:
     """Write the report of the search at `search_dir` (and of its evaluation, if any).
+
+    Reads only; the one file written is the report, through a temporary file and a rename (a
+    symlink planted at its name is replaced, never followed).
 
     Args:
         out: the HTML file; default `<search>/report.html`. Its folder must exist.
+        evaluation: the evaluation folder's name (`evaluate --name`); default `evaluation`,
+            shown when there is one that belongs to this search.
 
     Raises:
-        ResultsError: `search_dir` is not a search or has no trials.
+        ResultsError: `search_dir` is not a search or has no trials, or the named evaluation
+            does not exist.
+        FolderError: the evaluation belongs to another search.
         ReportError: the output folder does not exist.
     """
     search_dir = Path(search_dir)
@@ -63,34 +71,44 @@ def write_report(search_dir: str | Path, out: str | Path | None = None) -> Path:
     trials = load_trials([search_dir])
     if trials.empty:
         raise ResultsError(f"{search_dir}: the search has no trials yet; run or resume it first")
-    study = Study(search_dir, trials)
+    study = Study(search_dir, trials, evaluation)
     body = "\n".join(section(study) for section in (_answer, _diagnostics, _search, _parameters, _provenance))
     nav = " ".join(f'<a href="#{key}">{title}</a>' for key, title in SECTIONS.items())
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(study.name)}: "
             f"fundus-search report</title><style>{_CSS}</style></head><body><h1>{html.escape(study.name)}</h1>"
             f"<p class='note'>fundus-search report, written {datetime.now():%Y-%m-%d %H:%M} from "
             f"{html.escape(str(search_dir.absolute()))}</p><nav>{nav}</nav>{body}</body></html>")
-    out.write_text(page, encoding="utf-8")
-    return out
+    try:
+        return write_atomic(out, page)
+    except OSError as exc:
+        raise ReportError(f"{out}: cannot write ({exc.strerror or exc}); write the report elsewhere with -o") from None
 
 
 class Study:
     """What the report reads: the search's files, its config and its evaluation, if any."""
 
-    def __init__(self, folder: Path, trials: pd.DataFrame):
+    def __init__(self, folder: Path, trials: pd.DataFrame, evaluation: str | None = None):
         self.folder, self.trials = folder, trials
         self.epochs = load_epochs([folder])
-        self.name = json.loads((folder / SEARCH_FILE).read_text()).get("name", folder.name)
+        self.name = SearchFolder.open(folder).name
         self.config = yaml.safe_load((folder / CONFIG_FILE).read_text()) if (folder / CONFIG_FILE).is_file() else {}
         search = self.config.get("search", {})
         self.metric, self.mode = search.get("metric", "val_average"), search.get("mode", "max")
         self.metadata = {k.decode().removeprefix("fundus_search."): v.decode()
                          for k, v in (pq.read_schema(folder / TRIALS_FILE).metadata or {}).items()
                          if k.startswith(b"fundus_search.")}
+        self.foreign = None  # why the default evaluation folder is not shown, if it is not
+        if evaluation is not None:
+            self.evaluation = find_evaluation(folder, evaluation)
+            self.progress = evaluation_progress(self.evaluation)
+            return
         try:
-            self.evaluation = find_evaluation(folder)
+            self.evaluation = find_evaluation(folder, EVALUATION_DIR)
+        except FolderError as exc:  # another search's evaluation, copied in: never shown as this one's answer
+            self.evaluation, self.foreign = None, str(exc)
         except ResultsError:
             self.evaluation = None
+        self.progress = evaluation_progress(self.evaluation) if self.evaluation else None
 
 
 def _section(key: str, content: str) -> str:
@@ -114,16 +132,27 @@ def _missing(what: str, command: str) -> str:
 
 def _answer(study: Study) -> str:
     if study.evaluation is None:
-        return _section("answer", _missing("No evaluation of this search yet (the cross-validated table, the "
-                                           "paired comparisons)", f"fundus-search evaluate {study.folder}"))
+        foreign = f"<p class='missing'>{html.escape(study.foreign)}</p>" if study.foreign else ""
+        return _section("answer", foreign + _missing("No evaluation of this search yet (the cross-validated table, "
+                                                     "the paired comparisons)", f"fundus-search evaluate {study.folder}"))
     runs, predictions = load_evaluation(study.evaluation)
     table = evaluation_table(runs, predictions)
-    cpu = json.loads((study.evaluation / EVALUATION_FILE).read_text()).get("cpu_ms_per_image")
+    cpu = EvaluationFolder.open(study.evaluation).cpu_ms_per_image
     comparisons = load_comparisons(study.evaluation)
-    parts = [f"<p class='note'>{html.escape(evaluation_caption(table))}. CPU ms per image: from a decoded image "
-             "to its probability at batch 1; LP, FT and LP-FT of one init share the network.</p>",
-             _table(evaluation_frame(table, cpu))]
-    if comparisons.empty:
+    parts = []
+    if not study.progress.complete:
+        parts.append(f"<p class='missing'><strong>Incomplete evaluation: {html.escape(study.progress.sentence())}"
+                     "</strong>. The table holds the finished runs only; the comparisons use only folds and seeds "
+                     f"both arms finished. Continue with <code>fundus-search resume {html.escape(str(study.evaluation))}"
+                     "</code>.</p>")
+    if table.empty:
+        return _section("answer", "".join(parts) + "<p>No run of the evaluation has finished yet.</p>")
+    parts += [f"<p class='note'>{html.escape(evaluation_caption(table))}. CPU ms per image: from a decoded image "
+              "to its probability at batch 1; LP, FT and LP-FT of one init share the network.</p>",
+              _table(evaluation_frame(table, cpu))]
+    if comparisons.empty and not study.progress.complete:
+        parts.append("<p>No paired comparisons yet: they are computed when the evaluation finishes.</p>")
+    elif comparisons.empty:
         parts.append("<p>No paired comparisons: they need two evaluated cells sharing folds and seeds.</p>")
     else:
         parts.append("<h3>Paired comparisons</h3><ul>" + "".join(
@@ -140,6 +169,8 @@ def _diagnostics(study: Study) -> str:
         return _section("diagnostics", _missing("ROC curves and confusion matrices come from the evaluation's "
                                                 "out-of-fold predictions", f"fundus-search evaluate {study.folder}"))
     runs, predictions = load_evaluation(study.evaluation)
+    if runs.empty:
+        return _section("diagnostics", "<p>No run of the evaluation has finished yet.</p>")
     return _section("diagnostics", _figure(figures.roc_curves(predictions, runs),
                                            "Out-of-fold ROC of each cell's configuration (AUC: mean over seeds)")
                     + _figure(figures.confusion_matrices(predictions, runs),
@@ -165,10 +196,14 @@ def _rungs(scheduler: dict, max_epochs: int) -> list[int]:
     """ASHA's rungs, grace x rf^k below max_epochs, and max_epochs itself."""
     if scheduler.get("type", "asha") != "asha":
         return []
-    rungs, rung = [], scheduler.get("grace_period", 1)
+    rungs, rung = [], scheduler.get("grace_period", 3)
+    factor = scheduler.get("reduction_factor", 3)
+    if not (isinstance(rung, (int, float)) and isinstance(factor, (int, float)) and rung >= 1 and factor >= 2):
+        raise ResultsError(f"search.scheduler: grace_period {rung!r} and reduction_factor {factor!r} are not a "
+                           "config fundus-search wrote (grace_period >= 1, reduction_factor >= 2)")
     while rung < max_epochs:
         rungs.append(int(rung))
-        rung *= scheduler.get("reduction_factor", 2)
+        rung *= factor
     return rungs + [max_epochs]
 
 
@@ -192,7 +227,11 @@ def _importances(study: Study) -> str:
     if not path.is_file():
         return "<p class='note'>No Optuna study in this folder: no parameter importances.</p>"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    stored = optuna.load_study(study_name=study.name, storage=f"sqlite:///{path}")
+    try:  # read-only: the report never writes the study, nor creates Optuna's tables in an empty file
+        storage = optuna.storages.RDBStorage(f"sqlite:///file:{path}?mode=ro&uri=true", skip_table_creation=True)
+        stored = optuna.load_study(study_name=study.name, storage=storage)
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy's and Optuna's errors alike: the rest of the report stands
+        return f"<p class='note'>Cannot read the Optuna study in {html.escape(str(path))} ({html.escape(type(exc).__name__)}): no parameter importances.</p>"
     complete = stored.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     groups = {"all strategies": complete}
     for strategy in _SEARCHED:

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
+from .layout import open_append, write_atomic
 from vocabulary import (BATCH_SIZE, EPOCHS_FILE, FOLD, FT_LR, INIT, LP_EPOCHS, LP_LR, METRICS, PARAMS, PREDICTIONS_FILE,
                         ROW_LOG, RUNS_FILE, SEED, STRATEGY, TRAIN_LOSS, TRIALS_FILE, VAL_METRICS, WEIGHT_DECAY,
                         UserError, best, last, lp_warmup)
@@ -141,29 +142,15 @@ class ResultsStore:
             log_path = Path(self.root) / ROW_LOG
         self.log_path = Path(log_path)
         # file -> first key value (e.g. a trial id) -> rest of the key -> row: a trial's rows in one look-up
-        self._rows: dict[str, dict] = {name: {} for name in tables}
+        self._rows = _replay(self.fs, self.root, self.log_path, tables)
         self._last_flush = 0.0
-        self._replay()
-        self._log = open(self.log_path, "a", encoding="utf-8")
-
-    def _replay(self) -> None:
-        """Load rows from the Parquet files and the log, so a resumed run continues them."""
-        for name in self.tables:
-            path = f"{self.root}/{name}"
-            if self.fs.get_file_info(path).type == pafs.FileType.File:
-                for row in pq.read_table(path, filesystem=self.fs).to_pylist():
-                    self._keep(name, row)
-        if self.log_path.exists():
-            for line in self.log_path.read_text(encoding="utf-8").splitlines():
-                try:
-                    name, row = json.loads(line)
-                except json.JSONDecodeError:  # a line cut short by a killed driver
-                    continue
-                self._keep(name, row)
+        try:
+            self._log = open_append(self.log_path)
+        except OSError as exc:  # e.g. a symlink planted at the log's name
+            raise ResultsWriteError(str(self.log_path), exc) from exc
 
     def _keep(self, name: str, row: dict) -> None:
-        first, *rest = (row[k] for k in self.tables[name].key)
-        self._rows[name].setdefault(first, {})[tuple(rest)] = row
+        _keep(self._rows, self.tables, name, row)
 
     def rows(self, name: str, first_key) -> list[dict]:
         """The rows of table `name` whose first key column is `first_key` (e.g. one trial's epochs)."""
@@ -192,6 +179,14 @@ class ResultsStore:
         columns = {f.name: [r.get(f.name) for r in rows] for f in schema}
         table = pa.table(columns, schema=schema).replace_schema_metadata(self.metadata)
         final, tmp = f"{self.root}/{name}", f"{self.root}/.{name}.{os.getpid()}.tmp"
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            try:
+                sink = pa.BufferOutputStream()
+                pq.write_table(table, sink)
+                write_atomic(final, sink.getvalue().to_pybytes())
+            except OSError as exc:
+                raise ResultsWriteError(final, exc) from exc
+            return
         try:
             with self.fs.open_output_stream(tmp) as out:
                 pq.write_table(table, out)
@@ -207,3 +202,38 @@ class ResultsStore:
         finally:
             with contextlib.suppress(OSError):
                 self._log.close()
+
+
+def _keep(rows: dict[str, dict], tables: dict[str, Table], name: str, row: dict) -> None:
+    first, *rest = (row[k] for k in tables[name].key)
+    rows[name].setdefault(first, {})[tuple(rest)] = row
+
+
+def _replay(fs: pafs.FileSystem, root: str, log_path: Path, tables: dict[str, Table]) -> dict[str, dict]:
+    """Rows from the Parquet files, then from the log (newer), keyed as the store keeps them."""
+    rows: dict[str, dict] = {name: {} for name in tables}
+    for name in tables:
+        path = f"{root}/{name}"
+        if fs.get_file_info(path).type == pafs.FileType.File:
+            for row in pq.read_table(path, filesystem=fs).to_pylist():
+                _keep(rows, tables, name, row)
+    if log_path.is_file():
+        for line in log_path.read_text(encoding="utf-8").splitlines():
+            try:
+                name, row = json.loads(line)
+            except (json.JSONDecodeError, ValueError):  # a line cut short by a killed driver
+                continue
+            if name in tables:
+                _keep(rows, tables, name, row)
+    return rows
+
+
+def current_table(folder: str | Path, name: str, tables: dict[str, Table]) -> pa.Table:
+    """Table `name` of a local results folder as it stands now: its Parquet file plus the rows
+    only the log holds yet (the Parquet files lag by up to 30 s, and a killed driver's last rows
+    are only in the log). Reads; writes nothing."""
+    fs, root = filesystem(str(folder))
+    rows = _replay(fs, root, Path(root) / ROW_LOG, {name: tables[name]})[name]
+    ordered = [row for first in sorted(rows) for _, row in sorted(rows[first].items())]
+    schema = tables[name].schema
+    return pa.table({f.name: [r.get(f.name) for r in ordered] for f in schema}, schema=schema)

@@ -78,6 +78,14 @@ class ParquetCallback(Callback):
     def __getstate__(self):  # the store holds an open log; a restored callback reopens it in setup
         return {**self.__dict__, "store": None}
 
+    def relocate(self, folder: Path) -> None:
+        """Write into `folder`, the search being resumed (the paths this callback was pickled with
+        are those of the folder's first location)."""
+        if self.log_path is None:
+            self.results_uri = str(folder)
+        else:  # Parquet files on remote storage; the row log in the local folder
+            self.log_path = Path(folder) / self.log_path.name
+
     def setup(self, **info) -> None:
         self.store = ResultsStore(self.results_uri, search=self.search, metadata=self.metadata,
                                   log_path=self.log_path, flush_seconds=self.flush_seconds)

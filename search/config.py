@@ -22,7 +22,8 @@ class ConfigError(UserError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: every number is finite (a `cpus_per_trial: .inf` would wait for ever)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _resolve(path: Path | None, info: ValidationInfo) -> Path | None:
@@ -106,6 +107,16 @@ class InitConfig(_Strict):
 class ModelConfig(_Strict):
     backbone: Literal[tuple(BACKBONES)] = "resnet50"  # type: ignore[valid-type]
     inits: dict[str, InitConfig] = {"random": InitConfig(source="random")}
+
+    @field_validator("inits")
+    @classmethod
+    def _names(cls, value):
+        """An init's name names folders (TensorBoard runs) and labels figures: an identifier only."""
+        for name in value:
+            check_name(name)
+        if not value:
+            raise ValueError("needs at least one init, e.g. random: {source: random}")
+        return value
 
     def init_spec(self, name: str) -> InitSpec:
         """The init's weight source; normalisation is the source's unless the config sets it."""

@@ -27,19 +27,20 @@ from models import Classifier, build_feature_net, cpu_ms_per_image
 from models.backbones import Head
 from results import ResultsStore, load_trials
 from results.evaluation import CV, TEST, load_evaluation, paired_comparisons, write_comparisons
+from results.layout import EvaluationFolder, SearchFolder
 from results.store import EVALUATION_TABLES
-from vocabulary import (BATCH_SIZE, COMPLETED, CONFIG_FILE, EPOCHS_FILE, ERROR, EVALUATION_DIR, EVALUATION_FILE, FOLD,
-                        FT_LR, INIT, LP_EPOCHS, LP_LR, METRICS, PARAMS, PREDICTIONS_FILE, RUNNING, RUNS_FILE,
-                        SEARCH_FILE, SEED, STOPPED_EARLY, STRATEGY, WEIGHT_DECAY, best, check_name, val)
+from vocabulary import (BATCH_SIZE, COMPLETED, CONFIG_FILE, EPOCHS_FILE, ERROR, EVALUATION_DIR, FOLD, FT_LR, INIT,
+                        LP_EPOCHS, LP_LR, METRICS, PARAMS, PREDICTIONS_FILE, ROW_LOG, RUNNING, RUNS_FILE, SEED,
+                        STOPPED_EARLY, STRATEGY, WEIGHT_DECAY, best, check_name, val)
 
 from .callbacks import ProgressCallback, epoch_row, error_line
 from .config import Config, load_config
 from .errors import SearchError
-from .folders import check_storage, check_trusted, check_weights, provenance
+from .folders import check_resources, check_storage, check_trusted, check_weights, provenance
 from .outcome import trial_status
 from .ray_session import check_address, connect
 from .trainable import train_trial
-from .tuner import make_tuner, trainable_with_resources
+from .tuner import TUNER_STATE, make_tuner, restore_tuner, trainable_with_resources
 
 _CHOSEN = (INIT, STRATEGY, LP_LR, FT_LR, LP_EPOCHS, WEIGHT_DECAY, BATCH_SIZE)  # what a configuration fixes
 
@@ -55,7 +56,7 @@ class EvaluationRequest:
     epochs: str = "best"
 
 
-def plan_runs(trials: pd.DataFrame, config: Config, request: EvaluationRequest) -> list[dict]:
+def plan_runs(trials: pd.DataFrame, config: Config, request: EvaluationRequest, search: Path) -> list[dict]:
     """One run per configuration x fold x seed (and x seed on the test split): the trial configs.
 
     Raises:
@@ -70,12 +71,13 @@ def plan_runs(trials: pd.DataFrame, config: Config, request: EvaluationRequest) 
     score = best(config.search.metric)
     done = trials[trials["status"].isin([COMPLETED, STOPPED_EARLY]) & trials["best_epoch"].notna()]
     if done.empty:
-        raise SearchError("no finished trials in the search; let it finish first (fundus-search resume FOLDER)")
+        raise SearchError(f"no finished trials in the search; let it finish first: fundus-search resume {search}")
     cells = [(i, s) for i in config.inits for s in config.search.space.strategy]
     missing = [f"{i}/{s}" for i, s in cells if not ((done[INIT] == i) & (done[STRATEGY] == s)).any()]
     if missing:
-        raise SearchError(f"no finished trial in cell(s) {', '.join(missing)}; resume the search with more trials "
-                          "(search.num_samples) so every cell has one")
+        raise SearchError(f"no finished trial in cell(s) {', '.join(missing)}; every cell needs one: run a new "
+                          "search with search.num_samples of at least the number of cells (its first trials cover "
+                          "every cell while search.cover_cells is on)")
     runs = []
     for init, strategy in cells:
         cell = done[(done[INIT] == init) & (done[STRATEGY] == strategy)]
@@ -156,6 +158,10 @@ class EvaluationCallback(tune.Callback):
     def __getstate__(self):  # the store holds an open log; a restored callback reopens it in setup
         return {**self.__dict__, "store": None}
 
+    def relocate(self, folder: Path) -> None:
+        """Write into `folder`, the evaluation being resumed (see search.callbacks.ParquetCallback)."""
+        self.folder = str(folder)
+
     def setup(self, **info) -> None:
         self.store = ResultsStore(self.folder, search=self.name, tables=EVALUATION_TABLES, metadata=self.metadata)
 
@@ -201,11 +207,9 @@ def _image_rows(cache: ImageCache) -> dict[str, list]:
     return {"paths": list(cache.paths), "groups": list(cache.groups), "labels": [int(x) for x in cache.labels]}
 
 
-def _search_folder(search_dir: Path) -> tuple[Path, Config, pd.DataFrame]:
-    search_dir = Path(search_dir).absolute()
-    if not (search_dir / SEARCH_FILE).is_file():
-        raise SearchError(f"{search_dir}: not a search folder (no {SEARCH_FILE}); pass the folder `run` printed")
-    return search_dir, load_config(search_dir / CONFIG_FILE), load_trials([search_dir])
+def _search_folder(search_dir: Path) -> tuple[SearchFolder, Config, pd.DataFrame]:
+    search = SearchFolder.open(search_dir)
+    return search, load_config(search.path / CONFIG_FILE), load_trials([search.path])
 
 
 def start_evaluation(search_dir: Path, request: EvaluationRequest = EvaluationRequest(), *, name: str | None = None,
@@ -218,13 +222,13 @@ def start_evaluation(search_dir: Path, request: EvaluationRequest = EvaluationRe
     Raises:
         UserError (SearchError, ConfigError, WeightsError, ManifestError, ClusterError): nothing was written.
     """
-    search_dir, config, trials = _search_folder(search_dir)
-    runs = plan_runs(trials, config, request)
+    search, config, trials = _search_folder(search_dir)
+    runs = plan_runs(trials, config, request, search.path)
     try:
         name = check_name(name or EVALUATION_DIR)
     except ValueError as exc:
         raise SearchError(f"evaluation name: {exc}") from None
-    folder = search_dir / name
+    folder = search.path / name
     if folder.exists():
         raise SearchError(f"{folder} already exists; continue it with `fundus-search resume {folder}` or pass "
                           "another --name")
@@ -234,17 +238,30 @@ def start_evaluation(search_dir: Path, request: EvaluationRequest = EvaluationRe
     check_weights(config)
     cache = prepare_images(config.data.to_spec())
     connect(address)
+    check_resources(config)
     cpu = measure_cpu(config, cache, sorted({r["config_id"]: r[INIT] for r in runs}.items()))
-    folder.mkdir(parents=True)
-    (folder / EVALUATION_FILE).write_text(json.dumps({
-        "name": name, "search": str(search_dir), "request": request.__dict__, "runs": len(runs),
-        "cpu_ms_per_image": cpu}, indent=2, default=list))
-    tuner = make_tuner(trainable_with_resources(config, cache, train_fn), config, name=name,
-                       storage_path=str(search_dir), search_alg=FixedRuns(runs),
-                       scheduler=None, num_samples=len(runs), callbacks=_callbacks(folder, name, config, cache, len(runs)))
+    try:
+        folder.mkdir()
+    except FileExistsError:  # another evaluate got here first: it owns the folder
+        raise SearchError(f"{folder}: another `fundus-search evaluate` is writing it; wait for it, or pass "
+                          "another --name") from None
+    EvaluationFolder(path=folder, name=name, search_name=search.name, request=request.__dict__, runs=len(runs),
+                     cpu_ms_per_image=cpu, planned=[_planned(r) for r in runs]).write()
+    _run(folder, config, cache, runs, train_fn)
+    return folder
+
+
+def _planned(run: dict) -> dict:
+    return {k: run[k] for k in ("run_id", "config_id", "split", FOLD, SEED)}
+
+
+def _run(folder: Path, config: Config, cache: ImageCache, runs: list[dict], train_fn: Callable) -> None:
+    """Every planned run as one Ray Tune experiment, `folder` itself, then the comparisons."""
+    tuner = make_tuner(trainable_with_resources(config, cache, train_fn), config, name=folder.name,
+                       storage_path=str(folder.parent), search_alg=FixedRuns(runs), scheduler=None,
+                       num_samples=len(runs), callbacks=_callbacks(folder, folder.name, config, cache, len(runs)))
     tuner.fit()
     finish_evaluation(folder)
-    return folder
 
 
 def _callbacks(folder: Path, name: str, config: Config, cache: ImageCache, total: int) -> list:
@@ -255,31 +272,40 @@ def _callbacks(folder: Path, name: str, config: Config, cache: ImageCache, total
 
 
 def resume_evaluation(folder: Path, *, address: str | None = None, train_fn: Callable = train_trial) -> Path:
-    """Continue an interrupted evaluation (same runs; none lost, none twice).
+    """Continue an interrupted evaluation (same runs; none lost, none twice), from `folder` and
+    into it, wherever it was first written. One stopped before Ray saved anything starts again.
 
     Raises:
         SearchError: `folder` is not an evaluation folder, or others could have written it.
     """
-    folder = Path(folder).absolute()
-    if not (folder / EVALUATION_FILE).is_file():
-        raise SearchError(f"{folder}: not an evaluation folder (no {EVALUATION_FILE})")
-    check_trusted(folder)
-    search_dir = Path(json.loads((folder / EVALUATION_FILE).read_text())["search"])
-    config = load_config(search_dir / CONFIG_FILE)
+    evaluation = EvaluationFolder.open(check_trusted(folder) if Path(folder).is_dir() else folder)
+    folder = evaluation.path
+    search = evaluation.search
+    config = load_config(search.path / CONFIG_FILE)
     cache = prepare_images(config.data.to_spec())
     connect(address)
-    tuner = tune.Tuner.restore(str(folder), trainable=trainable_with_resources(config, cache, train_fn),
-                               resume_unfinished=True, resume_errored=True)
-    tuner.fit()
+    check_resources(config)
+    if not (folder / TUNER_STATE).is_file():  # stopped between evaluation.json and Ray's first snapshot
+        request = EvaluationRequest(**{**evaluation.request, "folds": _folds(evaluation.request.get("folds"))})
+        runs = plan_runs(load_trials([search.path]), config, request, search.path)
+        for partial in (ROW_LOG, *EVALUATION_TABLES):  # rows of runs Ray never recorded: they run again
+            (folder / partial).unlink(missing_ok=True)
+        _run(folder, config, cache, runs, train_fn)
+        return folder
+    trainable = trainable_with_resources(config, cache, train_fn)
+    restore_tuner(str(folder), trainable, local=folder).fit()
     finish_evaluation(folder)
     return folder
+
+
+def _folds(folds) -> tuple[int, ...] | None:
+    return None if folds is None else tuple(folds)
 
 
 def finish_evaluation(folder: Path, *, resamples: int = 2000) -> pd.DataFrame:
     """Compute the paired comparisons of the finished runs and write comparisons.parquet
     (the bootstrap is seeded with search.seed: the same runs give the same file)."""
-    meta = json.loads((folder / EVALUATION_FILE).read_text())
-    config = load_config(Path(meta["search"]) / CONFIG_FILE)
+    config = load_config(Path(folder).parent / CONFIG_FILE)  # an evaluation sits in its search's folder
     sources = {name: init.source for name, init in config.model.inits.items()}
     runs, predictions = load_evaluation(folder)
     comparisons = paired_comparisons(runs, predictions, sources, resamples=resamples, seed=config.search.seed)

@@ -51,23 +51,63 @@ def check_storage(results: str) -> None:
                          "choose a writable folder") from exc
 
 
-def check_trusted(folder: Path) -> None:
-    """Refuse a folder (or a file in it) owned by someone else or writable by others.
+def check_trusted(folder: Path) -> Path:
+    """Refuse to resume `folder` unless this user alone could have written everything in it.
 
-    Resuming unpickles Ray's experiment state (`tuner.pkl`, the searcher state): a crafted
-    results folder would run code, so only folders only this user could have written are resumed.
+    Resuming unpickles Ray's experiment state (`tuner.pkl`, `experiment_state-*.json`, the
+    searcher's state) and loads trial checkpoints, so every entry under the folder is checked,
+    at any depth, without following links: a symlink is refused (it could lead to anyone's
+    file), and so is an entry owned by another user or writable by others.
+
+    Returns:
+        the folder, resolved (what is checked is what is restored).
 
     Raises:
         SearchError: naming the first untrusted path.
     """
-    for path in [folder, *sorted(folder.iterdir())]:
-        info = path.lstat()
-        if info.st_uid != os.getuid():
-            raise SearchError(f"{path}: owned by user id {info.st_uid}, not you; resuming unpickles files from this "
-                             "folder, so only your own folders are resumed (copy it, check it, then resume the copy)")
-        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not stat.S_ISLNK(info.st_mode):
-            raise SearchError(f"{path}: writable by other users (mode {stat.filemode(info.st_mode)}); resuming "
-                             f"unpickles files from this folder: `chmod -R go-w {folder}` if you trust its contents")
+    folder = Path(os.path.realpath(folder))
+    _check_entry(folder, folder)
+    for dirpath, dirnames, filenames in os.walk(folder):  # never descends into a linked folder
+        for name in sorted(dirnames + filenames):
+            _check_entry(Path(dirpath) / name, folder)
+    return folder
+
+
+def _check_entry(path: Path, folder: Path) -> None:
+    info = path.lstat()
+    if stat.S_ISLNK(info.st_mode):
+        raise SearchError(f"{path}: a symlink (to {os.readlink(path)}); resuming unpickles files from this folder, "
+                         "so it follows no link: remove the link, or resume a folder without links")
+    if info.st_uid != os.getuid():
+        raise SearchError(f"{path}: owned by user id {info.st_uid}, not you; resuming unpickles files from this "
+                         "folder, so only your own folders are resumed (copy it, check it, then resume the copy)")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise SearchError(f"{path}: writable by other users (mode {stat.filemode(info.st_mode)}); resuming "
+                         f"unpickles files from this folder: `chmod -R go-w {folder}` if you trust its contents")
+
+
+def check_resources(config: Config) -> None:
+    """A trial's resource request fits on at least one node of the connected Ray: Ray would
+    otherwise wait for such a node for ever.
+
+    Raises:
+        SearchError: naming the request and the largest node.
+    """
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    cpus = max((n.get("CPU", 0) for n in nodes), default=0)
+    gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+    want = config.resources.cpus_per_trial
+    if want > cpus:
+        raise SearchError(f"resources.cpus_per_trial: {want:g} CPUs per trial, but the largest node of the Ray "
+                          f"cluster has {cpus:g}; ask for at most {cpus:g}")
+    if gpus:  # without GPUs every trial runs on CPUs (search.tuner.trainable_with_resources)
+        strategies = set(config.search.space.strategy)
+        over = {s: g for s, g in config.resources.gpus_per_trial.items() if s in strategies and g > gpus}
+        if over:
+            raise SearchError(f"resources.gpus_per_trial: {over} GPUs per trial, but the largest node of the Ray "
+                              f"cluster has {gpus:g}; ask for at most {gpus:g}")
 
 
 def provenance(config: Config, fingerprint: str) -> dict[str, str]:

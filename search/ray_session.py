@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import stat
+import tempfile
 from pathlib import Path
 
 from .errors import ClusterError
@@ -51,7 +52,7 @@ def connect(address: str | None) -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False  # for this one, which imported Ray already
     with _private_files():  # the auth token Ray may write, its logs and sockets: owner only
         # address="local": always a new embedded instance, never a cluster found on this machine
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, _temp_dir=str(private_temp_dir()),
                  object_store_memory=_OBJECT_STORE_BYTES, logging_level=logging.WARNING, log_to_driver=False)
     tighten_token_file()
 
@@ -72,6 +73,25 @@ def check_address(address: str) -> None:
     except OSError as exc:
         raise ClusterError(f"Ray address {address}: no Ray cluster answers ({exc.strerror or exc}); start it "
                            "(e.g. cluster/local.sh up) or fix the address") from None
+
+
+def private_temp_dir() -> Path:
+    """`<tmp>/ray-<uid>`, mode 0700: the embedded Ray's sessions, logs and sockets. Ray's default,
+    `/tmp/ray`, is shared by every user and its session folders are world-writable.
+
+    Raises:
+        ClusterError: the folder exists and is not this user's own private folder.
+    """
+    folder = Path(tempfile.gettempdir()) / f"ray-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    info = folder.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise ClusterError(f"{folder}: not a folder of yours (Ray's private temporary folder); remove it, or set "
+                           "TMPDIR to a folder only you can write")
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        folder.chmod(0o700)
+    return folder
 
 
 def token_path() -> Path:

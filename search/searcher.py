@@ -17,6 +17,35 @@ log = logging.getLogger(__name__)
 _STATES = {COMPLETED: TrialState.COMPLETE, ERROR: TrialState.FAIL}
 
 
+class FolderStudyStorage(optuna.storages.RDBStorage):
+    """The search's Optuna study, `optuna.db` in its folder, that connects on first use.
+
+    Ray pickles the searcher (its study and every Optuna trial hold this storage) into the
+    experiment state, and a plain RDBStorage reconnects to its absolute path when unpickled, and
+    creates its schema there: a resumed copy of a folder would write into the original, or fail
+    when the original is gone. This one waits until `relocate` names the folder being resumed.
+    """
+
+    _CONNECTION = ("engine", "scoped_session", "_version_manager")
+
+    def __init__(self, db_path: Path):
+        super().__init__(f"sqlite:///{db_path}")
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)  # no connection yet: see __getattr__
+
+    def __getattr__(self, name: str):
+        if name in self._CONNECTION and "url" in self.__dict__:
+            super().__setstate__({})  # RDBStorage's own: connect to self.url
+            return self.__dict__[name]
+        raise AttributeError(name)
+
+    def relocate(self, db_path: Path) -> None:
+        for name in self._CONNECTION:
+            self.__dict__.pop(name, None)
+        self.url = f"sqlite:///{db_path}"
+
+
 class PruningOptunaSearch(OptunaSearch):
     """OptunaSearch that tells scheduler-stopped trials as PRUNED and errored ones as FAIL,
     and keeps the study consistent with Tune's state across a driver kill and `resume`.
@@ -31,8 +60,19 @@ class PruningOptunaSearch(OptunaSearch):
     their parameters again; reports for the latter are ignored.
     """
 
+    _db_path: Path | None = None  # where the study is now (see relocate)
+
+    def relocate(self, db_path: Path) -> None:
+        """Use the study in `db_path`: the folder being resumed, wherever it was first written."""
+        self._db_path = Path(db_path)
+        if isinstance(self._storage, FolderStudyStorage):
+            self._storage.relocate(self._db_path)
+
     def restore(self, checkpoint_path: str) -> None:
+        db_path = self._db_path  # the saved state carries the path of the session that saved it
         super().restore(checkpoint_path)
+        if db_path is not None:
+            self.relocate(db_path)
         requeued = self.requeue_orphans()
         if requeued:
             log.info("resume: trials %s were asked of Optuna but never started; re-enqueued", requeued)
@@ -93,6 +133,6 @@ def make_searcher(space, *, metric: str, mode: str, seed: int, study_name: str, 
         sampler: `tpe` or `random`, see make_sampler.
     """
     sampler = make_sampler(sampler, seed)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{db_path}") if db_path else optuna.storages.InMemoryStorage()
+    storage = FolderStudyStorage(db_path) if db_path else optuna.storages.InMemoryStorage()
     return PruningOptunaSearch(space=space, metric=metric, mode=mode, sampler=sampler, study_name=study_name,
                                storage=storage, points_to_evaluate=first_points or None)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 from ray.tune import Callback
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-from vocabulary import AVERAGE, PARAMS, SEED, FOLD, TRAIN_LOSS, VAL_METRICS, lp_warmup, val
+from results.store import ResultsWriteError
+from vocabulary import AVERAGE, FOLD, PARAMS, SEED, TENSORBOARD_DIR, TRAIN_LOSS, VAL_METRICS, lp_warmup, val
 
 SCALARS = (TRAIN_LOSS, *VAL_METRICS, "epoch_seconds", "images_per_second")
 _NAMED = tuple(p for p in PARAMS if p not in (SEED, FOLD))  # the run's name: what was chosen
@@ -31,13 +33,21 @@ class TensorBoardCallback(Callback):
 
     def _writer(self, trial) -> SummaryWriter:
         if trial.trial_id not in self.writers:
-            writer = SummaryWriter(str(Path(self.logdir) / run_name(trial.config)))
+            folder = Path(self.logdir) / run_name(trial.config)
+            for path in (Path(self.logdir), folder):  # event files are appended: never through a link
+                if path.is_symlink():
+                    raise ResultsWriteError(str(path), OSError(errno.ELOOP, "a symlink; remove it"))
+            writer = SummaryWriter(str(folder))
             hparam_values = {k: trial.config[k] for k in PARAMS if trial.config.get(k) is not None}
             experiment, session_start, _ = hparams(hparam_values, {c: 0.0 for c in SCALARS})
             for summary in (experiment, session_start):
                 writer.file_writer.add_summary(summary)
             self.writers[trial.trial_id] = writer
         return self.writers[trial.trial_id]
+
+    def relocate(self, folder: Path) -> None:
+        """Write into `folder`'s TensorBoard runs (see ParquetCallback.relocate)."""
+        self.logdir = str(Path(folder) / TENSORBOARD_DIR)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         writer = self._writer(trial)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from dataclasses import dataclass
@@ -17,12 +16,13 @@ from ray import tune
 from ray.tune.schedulers import TrialScheduler
 
 from data_io import ImageCache, prepare_images
+from results.layout import SearchFolder, write_atomic
 from vocabulary import CONFIG_FILE, ROW_LOG, SEARCH_FILE, STUDY_FILE, TENSORBOARD_DIR, check_name
 
 from .callbacks import ParquetCallback, ProgressCallback
 from .config import Config, load_config
 from .errors import SearchError
-from .folders import check_storage, check_trusted, check_weights, provenance
+from .folders import check_resources, check_storage, check_trusted, check_weights, provenance
 from .ray_session import check_address, connect
 from .scheduler import make_scheduler
 from .searcher import PruningOptunaSearch, make_searcher
@@ -133,11 +133,13 @@ def make_tuner(trainable, config: Config, *, name: str, storage_path: str, searc
 
 def start_search(config_path: Path, *, name: str | None = None, num_samples: int | None = None,
                  address: str | None = None, train_fn: Callable = train_trial,
-                 extra_callbacks: tuple = ()) -> tuple[SearchPaths, tune.ResultGrid]:
+                 extra_callbacks: tuple = (), study: dict | None = None) -> tuple[SearchPaths, tune.ResultGrid]:
     """Validate everything, then write the search folder, then run the search.
 
     `train_fn` is the function each trial runs (tests inject failures by wrapping it);
-    `extra_callbacks` are more Ray Tune callbacks (the benchmarks time trials with one).
+    `extra_callbacks` are more Ray Tune callbacks (the benchmarks time trials with one);
+    `study` is what `fundus-search study` does after the search, kept in search.json so that
+    `resume` can finish it.
 
     Raises:
         UserError (ConfigError, ManifestError, WeightsError, SearchError, ClusterError): nothing was written.
@@ -159,10 +161,14 @@ def start_search(config_path: Path, *, name: str | None = None, num_samples: int
     cache = prepare_images(config.data.to_spec())  # validates every image before anything is written
     total = num_samples or config.search.num_samples
     connect(address)  # a wrong address fails here, before the search folder exists
-    paths.local.mkdir(parents=True, exist_ok=True)
-    (paths.local / CONFIG_FILE).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    (paths.local / SEARCH_FILE).write_text(json.dumps({"name": paths.name, "results": paths.results,
-                                                       "num_samples": total}))
+    check_resources(config)
+    try:
+        paths.local.mkdir(parents=True)
+    except FileExistsError:
+        raise SearchError(f"search folder {paths.local} was just created by another command; pick another name")
+    write_atomic(paths.local / CONFIG_FILE, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    remote = paths.results if "://" in paths.results else None
+    SearchFolder(path=paths.local, name=paths.name, num_samples=total, remote=remote, study=study).write()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate/group TPE
         tuner = build_tuner(config, paths, cache, num_samples=total, train_fn=train_fn,
@@ -172,20 +178,39 @@ def start_search(config_path: Path, *, name: str | None = None, num_samples: int
 
 def resume_search(results_dir: Path, *, address: str | None = None,
                   train_fn: Callable = train_trial) -> tuple[SearchPaths, tune.ResultGrid]:
-    """Continue an interrupted search to its full num_samples (same experiment, same trials).
+    """Continue an interrupted search to its full num_samples (same experiment, same trials),
+    from `results_dir` and into it, wherever the folder was first written.
 
     Raises:
-        SearchError: `results_dir` is not a search folder.
+        SearchError: `results_dir` is not a search folder, holds no Ray state, or others could
+            have written something in it.
     """
-    results_dir = Path(results_dir).absolute()
-    if not (results_dir / SEARCH_FILE).is_file():
-        raise SearchError(f"{results_dir}: not a search folder (no {SEARCH_FILE}); pass the folder `run` printed")
-    check_trusted(results_dir)
-    meta = json.loads((results_dir / SEARCH_FILE).read_text())
-    config = load_config(results_dir / CONFIG_FILE)
-    paths = SearchPaths(name=meta["name"], results=meta["results"], local=results_dir)
+    folder = SearchFolder.open(check_trusted(results_dir) if Path(results_dir).is_dir() else results_dir)
+    if folder.remote is None and not (folder.path / TUNER_STATE).is_file():
+        raise SearchError(f"{folder.path}: no Ray experiment state ({TUNER_STATE}) in this folder: the search "
+                          f"was stopped before it started; start it again with `fundus-search run`")
+    config = load_config(folder.path / CONFIG_FILE)
+    paths = SearchPaths(name=folder.name, results=folder.results, local=folder.path)
     cache = prepare_images(config.data.to_spec())
     connect(address)
-    tuner = tune.Tuner.restore(paths.results, trainable=trainable_with_resources(config, cache, train_fn),
-                               resume_unfinished=True, resume_errored=True)
+    check_resources(config)
+    tuner = restore_tuner(paths.results, trainable_with_resources(config, cache, train_fn), local=folder.path)
     return paths, tuner.fit()
+
+
+TUNER_STATE = "tuner.pkl"  # what Ray's Tuner writes first in an experiment folder
+
+
+def restore_tuner(experiment: str, trainable, *, local: Path) -> tune.Tuner:
+    """Ray's `Tuner.restore` of `experiment`, with our callbacks and searcher writing into `local`.
+
+    Ray re-points its own trials at the folder it restores from, but the callbacks and the
+    searcher come back from its pickles holding the paths of the folder's first location: each
+    that has a `relocate(folder)` is told where it is now, before anything runs.
+    """
+    tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    internal = tuner._local_tuner  # where Ray keeps the unpickled RunConfig and TuneConfig
+    for part in [*(internal.get_run_config().callbacks or []), internal._tune_config.search_alg]:
+        if hasattr(part, "relocate"):
+            part.relocate(local / STUDY_FILE if isinstance(part, PruningOptunaSearch) else local)
+    return tuner

@@ -4,10 +4,9 @@ and the paired comparisons."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from vocabulary import COMPARISONS_FILE, EVALUATION_FILE, PREDICTIONS_FILE, RUNS_FILE
+from vocabulary import COMPARISONS_FILE, PREDICTIONS_FILE, RUNS_FILE
 
 from ._args import UsageError, folder_name, number_above, quiet_optuna
 
@@ -58,32 +57,31 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
 
 def summarise_evaluation(folder: Path) -> int:
-    """The ending screen: the table, the comparisons, the files.
+    """The ending screen: how much finished, the table, the comparisons, the files.
 
     Returns:
         0, or 1 when runs failed or did not finish.
     """
-    from results.evaluation import evaluation_table, load_comparisons, load_evaluation
-    from results.query import read_parquet
+    from results.evaluation import evaluation_progress, evaluation_table, load_comparisons, load_evaluation
+    from results.layout import EvaluationFolder
     from results.tables import format_comparisons, format_evaluation_table
 
-    all_runs = read_parquet(folder / RUNS_FILE)
-    meta = json.loads((folder / EVALUATION_FILE).read_text())
     runs, predictions = load_evaluation(folder)
+    progress = evaluation_progress(folder)
     if runs.empty:
         raise UsageError(f"{folder}: no run finished; their errors are in the error column of {RUNS_FILE}")
     comparisons = load_comparisons(folder)
     print()
-    print(format_evaluation_table(evaluation_table(runs, predictions), meta.get("cpu_ms_per_image")))
+    if not progress.complete:
+        print(f"INCOMPLETE: {progress.sentence()}\n")
+    print(format_evaluation_table(evaluation_table(runs, predictions), EvaluationFolder.open(folder).cpu_ms_per_image))
     print()
     print(format_comparisons(comparisons))
     print(f"\nruns:        {folder / RUNS_FILE}")
     print(f"predictions: {folder / PREDICTIONS_FILE}")
     print(f"comparisons: {folder / COMPARISONS_FILE}")
     print(f"again:       fundus-search table {folder} --evaluation")
-    unfinished = len(all_runs) - len(runs)
-    if unfinished or len(all_runs) < meta["runs"]:
-        print(f"\n{meta['runs'] - len(runs)} of {meta['runs']} runs did not finish; continue with: "
-              f"fundus-search resume {folder}")
+    if not progress.complete:
+        print(f"\n{progress.sentence(folder)}")
         return 1
     return 0

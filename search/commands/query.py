@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from vocabulary import AVERAGE, EVALUATION_FILE, TENSORBOARD_DIR, val
+from vocabulary import AVERAGE, TENSORBOARD_DIR, val
 
 from ._args import number_above
 
@@ -75,18 +75,22 @@ def table_command(args: argparse.Namespace) -> int:
 
 
 def evaluation_table_command(args: argparse.Namespace) -> int:
-    """The evaluation's table (and comparisons), from its Parquet files; no Ray, no torch."""
-    import json
-
-    from results.evaluation import evaluation_table, find_evaluation, load_comparisons, load_evaluation
+    """The evaluation's table (and comparisons), from its Parquet files; no Ray, no torch. An
+    unfinished evaluation says so first: how many runs finished and which are missing."""
+    from results.evaluation import (evaluation_progress, evaluation_table, find_evaluation, load_comparisons,
+                                    load_evaluation)
+    from results.layout import EvaluationFolder
     from results.tables import format_comparisons, format_evaluation_table
 
     for path in args.results:
         folder = find_evaluation(path)
         runs, predictions = load_evaluation(folder)
-        cpu = json.loads((folder / EVALUATION_FILE).read_text()).get("cpu_ms_per_image")
+        progress = evaluation_progress(folder)
         table = evaluation_table(runs, predictions)
-        text = format_evaluation_table(table, cpu) + "\n\n" + format_comparisons(load_comparisons(folder))
+        text = format_evaluation_table(table, EvaluationFolder.open(folder).cpu_ms_per_image)
+        text += "\n\n" + format_comparisons(load_comparisons(folder))
+        if not progress.complete:
+            text = f"INCOMPLETE: {progress.sentence(folder)}\n\n{text}"
         print_frame(table, args, text)
     return 0
 

@@ -1,9 +1,12 @@
-"""`fundus-search report`: one self-contained HTML page per study (no Ray, no torch)."""
+"""`fundus-search report`: one self-contained HTML page per study (no Ray), from its files and its
+stored config, validated with the schema `run` uses."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from ._args import folder_name
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -11,13 +14,20 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                                                 "the provenance")
     report.add_argument("results", type=Path, help="a search folder (its evaluation, if any, is included)")
     report.add_argument("-o", "--output", type=Path, help="the HTML file (default: <search>/report.html)")
+    report.add_argument("--evaluation", type=folder_name, metavar="NAME",
+                        help="the evaluation to show, as named by `evaluate --name` (default: evaluation)")
     report.set_defaults(handler=report_command)
 
 
 def report_command(args: argparse.Namespace) -> int:
     from results.report import write_report
 
-    out = write_report(args.results, args.output)
+    from ..config import load_config
+    from vocabulary import CONFIG_FILE
+
+    if (args.results / CONFIG_FILE).is_file():  # the stored config, checked as `run` checks it
+        load_config(args.results / CONFIG_FILE)
+    out = write_report(args.results, args.output, evaluation=args.evaluation)
     print(f"report: {out.absolute()}")
     print(f"open:   file://{out.absolute()}  (self-contained: no network needed)")
     return 0

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from vocabulary import AVERAGE, EPOCHS_FILE, ERROR, EVALUATION_FILE, RUNNING, SEARCH_FILE, TRIALS_FILE, val
+from vocabulary import AVERAGE, EPOCHS_FILE, ERROR, EVALUATION_DIR, EVALUATION_FILE, RUNNING, TRIALS_FILE, val
 
 from ._args import UsageError, folder_name, number_above, quiet_optuna
 from .evaluate import add_request_arguments, evaluation_request, summarise_evaluation
@@ -42,11 +41,9 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def study_command(args: argparse.Namespace) -> int:
-    """`run`, then `evaluate` (every fold x --seeds), then `report`, printing each one's screen."""
-    from results.report import write_report
-
+    """`run`, then `evaluate` (every fold x --seeds), then `report`, printing each one's screen.
+    search.json records the evaluation to come, so `resume` finishes a killed study."""
     from ..config import load_config
-    from ..evaluation import start_evaluation
     from ..tuner import start_search
 
     quiet_optuna()
@@ -54,24 +51,63 @@ def study_command(args: argparse.Namespace) -> int:
     if outside := [f for f in args.folds or () if f >= folds]:
         raise UsageError(f"--folds: {outside} not in the config's {folds}-fold split (0..{folds - 1})")
     request = evaluation_request(args)
-    paths, _ = start_search(args.config, name=args.name, address=args.address)
+    paths, _ = start_search(args.config, name=args.name, address=args.address,
+                            study={"request": request.__dict__, "evaluation": EVALUATION_DIR})
     searched = summarise(paths)
-    evaluated = summarise_evaluation(start_evaluation(paths.local, request, address=args.address))
-    report = write_report(paths.local)
+    return max(searched, _finish_study(paths.local, address=args.address))
+
+
+def _finish_study(search_dir: Path, *, address: str | None) -> int:
+    """The evaluation and the report of a study whose search has finished: started, or resumed
+    where a killed study left it."""
+    from results.layout import SearchFolder
+
+    from ..evaluation import EvaluationRequest, resume_evaluation, start_evaluation
+
+    study = SearchFolder.open(search_dir).study
+    folder = search_dir / study["evaluation"]
+    if folder.exists():
+        evaluated = summarise_evaluation(resume_evaluation(folder, address=address))
+    else:
+        request = EvaluationRequest(**{**study["request"], "folds": _folds(study["request"].get("folds"))})
+        evaluated = summarise_evaluation(start_evaluation(search_dir, request, name=study["evaluation"],
+                                                          address=address))
+    _report(search_dir, study["evaluation"])
+    return evaluated
+
+
+def _folds(folds) -> tuple[int, ...] | None:
+    return None if folds is None else tuple(folds)
+
+
+def _report(search_dir: Path, evaluation: str) -> None:
+    from results.report import write_report
+
+    report = write_report(search_dir, evaluation=evaluation)
     print(f"\nreport:      {report}  (open it in a browser; no network needed)")
-    return max(searched, evaluated)
 
 
 def resume_command(args: argparse.Namespace) -> int:
+    """Continue a search, an evaluation, or a whole study, whichever the folder is."""
+    from results.layout import EvaluationFolder, SearchFolder
+
     quiet_optuna()
     if (args.results / EVALUATION_FILE).is_file():
         from ..evaluation import resume_evaluation
 
-        return summarise_evaluation(resume_evaluation(args.results, address=args.address))
+        folder = resume_evaluation(args.results, address=args.address)
+        evaluated = summarise_evaluation(folder)
+        study = EvaluationFolder.open(folder).search
+        if study.study and study.study["evaluation"] == folder.name:  # the study's own evaluation: its report too
+            _report(study.path, folder.name)
+        return evaluated
     from ..tuner import resume_search
 
     paths, _ = resume_search(args.results, address=args.address)
-    return summarise(paths)
+    searched = summarise(paths)
+    if SearchFolder.open(paths.local).study:
+        return max(searched, _finish_study(paths.local, address=args.address))
+    return searched
 
 
 def summarise(paths) -> int:
@@ -84,12 +120,13 @@ def summarise(paths) -> int:
         UsageError: every trial failed (one line: the first error and where the others are).
     """
     from results import best_configs, init_strategy_table, load_trials
+    from results.layout import SearchFolder
     from results.tables import best_columns, format_best, format_table, format_winners
 
     from .query import tensorboard_command
 
     trials = load_trials([paths.results])
-    planned = json.loads((paths.local / SEARCH_FILE).read_text())["num_samples"]
+    planned = SearchFolder.open(paths.local).num_samples
     finished = trials[trials["status"] != RUNNING]
     failed = trials[trials["status"] == ERROR]
     if len(failed) and len(failed) == len(trials):
