@@ -90,7 +90,9 @@ class SearchFolder:
         meta = _read_json(path / SEARCH_FILE, f"{path}: not a search folder (no {SEARCH_FILE}); pass the folder "
                                               "`fundus-search run` printed")
         results = meta.get("results")
-        remote = results if isinstance(results, str) and "://" in results else None
+        # s3:// is the one remote storage a config can name; any other URL (file://...) would be
+        # a way for a crafted search.json to point `resume` at someone else's files
+        remote = results if isinstance(results, str) and results.startswith("s3://") else None
         return cls(path=path, name=str(meta.get("name", path.name)), num_samples=int(meta.get("num_samples", 0)),
                    remote=remote, study=meta.get("study"))
 

@@ -40,7 +40,7 @@ from .folders import check_resources, check_storage, check_trusted, check_weight
 from .outcome import trial_status
 from .ray_session import check_address, connect
 from .trainable import train_trial
-from .tuner import TUNER_STATE, make_tuner, restore_tuner, trainable_with_resources
+from .tuner import TUNER_STATE, check_ray_state, make_tuner, ray_saved_state, restore_tuner, trainable_with_resources
 
 _CHOSEN = (INIT, STRATEGY, LP_LR, FT_LR, LP_EPOCHS, WEIGHT_DECAY, BATCH_SIZE)  # what a configuration fixes
 
@@ -280,15 +280,16 @@ def resume_evaluation(folder: Path, *, address: str | None = None, train_fn: Cal
     """
     evaluation = EvaluationFolder.open(check_trusted(folder) if Path(folder).is_dir() else folder)
     folder = evaluation.path
+    check_ray_state(folder)
     search = evaluation.search
     config = load_config(search.path / CONFIG_FILE)
     cache = prepare_images(config.data.to_spec())
     connect(address)
     check_resources(config)
-    if not (folder / TUNER_STATE).is_file():  # stopped between evaluation.json and Ray's first snapshot
+    if not ray_saved_state(folder):  # stopped between evaluation.json and Ray's first snapshot
         request = EvaluationRequest(**{**evaluation.request, "folds": _folds(evaluation.request.get("folds"))})
         runs = plan_runs(load_trials([search.path]), config, request, search.path)
-        for partial in (ROW_LOG, *EVALUATION_TABLES):  # rows of runs Ray never recorded: they run again
+        for partial in (TUNER_STATE, ROW_LOG, *EVALUATION_TABLES):  # what Ray never recorded runs again
             (folder / partial).unlink(missing_ok=True)
         _run(folder, config, cache, runs, train_fn)
         return folder

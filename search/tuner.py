@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,10 +15,11 @@ import ray
 import yaml
 from ray import tune
 from ray.tune.schedulers import TrialScheduler
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 
 from data_io import ImageCache, prepare_images
 from results.layout import SearchFolder, write_atomic
-from vocabulary import CONFIG_FILE, ROW_LOG, SEARCH_FILE, STUDY_FILE, TENSORBOARD_DIR, check_name
+from vocabulary import CONFIG_FILE, EPOCHS_FILE, ROW_LOG, STUDY_FILE, TENSORBOARD_DIR, TRIALS_FILE, check_name
 
 from .callbacks import ParquetCallback, ProgressCallback
 from .config import Config, load_config
@@ -105,9 +107,10 @@ def build_tuner(config: Config, paths: SearchPaths, cache: ImageCache, *, num_sa
         ProgressCallback(metric=s.metric, mode=s.mode, total=num_samples),
         *extra_callbacks,
     ]
-    return make_tuner(trainable_with_resources(config, cache, train_fn), config, name=paths.name,
-                      storage_path=config.storage.path, search_alg=searcher, scheduler=scheduler,
-                      num_samples=num_samples, callbacks=callbacks)
+    # Ray's experiment is the search folder itself (or its remote location)
+    storage, name = (config.storage.path, paths.name) if remote else (str(paths.local.parent), paths.local.name)
+    return make_tuner(trainable_with_resources(config, cache, train_fn), config, name=name, storage_path=storage,
+                      search_alg=searcher, scheduler=scheduler, num_samples=num_samples, callbacks=callbacks)
 
 
 def make_tuner(trainable, config: Config, *, name: str, storage_path: str, search_alg, scheduler, num_samples: int,
@@ -169,11 +172,22 @@ def start_search(config_path: Path, *, name: str | None = None, num_samples: int
     write_atomic(paths.local / CONFIG_FILE, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     remote = paths.results if "://" in paths.results else None
     SearchFolder(path=paths.local, name=paths.name, num_samples=total, remote=remote, study=study).write()
+    return paths, _fit(config, paths, cache, total, train_fn, extra_callbacks)
+
+
+def _fit(config: Config, paths: SearchPaths, cache: ImageCache, total: int, train_fn: Callable,
+         extra_callbacks: tuple = ()) -> tune.ResultGrid:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate/group TPE
         tuner = build_tuner(config, paths, cache, num_samples=total, train_fn=train_fn,
                             extra_callbacks=extra_callbacks)
-    return paths, tuner.fit()
+    return tuner.fit()
+
+
+def ray_saved_state(folder: Path) -> bool:
+    """Whether Ray's experiment in `folder` has saved its state (what `Tuner.restore` continues
+    from): `experiment_state-*.json`, written as the run starts and every few seconds after."""
+    return any(folder.glob("experiment_state-*.json"))
 
 
 def resume_search(results_dir: Path, *, address: str | None = None,
@@ -186,14 +200,21 @@ def resume_search(results_dir: Path, *, address: str | None = None,
             have written something in it.
     """
     folder = SearchFolder.open(check_trusted(results_dir) if Path(results_dir).is_dir() else results_dir)
-    if folder.remote is None and not (folder.path / TUNER_STATE).is_file():
-        raise SearchError(f"{folder.path}: no Ray experiment state ({TUNER_STATE}) in this folder: the search "
-                          f"was stopped before it started; start it again with `fundus-search run`")
+    if folder.remote is None:
+        check_ray_state(folder.path)
     config = load_config(folder.path / CONFIG_FILE)
     paths = SearchPaths(name=folder.name, results=folder.results, local=folder.path)
     cache = prepare_images(config.data.to_spec())
     connect(address)
     check_resources(config)
+    if folder.remote is None and not ray_saved_state(folder.path):
+        # stopped between writing the folder and Ray's first snapshot: nothing to continue, so it
+        # starts again here (what was begun before is Ray's and Optuna's first seconds, dropped)
+        log.info("%s: Ray saved no state before the search stopped; starting it again in this folder", folder.path)
+        for partial in (TUNER_STATE, STUDY_FILE, ROW_LOG, TRIALS_FILE, EPOCHS_FILE):
+            (folder.path / partial).unlink(missing_ok=True)
+        shutil.rmtree(folder.path / TENSORBOARD_DIR, ignore_errors=True)
+        return paths, _fit(config, paths, cache, folder.num_samples, train_fn)
     tuner = restore_tuner(paths.results, trainable_with_resources(config, cache, train_fn), local=folder.path)
     return paths, tuner.fit()
 
@@ -201,16 +222,50 @@ def resume_search(results_dir: Path, *, address: str | None = None,
 TUNER_STATE = "tuner.pkl"  # what Ray's Tuner writes first in an experiment folder
 
 
-def restore_tuner(experiment: str, trainable, *, local: Path) -> tune.Tuner:
-    """Ray's `Tuner.restore` of `experiment`, with our callbacks and searcher writing into `local`.
+def check_ray_state(folder: Path) -> None:
+    """Ray's state in `folder` is either absent (nothing was saved: start again) or whole.
 
-    Ray re-points its own trials at the folder it restores from, but the callbacks and the
-    searcher come back from its pickles holding the paths of the folder's first location: each
-    that has a `relocate(folder)` is told where it is now, before anything runs.
+    Raises:
+        SearchError: a saved experiment state without the Tuner it belongs to.
+    """
+    if ray_saved_state(folder) and not (folder / TUNER_STATE).is_file():
+        raise SearchError(f"{folder}: Ray's experiment state is incomplete (no {TUNER_STATE}); this folder was "
+                          "not left so by fundus-search, so it is not resumed")
+
+
+def restore_tuner(experiment: str, trainable, *, local: Path) -> tune.Tuner:
+    """Ray's `Tuner.restore` of `experiment`, with everything writing into it and `local`.
+
+    Ray re-points the trials it restores at the folder it restores from; three things it
+    restores from its pickles still hold the paths of the folder's first location (a copy would
+    write into its original, a moved folder would fail): our callbacks and searcher, each told
+    the folder by `relocate`, and the experiment Tune's search generator makes new trials in,
+    re-pointed by `_RelocatedSearch`.
     """
     tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
     internal = tuner._local_tuner  # where Ray keeps the unpickled RunConfig and TuneConfig
-    for part in [*(internal.get_run_config().callbacks or []), internal._tune_config.search_alg]:
+    tune_config = internal._tune_config
+    for part in [*(internal.get_run_config().callbacks or []), tune_config.search_alg]:
         if hasattr(part, "relocate"):
             part.relocate(local / STUDY_FILE if isinstance(part, PruningOptunaSearch) else local)
+    if "://" not in experiment:
+        # the wrapping Tune would do (tune.run): the concurrency limit, then the generator
+        searcher = tune_config.search_alg
+        if tune_config.max_concurrent_trials:
+            searcher = ConcurrencyLimiter(searcher, max_concurrent=tune_config.max_concurrent_trials)
+        tune_config.search_alg, tune_config.max_concurrent_trials = _RelocatedSearch(searcher, Path(experiment)), None
     return tuner
+
+
+class _RelocatedSearch(SearchGenerator):
+    """Tune's SearchGenerator, whose restored experiment makes new trials in `folder`: the saved
+    one names the folder the experiment was first written in (Ray restores it as saved)."""
+
+    def __init__(self, searcher, folder: Path):
+        super().__init__(searcher)
+        self.folder = folder
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        storage = self._experiment.spec["storage"]  # the one new trials get (and experiment.storage)
+        storage.storage_fs_path, storage.experiment_dir_name = self.folder.parent.as_posix(), self.folder.name

@@ -89,8 +89,10 @@ EVALUATED_FOLDS, EVALUATED_SEEDS = (0, 1), 2
 def evaluated_search(folder: Path) -> Path:
     """A finished 4-trial search over 2 inits x (lp, ft) on 3 folds with a 20% test split and its
     evaluation (folds 0 and 1 x 2 seeds), made by the real command line: `study`, killed with
-    SIGKILL once 3 evaluation runs are done, then `resume` of the evaluation. Returns the search
-    folder; its `.study_stdout` holds what the killed study printed."""
+    SIGKILL once 3 evaluation runs are done; then `report` and `table --evaluation` of the
+    killed study (kept as `killed-report.html` and `killed-table.txt` beside the runs); then the
+    search folder is moved and `resume` of the moved search folder finishes the evaluation and
+    the report. Returns the moved search folder."""
     import os
     import signal
     import sys
@@ -124,11 +126,21 @@ def evaluated_search(folder: Path) -> Path:
                 pass
     printed = (folder / "study.out").read_text()
     assert "best val_average per init x strategy" in printed, printed[-3000:]  # the search's screen came first
-    resumed = subprocess.run([cli, "resume", str(search / "evaluation")], capture_output=True, text=True, timeout=900,
+    for argv, keep in ((["report", str(search), "-o", str(folder / "killed-report.html")], None),
+                       (["table", str(search), "--evaluation"], folder / "killed-table.txt")):
+        done = subprocess.run([cli, *argv], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        if keep:
+            keep.write_text(done.stdout)
+    moved = search.with_name("s-moved")
+    search.rename(moved)
+    resumed = subprocess.run([cli, "resume", str(moved)], capture_output=True, text=True, timeout=900,
                              start_new_session=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "paired comparisons" in resumed.stdout, resumed.stdout[-3000:]
-    return search
+    assert "paired comparisons" in resumed.stdout and f"report:      {moved / 'report.html'}" in resumed.stdout, \
+        resumed.stdout[-3000:]
+    assert not search.exists(), "resume of the moved folder wrote into its old place"
+    return moved
 
 
 def completed_runs(rows: Path) -> int:

@@ -9,8 +9,10 @@ import ipaddress
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -91,6 +93,9 @@ def test_local_cluster_listens_on_loopback_only_and_keeps_its_token_private(clus
     sockets = listening_sockets(processes)
     assert len(sockets) >= 10, f"expected the servers of two nodes, found {sockets}"
     assert not exposed(sockets), f"listening beyond 127.0.0.1: {exposed(sockets)}"
+    private = Path(tempfile.gettempdir()) / f"ray-{os.getuid()}"  # not the shared, world-writable /tmp/ray
+    assert f"{private}/session_" in command_lines, "the embedded Ray does not keep its session in the private folder"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
     token = Path(os.environ["RAY_AUTH_TOKEN_PATH"])
     assert token.stat().st_mode & 0o777 == 0o600, oct(token.stat().st_mode)
 
@@ -113,7 +118,9 @@ def test_embedded_ray_listens_on_loopback_only(tmp_path):
             time.sleep(0.5)
         assert driver.poll() is None, driver.communicate()[1][-2000:]
         root = psutil.Process(driver.pid)  # a trial is reporting: every server and worker is up
-        sockets = listening_sockets([root, *root.children(recursive=True)])
+        processes = [root, *root.children(recursive=True)]
+        sockets = listening_sockets(processes)
+        command_lines = " ".join(" ".join(p.cmdline()) for p in processes if p.is_running())
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started, nothing else
         driver.wait(timeout=30)

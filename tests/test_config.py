@@ -21,6 +21,13 @@ from search.config import load_config
     ("search", {"metric": "val_magic"}, "search.metric: unknown 'val_magic'"),
     ("resources", {"gpus_per_trial": {"lp": -1}}, "resources.gpus_per_trial: GPU shares must be >= 0 (got {'lp': -1.0})"),
     ("model", {"backbone": "vit"}, "model.backbone: input should be 'resnet18', 'resnet34' or 'resnet50'"),
+    # an init's name names TensorBoard folders and labels figures: an identifier, never a path or maths
+    ("model", {"inits": {"../../../../x/p": {"source": "random"}}}, "model.inits: use letters, digits, '.', '_' or '-'"),
+    ("model", {"inits": {"x$\\foo$": {"source": "random"}}}, "model.inits: use letters, digits, '.', '_' or '-'"),
+    # every number is finite: an infinite request would wait for a node for ever
+    ("resources", {"cpus_per_trial": float("inf")}, "resources.cpus_per_trial: input should be a finite number"),
+    ("search", {"scheduler": {"reduction_factor": float("nan")}}, "search.scheduler.reduction_factor: input should be"
+                                                                    " a finite number"),
 ])
 def test_run_config_errors_exit_2_naming_the_key_and_write_nothing(section, value, message, tmp_path, write_config,
                                                                    capsys):

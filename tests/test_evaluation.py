@@ -138,6 +138,21 @@ def test_evaluate_refuses_a_search_without_finished_trials_or_with_an_empty_cell
         assert not (copy / "evaluation").exists()
 
 
+def test_a_killed_study_said_it_was_incomplete_and_resume_of_its_moved_folder_finished_it(search):
+    """Right after the kill, `report` and `table --evaluation` said how much was missing (rows
+    only the row log held included, no traceback); `resume` of the moved search folder then
+    finished the evaluation and wrote the report there (tests.helpers.evaluated_search)."""
+    planned = len(INITS) * 2 * (len(FOLDS) + 1) * SEEDS
+    table = (search.parent.parent / "killed-table.txt").read_text()
+    killed = (search.parent.parent / "killed-report.html").read_text()
+    finished = int(table.split(" of ")[0].removeprefix("INCOMPLETE: "))
+    assert 3 <= finished < planned, table[:300]
+    assert table.startswith(f"INCOMPLETE: {finished} of {planned} runs finished; missing: ")
+    assert f"Incomplete evaluation: {finished} of {planned} runs finished" in killed
+    report = (search / "report.html").read_text()
+    assert "Incomplete evaluation" not in report and "Paired comparisons" in report
+
+
 def test_a_killed_evaluation_resumes_with_nothing_lost_or_twice(evaluation):
     """The fixture's study was killed with SIGKILL after 3 evaluation runs and resumed."""
     runs = pd.read_parquet(evaluation / "runs.parquet")
@@ -145,3 +160,54 @@ def test_a_killed_evaluation_resumes_with_nothing_lost_or_twice(evaluation):
     assert len(runs) == len(INITS) * 2 * (len(FOLDS) + 1) * SEEDS and (runs["status"] == "completed").all()
     assert runs["run_id"].is_unique and not predictions.duplicated(["run_id", "row"]).any()
     assert set(predictions["run_id"]) == set(runs["run_id"])
+
+
+def _copy_of_the_search(search: Path, copy: Path) -> Path:
+    import shutil
+
+    shutil.copytree(search, copy, ignore=shutil.ignore_patterns("evaluation", "report.html"))
+    return copy
+
+
+def test_an_evaluation_stopped_before_ray_saved_anything_is_continued_by_the_command_evaluate_prints(
+        search, tmp_path, capsys):
+    """The dead end of a kill between writing evaluation.json and Tune's first snapshot: the
+    `resume` that `evaluate` then advises starts the planned runs in place."""
+    import subprocess
+    import sys
+
+    from results.layout import EvaluationFolder
+    copy = _copy_of_the_search(search, tmp_path / "s")
+    (copy / "evaluation").mkdir()
+    EvaluationFolder(path=copy / "evaluation", name="evaluation", search_name="s", runs=8,
+                     request={"top": 1, "seeds": 1, "folds": [0], "epochs": "best"}).write()
+    assert main(["evaluate", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert f"continue it with `fundus-search resume {copy / 'evaluation'}`" in err, err
+    hint = err.split("`")[1].split()
+    cli = str(Path(sys.executable).parent / "fundus-search")
+    done = subprocess.run([cli, *hint[1:]], capture_output=True, text=True, timeout=600, start_new_session=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = pd.read_parquet(copy / "evaluation" / "runs.parquet")
+    assert len(runs) == 8 and (runs["status"] == "completed").all() and set(runs["fold"].dropna()) == {0}
+    assert (copy / "evaluation" / "comparisons.parquet").is_file()
+
+
+def test_a_second_evaluate_of_the_same_folder_is_one_line_and_writes_nothing(search, tmp_path, monkeypatch, capsys):
+    """Two `evaluate`s race: the first to create the folder owns it; the second, having passed
+    the same checks, finds it created when it claims it (simulated here, without Ray)."""
+    import search.evaluation as evaluation
+
+    copy = _copy_of_the_search(search, tmp_path / "s")
+
+    def the_other_evaluate_wins(config, cache, configs):
+        (copy / "evaluation").mkdir()
+        return {}
+
+    monkeypatch.setattr(evaluation, "connect", lambda address: None)
+    monkeypatch.setattr(evaluation, "check_resources", lambda config: None)
+    monkeypatch.setattr(evaluation, "measure_cpu", the_other_evaluate_wins)
+    assert main(["evaluate", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert "another `fundus-search evaluate` is writing it" in err and len(err.strip().splitlines()) == 1, err
+    assert not list((copy / "evaluation").iterdir()), "the second evaluate wrote into the first one's folder"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,7 +50,8 @@ sys.exit(main(sys.argv[2:]))
 
 def test_a_killed_driver_resumes_with_nothing_lost_or_twice_and_every_cell_run(tmp_path):
     """SIGKILL at the third suggestion: one trial done, one mid-training with checkpoints, and one
-    that Optuna stored but Tune never heard of (the window a kill can fall in)."""
+    that Optuna stored but Tune never heard of (the window a kill can fall in). The folder is
+    then copied, the original deleted, and the copy resumed."""
     import optuna
 
     inits = {"random": {"source": "random"}, "scratch": {"source": "random"}}
@@ -72,10 +74,20 @@ def test_a_killed_driver_resumes_with_nothing_lost_or_twice_and_every_cell_run(t
     orphan = study.trials[2]
     assert orphan.state == optuna.trial.TrialState.RUNNING, "the case under test: a trial Tune never started"
 
-    resumed = subprocess.run([CLI, "resume", str(folder)], capture_output=True, text=True, timeout=400,
-                             start_new_session=True)
+    # A copy is first-class: the original deleted, the copy resumed by the command `run` prints
+    # for an existing folder, and every write lands in the copy.
+    copy = tmp_path / "runs" / "window-copy"
+    shutil.copytree(folder, copy, symlinks=True)
+    shutil.rmtree(folder)
+    again = subprocess.run([CLI, "run", str(tmp_path / "c.yaml"), "--name", "window-copy"], capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode == 2 and f"`fundus-search resume {copy}`" in again.stderr, again.stderr
+    hint = again.stderr.split("`")[-2].split()
+    resumed = subprocess.run([CLI, *hint[1:]], capture_output=True, text=True, timeout=400, start_new_session=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "best val_average per init x strategy" in resumed.stdout
+    assert not folder.exists(), "resume of the copy wrote into the original's place"
+    folder = copy
     trials = pd.read_parquet(folder / "trials.parquet")
     epochs = pd.read_parquet(folder / "epochs.parquet")
     assert len(trials) == 4 and (trials["status"] == "completed").all()
@@ -83,6 +95,7 @@ def test_a_killed_driver_resumes_with_nothing_lost_or_twice_and_every_cell_run(t
     assert sorted(epochs.groupby("trial_id")["epoch"].apply(list).map(tuple)) == [(1, 2)] * 4, "an epoch is lost"
     assert json.loads((folder / "search.json").read_text())["num_samples"] == 4
     assert len(set(zip(trials["init"], trials["strategy"]))) == 4, "a cell of the table was never run"
+    assert len(list((folder / "tensorboard").iterdir())) == 4, "TensorBoard runs of the resumed trials missing"
     study = optuna.load_study(study_name="window", storage=f"sqlite:///{folder / 'optuna.db'}")
     assert study.trials[2].state == optuna.trial.TrialState.FAIL
     requeued = [t for t in study.trials[3:] if t.params.get("init") == orphan.params["init"]

@@ -217,3 +217,16 @@ def test_trials_record_the_normalisation_their_weights_were_used_with(search):
     trials = pd.read_parquet(search / "trials.parquet")
     assert set(trials["normalize"]) == {"none"}  # the flair and random sources' own
     assert trials["weights_id"].notna().all()
+
+
+def test_a_trial_no_node_can_hold_is_refused_before_the_folder_is_written(ray_2_cpus, tmp_path):
+    import yaml
+
+    from search.errors import SearchError
+    config = tiny_search_config(storage=tmp_path / "runs", num_samples=1)
+    config["resources"]["cpus_per_trial"] = 64
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(SearchError, match=r"resources.cpus_per_trial: 64 CPUs per trial, but the largest node of the "
+                                          r"Ray cluster has 2; ask for at most 2"):
+        start_search(tmp_path / "c.yaml", name="too-big")
+    assert not (tmp_path / "runs" / "too-big").exists()

@@ -64,11 +64,14 @@ def test_resume_never_restores_from_a_path_stored_in_the_folder(tmp_path, other_
     marker = tmp_path / "their-code-ran"
     theirs = their_pickle(tmp_path / "theirs", other_user, marker).parent
     copy = a_search_folder(tmp_path / "copy")
-    (copy / "search.json").write_text(json.dumps({"name": "copy", "results": str(theirs), "num_samples": 6}))
-    assert main(["resume", str(copy)]) == 2
-    err = capsys.readouterr().err
-    assert f"{copy}: no Ray experiment state (tuner.pkl) in this folder" in err and len(err.strip().splitlines()) == 1
-    assert not marker.exists(), "resume loaded the pickle the folder pointed at"
+    (copy / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")  # Ray's state, but not its Tuner
+    for results in (str(theirs), f"file://{theirs}"):
+        (copy / "search.json").write_text(json.dumps({"name": "copy", "results": results, "num_samples": 6}))
+        assert main(["resume", str(copy)]) == 2
+        err = capsys.readouterr().err
+        assert f"{copy}: Ray's experiment state is incomplete (no tuner.pkl)" in err, err
+        assert len(err.strip().splitlines()) == 1, err
+        assert not marker.exists(), f"resume loaded the pickle at {results}, where the folder pointed"
 
 
 @pytest.mark.parametrize("link", ["evaluation/tuner.pkl", "trial_1/checkpoint_000000/trainer.pt", "the folder"])
