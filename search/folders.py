@@ -80,7 +80,8 @@ def _check_entry(path: Path, folder: Path) -> None:
                          "so it follows no link: remove the link, or resume a folder without links")
     if info.st_uid != os.getuid():
         raise SearchError(f"{path}: owned by user id {info.st_uid}, not you; resuming unpickles files from this "
-                         "folder, so only your own folders are resumed (copy it, check it, then resume the copy)")
+                         "folder, so only folders you wrote are resumed (a copy of another user's folder still holds "
+                         "their pickles); `report`, `table` and `best` read it safely")
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise SearchError(f"{path}: writable by other users (mode {stat.filemode(info.st_mode)}); resuming "
                          f"unpickles files from this folder: `chmod -R go-w {folder}` if you trust its contents")
