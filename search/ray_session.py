@@ -76,22 +76,24 @@ def check_address(address: str) -> None:
 
 
 def private_temp_dir() -> Path:
-    """`<tmp>/ray-<uid>`, mode 0700: the embedded Ray's sessions, logs and sockets. Ray's default,
-    `/tmp/ray`, is shared by every user and its session folders are world-writable.
+    """`<tmp>/fundus-search-<uid>/ray`: the embedded Ray's sessions, logs and sockets, inside a
+    folder of mode 0700. Ray's default, `/tmp/ray`, is shared by every user, and Ray makes the
+    folder it is given world-writable (ray._common.utils.try_to_create_directory), so privacy
+    comes from the parent, which only this user can enter.
 
     Raises:
-        ClusterError: the folder exists and is not this user's own private folder.
+        ClusterError: the parent exists and is not this user's own folder.
     """
-    folder = Path(tempfile.gettempdir()) / f"ray-{os.getuid()}"
+    parent = Path(tempfile.gettempdir()) / f"fundus-search-{os.getuid()}"
     with contextlib.suppress(FileExistsError):
-        folder.mkdir(mode=0o700)
-    info = folder.lstat()
+        parent.mkdir(mode=0o700)
+    info = parent.lstat()
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        raise ClusterError(f"{folder}: not a folder of yours (Ray's private temporary folder); remove it, or set "
+        raise ClusterError(f"{parent}: not a folder of yours (it holds Ray's temporary files); remove it, or set "
                            "TMPDIR to a folder only you can write")
-    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        folder.chmod(0o700)
-    return folder
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        parent.chmod(0o700)
+    return parent / "ray"
 
 
 def token_path() -> Path:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 import optuna
+import pandas as pd
 import ray
 import yaml
 from ray import tune
@@ -19,7 +20,8 @@ from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 
 from data_io import ImageCache, prepare_images
 from results.layout import SearchFolder, write_atomic
-from vocabulary import CONFIG_FILE, EPOCHS_FILE, ROW_LOG, STUDY_FILE, TENSORBOARD_DIR, TRIALS_FILE, check_name
+from vocabulary import (CONFIG_FILE, EPOCHS_FILE, ROW_LOG, RUNNING, STUDY_FILE, TENSORBOARD_DIR, TRIALS_FILE,
+                        check_name)
 
 from .callbacks import ParquetCallback, ProgressCallback
 from .config import Config, load_config
@@ -34,6 +36,8 @@ from .trainable import train_trial
 from .trial import DatasetInfo
 
 log = logging.getLogger(__name__)
+
+TUNER_STATE = "tuner.pkl"  # what Ray's Tuner writes first in an experiment folder
 
 
 @dataclass(frozen=True)
@@ -168,7 +172,8 @@ def start_search(config_path: Path, *, name: str | None = None, num_samples: int
     try:
         paths.local.mkdir(parents=True)
     except FileExistsError:
-        raise SearchError(f"search folder {paths.local} was just created by another command; pick another name")
+        raise SearchError(f"search folder {paths.local} was just created by another command; pick another name") \
+            from None
     write_atomic(paths.local / CONFIG_FILE, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     remote = paths.results if "://" in paths.results else None
     SearchFolder(path=paths.local, name=paths.name, num_samples=total, remote=remote, study=study).write()
@@ -182,6 +187,16 @@ def _fit(config: Config, paths: SearchPaths, cache: ImageCache, total: int, trai
         tuner = build_tuner(config, paths, cache, num_samples=total, train_fn=train_fn,
                             extra_callbacks=extra_callbacks)
     return tuner.fit()
+
+
+def search_ended(folder: SearchFolder) -> bool:
+    """Whether the search ran to its end: trials.parquet, rewritten last as the search ends,
+    holds `num_samples` trials and none still running."""
+    trials = folder.path / TRIALS_FILE
+    if not trials.is_file():
+        return False
+    status = pd.read_parquet(trials, columns=["status"])["status"]
+    return len(status) >= folder.num_samples and not (status == RUNNING).any()
 
 
 def ray_saved_state(folder: Path) -> bool:
@@ -217,9 +232,6 @@ def resume_search(results_dir: Path, *, address: str | None = None,
         return paths, _fit(config, paths, cache, folder.num_samples, train_fn)
     tuner = restore_tuner(paths.results, trainable_with_resources(config, cache, train_fn), local=folder.path)
     return paths, tuner.fit()
-
-
-TUNER_STATE = "tuner.pkl"  # what Ray's Tuner writes first in an experiment folder
 
 
 def check_ray_state(folder: Path) -> None:

@@ -93,9 +93,6 @@ def test_local_cluster_listens_on_loopback_only_and_keeps_its_token_private(clus
     sockets = listening_sockets(processes)
     assert len(sockets) >= 10, f"expected the servers of two nodes, found {sockets}"
     assert not exposed(sockets), f"listening beyond 127.0.0.1: {exposed(sockets)}"
-    private = Path(tempfile.gettempdir()) / f"ray-{os.getuid()}"  # not the shared, world-writable /tmp/ray
-    assert f"{private}/session_" in command_lines, "the embedded Ray does not keep its session in the private folder"
-    assert stat.S_IMODE(private.stat().st_mode) == 0o700
     token = Path(os.environ["RAY_AUTH_TOKEN_PATH"])
     assert token.stat().st_mode & 0o777 == 0o600, oct(token.stat().st_mode)
 
@@ -126,6 +123,9 @@ def test_embedded_ray_listens_on_loopback_only(tmp_path):
         driver.wait(timeout=30)
     assert len(sockets) >= 5, f"expected GCS, raylet, agents and workers, found {sockets}"
     assert not exposed(sockets), f"listening beyond 127.0.0.1: {exposed(sockets)}"
+    private = Path(tempfile.gettempdir()) / f"fundus-search-{os.getuid()}"  # not the shared /tmp/ray
+    assert f"{private}/ray/session_" in command_lines, "the embedded Ray keeps its session elsewhere"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700, "others can enter the folder of Ray's sessions"
 
 
 def write_config(tmp_path: Path, **overrides) -> Path:

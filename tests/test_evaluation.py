@@ -177,9 +177,14 @@ def test_an_evaluation_stopped_before_ray_saved_anything_is_continued_by_the_com
     import sys
 
     from results.layout import EvaluationFolder
+    import yaml
+
     copy = _copy_of_the_search(search, tmp_path / "s")
+    config = yaml.safe_load((copy / "config.yaml").read_text())
+    config["search"]["space"]["init"] = ["random"]  # 2 cells x (fold 0 + the test split) x 1 seed: 4 runs
+    (copy / "config.yaml").write_text(yaml.safe_dump(config))
     (copy / "evaluation").mkdir()
-    EvaluationFolder(path=copy / "evaluation", name="evaluation", search_name="s", runs=8,
+    EvaluationFolder(path=copy / "evaluation", name="evaluation", search_name="s", runs=4,
                      request={"top": 1, "seeds": 1, "folds": [0], "epochs": "best"}).write()
     assert main(["evaluate", str(copy)]) == 2
     err = capsys.readouterr().err
@@ -189,7 +194,7 @@ def test_an_evaluation_stopped_before_ray_saved_anything_is_continued_by_the_com
     done = subprocess.run([cli, *hint[1:]], capture_output=True, text=True, timeout=600, start_new_session=True)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = pd.read_parquet(copy / "evaluation" / "runs.parquet")
-    assert len(runs) == 8 and (runs["status"] == "completed").all() and set(runs["fold"].dropna()) == {0}
+    assert len(runs) == 4 and (runs["status"] == "completed").all() and set(runs["fold"].dropna()) == {0}
     assert (copy / "evaluation" / "comparisons.parquet").is_file()
 
 

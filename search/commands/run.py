@@ -101,11 +101,15 @@ def resume_command(args: argparse.Namespace) -> int:
         if study.study and study.study["evaluation"] == folder.name:  # the study's own evaluation: its report too
             _report(study.path, folder.name)
         return evaluated
-    from ..tuner import resume_search
+    from ..tuner import SearchPaths, resume_search, search_ended
 
-    paths, _ = resume_search(args.results, address=args.address)
+    folder = SearchFolder.open(args.results)
+    if folder.study and folder.remote is None and search_ended(folder):  # only the evaluation and report are left
+        paths = SearchPaths(name=folder.name, results=folder.results, local=folder.path)
+    else:
+        paths, _ = resume_search(args.results, address=args.address)
     searched = summarise(paths)
-    if SearchFolder.open(paths.local).study:
+    if folder.study:
         return max(searched, _finish_study(paths.local, address=args.address))
     return searched
 
