@@ -36,14 +36,18 @@ def quiet_third_party_notices() -> None:
     """Drop notices that say nothing new to our users: Ray's reminder that token authentication
     is on (we keep it on), Tune's traceback of each failed trial (its last line is on the
     progress line and in trials.parquet, the whole of it in the trial's error.txt) and Ray's
-    traces of trials cut off when a search stops on an error, and Ray's traceback of a sync
-    that failed on a full disk (the one error line says so)."""
+    traces of trials cut off when a search stops on an error, and Ray's tracebacks of a sync or
+    a searcher's write that failed on a full disk (the one error line says so)."""
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
         lambda record: "Token authentication is enabled" not in record.getMessage())
     logging.getLogger("ray.train._internal.syncer").addFilter(
         lambda record: "No space left on device" not in record.getMessage())
+    # Tune logs the traceback of a searcher that failed as a trial stopped; on a full disk (Optuna's
+    # SQLite write) the one error line says it, as for any other write
+    logging.getLogger("ray.tune.execution.tune_controller").addFilter(
+        lambda record: not (record.exc_info and disk_full(record.exc_info[1])))
 
 
 def disk_full(exc: BaseException) -> str | None:

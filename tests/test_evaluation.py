@@ -176,13 +176,14 @@ def test_an_evaluation_stopped_before_ray_saved_anything_is_continued_by_the_com
     import subprocess
     import sys
 
-    from results.layout import EvaluationFolder
     import yaml
 
+    from results.layout import EvaluationFolder, SearchFolder
     copy = _copy_of_the_search(search, tmp_path / "s")
     config = yaml.safe_load((copy / "config.yaml").read_text())
     config["search"]["space"]["init"] = ["random"]  # 2 cells x (fold 0 + the test split) x 1 seed: 4 runs
     (copy / "config.yaml").write_text(yaml.safe_dump(config))
+    SearchFolder(path=copy, name="s", num_samples=4).write()  # a plain search, not a study: no report to write
     (copy / "evaluation").mkdir()
     EvaluationFolder(path=copy / "evaluation", name="evaluation", search_name="s", runs=4,
                      request={"top": 1, "seeds": 1, "folds": [0], "epochs": "best"}).write()
