@@ -103,11 +103,12 @@ class ResultsWriteError(UserError):
 
     exit_code = 1
 
-    def __init__(self, path: str, exc: OSError):
+    def __init__(self, path: str, exc: OSError, folder: str | Path | None = None):
         self.path, self.errno = path, exc.errno
         reason = f"[Errno {exc.errno}] {os.strerror(exc.errno)}" if exc.errno else str(exc).splitlines()[0]
+        folder = folder if folder is not None else Path(path).parent  # the search or evaluation folder
         super().__init__(f"{path}: cannot write ({reason}); free space or fix the permissions, then continue "
-                         "with `fundus-search resume`")
+                         f"with `fundus-search resume {folder}`")
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -147,7 +148,7 @@ class ResultsStore:
         try:
             self._log = open_append(self.log_path)
         except OSError as exc:  # e.g. a symlink planted at the log's name
-            raise ResultsWriteError(str(self.log_path), exc) from exc
+            raise ResultsWriteError(str(self.log_path), exc, self.log_path.parent) from exc
 
     def _keep(self, name: str, row: dict) -> None:
         _keep(self._rows, self.tables, name, row)
@@ -164,7 +165,7 @@ class ResultsStore:
             self._log.write(json.dumps([name, row]) + "\n")
             self._log.flush()
         except OSError as exc:  # a cut line is skipped on replay (see _replay)
-            raise ResultsWriteError(str(self.log_path), exc) from exc
+            raise ResultsWriteError(str(self.log_path), exc, self.log_path.parent) from exc
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
@@ -185,7 +186,7 @@ class ResultsStore:
                 pq.write_table(table, sink)
                 write_atomic(final, sink.getvalue().to_pybytes())
             except OSError as exc:
-                raise ResultsWriteError(final, exc) from exc
+                raise ResultsWriteError(final, exc, self.log_path.parent) from exc
             return
         try:
             with self.fs.open_output_stream(tmp) as out:
@@ -194,7 +195,7 @@ class ResultsStore:
         except OSError as exc:  # the previous file stays whole: only the temporary one is lost
             with contextlib.suppress(OSError):
                 self.fs.delete_file(tmp)
-            raise ResultsWriteError(final, exc) from exc
+            raise ResultsWriteError(final, exc, self.log_path.parent) from exc
 
     def close(self) -> None:
         try:

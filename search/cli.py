@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         if full is None or args.debug:
             raise
         print(f"error: no space left on the results disk ({full}); free space, then continue with "
-              "`fundus-search resume`", file=sys.stderr)
+              "`fundus-search resume` on the search (or evaluation) folder", file=sys.stderr)
         return 1
 
 

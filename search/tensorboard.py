@@ -36,7 +36,7 @@ class TensorBoardCallback(Callback):
             folder = Path(self.logdir) / run_name(trial.config)
             for path in (Path(self.logdir), folder):  # event files are appended: never through a link
                 if path.is_symlink():
-                    raise ResultsWriteError(str(path), OSError(errno.ELOOP, "a symlink; remove it"))
+                    raise ResultsWriteError(str(path), OSError(errno.ELOOP, "a symlink"), Path(self.logdir).parent)
             writer = SummaryWriter(str(folder))
             hparam_values = {k: trial.config[k] for k in PARAMS if trial.config.get(k) is not None}
             experiment, session_start, _ = hparams(hparam_values, {c: 0.0 for c in SCALARS})

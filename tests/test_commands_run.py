@@ -89,4 +89,6 @@ def test_a_disk_that_fills_mid_run_is_one_line_exit_1_and_readable_parquet(tmp_p
     noise = [line for line in done.stderr.splitlines() if not line.startswith(("error:", "INFO "))]
     assert len(errors) == 1 and not noise, done.stderr[-3000:]
     assert "No space left on device" in errors[0] and "fundus-search resume" in errors[0], errors
+    assert errors[0].endswith(f"`fundus-search resume {storage / 'runs' / 'full'}`") or "search (or evaluation) folder" \
+        in errors[0], errors
     assert "tmp []" in done.stdout and "rows " in done.stdout, done.stdout[-1000:]
