@@ -181,11 +181,11 @@ def test_an_evaluation_stopped_before_ray_saved_anything_is_continued_by_the_com
     from results.layout import EvaluationFolder, SearchFolder
     copy = _copy_of_the_search(search, tmp_path / "s")
     config = yaml.safe_load((copy / "config.yaml").read_text())
-    config["search"]["space"]["init"] = ["random"]  # 2 cells x (fold 0 + the test split) x 1 seed: 4 runs
+    config["search"]["space"].update(init=["random"], strategy=["lp"])  # 1 cell x (fold 0 + test split): 2 runs
     (copy / "config.yaml").write_text(yaml.safe_dump(config))
     SearchFolder(path=copy, name="s", num_samples=4).write()  # a plain search, not a study: no report to write
     (copy / "evaluation").mkdir()
-    EvaluationFolder(path=copy / "evaluation", name="evaluation", search_name="s", runs=4,
+    EvaluationFolder(path=copy / "evaluation", name="evaluation", search_name="s", runs=2,
                      request={"top": 1, "seeds": 1, "folds": [0], "epochs": "best"}).write()
     assert main(["evaluate", str(copy)]) == 2
     err = capsys.readouterr().err
@@ -195,8 +195,8 @@ def test_an_evaluation_stopped_before_ray_saved_anything_is_continued_by_the_com
     done = subprocess.run([cli, *hint[1:]], capture_output=True, text=True, timeout=600, start_new_session=True)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = pd.read_parquet(copy / "evaluation" / "runs.parquet")
-    assert len(runs) == 4 and (runs["status"] == "completed").all() and set(runs["fold"].dropna()) == {0}
-    assert (copy / "evaluation" / "comparisons.parquet").is_file()
+    assert len(runs) == 2 and (runs["status"] == "completed").all() and set(runs["fold"].dropna()) == {0}
+    assert set(runs["split"]) == {"cv", "test"} and (copy / "evaluation" / "comparisons.parquet").is_file()
 
 
 def test_a_second_evaluate_of_the_same_folder_is_one_line_and_writes_nothing(search, tmp_path, monkeypatch, capsys):

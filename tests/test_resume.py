@@ -48,7 +48,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-def test_a_killed_driver_resumes_with_nothing_lost_or_twice_and_every_cell_run(tmp_path):
+def test_a_killed_driver_resumes_with_nothing_lost_or_twice_and_every_cell_run(tmp_path, capsys):
     """SIGKILL at the third suggestion: one trial done, one mid-training with checkpoints, and one
     that Optuna stored but Tune never heard of (the window a kill can fall in). The folder is
     then copied, the original deleted, and the copy resumed."""
@@ -79,10 +79,11 @@ def test_a_killed_driver_resumes_with_nothing_lost_or_twice_and_every_cell_run(t
     copy = tmp_path / "runs" / "window-copy"
     shutil.copytree(folder, copy, symlinks=True)
     shutil.rmtree(folder)
-    again = subprocess.run([CLI, "run", str(tmp_path / "c.yaml"), "--name", "window-copy"], capture_output=True,
-                           text=True, timeout=120)
-    assert again.returncode == 2 and f"`fundus-search resume {copy}`" in again.stderr, again.stderr
-    hint = again.stderr.split("`")[-2].split()
+    from search.cli import main  # refused before Ray starts: in this process
+    assert main(["run", str(tmp_path / "c.yaml"), "--name", "window-copy"]) == 2
+    err = capsys.readouterr().err
+    assert f"`fundus-search resume {copy}`" in err, err
+    hint = err.split("`")[-2].split()
     resumed = subprocess.run([CLI, *hint[1:]], capture_output=True, text=True, timeout=400, start_new_session=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "best val_average per init x strategy" in resumed.stdout
