@@ -40,7 +40,7 @@ from .folders import check_resources, check_storage, check_trusted, check_weight
 from .outcome import trial_status
 from .ray_session import check_address, connect
 from .trainable import train_trial
-from .tuner import TUNER_STATE, check_ray_state, make_tuner, ray_saved_state, restore_tuner, trainable_with_resources
+from .tuner import check_ray_state, discard_unsaved, make_tuner, ray_saved_state, restore_tuner, trainable_with_resources
 
 _CHOSEN = (INIT, STRATEGY, LP_LR, FT_LR, LP_EPOCHS, WEIGHT_DECAY, BATCH_SIZE)  # what a configuration fixes
 
@@ -54,6 +54,12 @@ class EvaluationRequest:
     seeds: int = 3
     folds: tuple[int, ...] | None = None
     epochs: str = "best"
+
+    @classmethod
+    def from_json(cls, stored: dict) -> "EvaluationRequest":
+        """The request as evaluation.json or search.json store it (folds as a list)."""
+        folds = stored.get("folds")
+        return cls(**{**stored, "folds": None if folds is None else tuple(folds)})
 
 
 def plan_runs(trials: pd.DataFrame, config: Config, request: EvaluationRequest, search: Path) -> list[dict]:
@@ -287,20 +293,15 @@ def resume_evaluation(folder: Path, *, address: str | None = None, train_fn: Cal
     connect(address)
     check_resources(config)
     if not ray_saved_state(folder):  # stopped between evaluation.json and Ray's first snapshot
-        request = EvaluationRequest(**{**evaluation.request, "folds": _folds(evaluation.request.get("folds"))})
-        runs = plan_runs(load_trials([search.path]), config, request, search.path)
-        for partial in (TUNER_STATE, ROW_LOG, *EVALUATION_TABLES):  # what Ray never recorded runs again
-            (folder / partial).unlink(missing_ok=True)
+        runs = plan_runs(load_trials([search.path]), config, EvaluationRequest.from_json(evaluation.request),
+                         search.path)
+        discard_unsaved(folder, (ROW_LOG, *EVALUATION_TABLES))  # what Ray never recorded runs again
         _run(folder, config, cache, runs, train_fn)
         return folder
     trainable = trainable_with_resources(config, cache, train_fn)
     restore_tuner(str(folder), trainable, local=folder).fit()
     finish_evaluation(folder)
     return folder
-
-
-def _folds(folds) -> tuple[int, ...] | None:
-    return None if folds is None else tuple(folds)
 
 
 def finish_evaluation(folder: Path, *, resamples: int = 2000) -> pd.DataFrame:

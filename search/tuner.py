@@ -226,12 +226,21 @@ def resume_search(results_dir: Path, *, address: str | None = None,
         # stopped between writing the folder and Ray's first snapshot: nothing to continue, so it
         # starts again here (what was begun before is Ray's and Optuna's first seconds, dropped)
         log.info("%s: Ray saved no state before the search stopped; starting it again in this folder", folder.path)
-        for partial in (TUNER_STATE, STUDY_FILE, ROW_LOG, TRIALS_FILE, EPOCHS_FILE):
-            (folder.path / partial).unlink(missing_ok=True)
-        shutil.rmtree(folder.path / TENSORBOARD_DIR, ignore_errors=True)
+        discard_unsaved(folder.path, (STUDY_FILE, ROW_LOG, TRIALS_FILE, EPOCHS_FILE, TENSORBOARD_DIR))
         return paths, _fit(config, paths, cache, folder.num_samples, train_fn)
     tuner = restore_tuner(paths.results, trainable_with_resources(config, cache, train_fn), local=folder.path)
     return paths, tuner.fit()
+
+
+def discard_unsaved(folder: Path, names: tuple[str, ...]) -> None:
+    """Remove Ray's Tuner file and `names` from `folder`, whose Ray saved no state: what they
+    hold is the first seconds of a run that starts again."""
+    for name in (TUNER_STATE, *names):
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def check_ray_state(folder: Path) -> None:

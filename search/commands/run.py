@@ -69,15 +69,10 @@ def _finish_study(search_dir: Path, *, address: str | None) -> int:
     if folder.exists():
         evaluated = summarise_evaluation(resume_evaluation(folder, address=address))
     else:
-        request = EvaluationRequest(**{**study["request"], "folds": _folds(study["request"].get("folds"))})
-        evaluated = summarise_evaluation(start_evaluation(search_dir, request, name=study["evaluation"],
-                                                          address=address))
+        evaluated = summarise_evaluation(start_evaluation(search_dir, EvaluationRequest.from_json(study["request"]),
+                                                          name=study["evaluation"], address=address))
     _report(search_dir, study["evaluation"])
     return evaluated
-
-
-def _folds(folds) -> tuple[int, ...] | None:
-    return None if folds is None else tuple(folds)
 
 
 def _report(search_dir: Path, evaluation: str) -> None:
