@@ -41,6 +41,7 @@ STRATEGIES = (LP, FT, LP_FT)
 INIT, STRATEGY, LP_LR, FT_LR, LP_EPOCHS, WEIGHT_DECAY, BATCH_SIZE, SEED, FOLD = (
     "init", "strategy", "lp_lr", "ft_lr", "lp_epochs", "weight_decay", "batch_size", "seed", "fold")
 PARAMS = (INIT, STRATEGY, LP_LR, FT_LR, LP_EPOCHS, WEIGHT_DECAY, BATCH_SIZE, SEED, FOLD)
+REPEAT = "repeat"  # an evaluation run's partition of the repeated k-fold (0: the search's)
 NUMERIC_PARAMS = (LP_LR, FT_LR, LP_EPOCHS, WEIGHT_DECAY)  # ranges in the config; lp_epochs an integer
 RATES = (LP_LR, FT_LR, WEIGHT_DECAY)  # searched on a log scale
 

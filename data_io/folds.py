@@ -14,8 +14,14 @@ class FoldError(UserError):
     """The requested split cannot be made from this dataset."""
 
 
+def partition_seed(seed: int, repeat: int) -> int:
+    """The shuffling seed of repeat `repeat` of a repeated k-fold: `seed` itself for repeat 0
+    (the search's partition), a new draw from (seed, repeat) for each later one."""
+    return seed if repeat == 0 else int(np.random.SeedSequence([seed, repeat]).generate_state(1)[0])
+
+
 def fold_indices(
-    labels: np.ndarray, groups: Sequence[str], *, folds: int, fold: int, seed: int
+    labels: np.ndarray, groups: Sequence[str], *, folds: int, fold: int, seed: int, repeat: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Train and validation row indices of fold `fold` of a stratified, grouped k-fold.
 
@@ -28,6 +34,8 @@ def fold_indices(
         folds: k >= 2.
         fold: which fold is validation, 0 <= fold < k.
         seed: shuffling seed; the same seed gives the same folds.
+        repeat: which partition of a repeated k-fold (scikit-learn's RepeatedStratifiedKFold
+            re-draws it the same way): 0 is the search's, each later one is shuffled anew.
 
     Returns:
         (train, val): sorted, disjoint int64 index arrays covering every row.
@@ -43,7 +51,7 @@ def fold_indices(
     if per_class[fewest] < folds:
         raise FoldError(f"data.folds: class {fewest} has only {per_class[fewest]} groups (distinct file names), "
                         f"fewer than folds={folds}; lower data.folds")
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=partition_seed(seed, repeat))
     train, val = list(splitter.split(np.zeros(len(labels)), labels, groups))[fold]
     return np.sort(train).astype(np.int64), np.sort(val).astype(np.int64)
 
@@ -83,12 +91,13 @@ def held_out_indices(labels: np.ndarray, groups: Sequence[str], *, fraction: flo
 
 
 def split_indices(labels: np.ndarray, groups: Sequence[str], *, folds: int, fold: int | None, seed: int,
-                  test_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Train and scored rows of one run: fold `fold` of the k-fold over the rows outside the test
-    split, or, with `fold=None`, every row outside the test split against the test split.
+                  test_fraction: float = 0.0, repeat: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Train and scored rows of one run: fold `fold` of partition `repeat` of the k-fold over the
+    rows outside the test split, or, with `fold=None`, every row outside the test split against
+    the test split.
 
-    The test split (see `held_out_indices`) never enters a fold: the search and the
-    cross-validation see only the other rows.
+    The test split (see `held_out_indices`) is the same in every repeat and never enters a fold:
+    the search and the cross-validation see only the other rows.
 
     Raises:
         FoldError: as fold_indices; or fold None without a test split.
@@ -99,5 +108,6 @@ def split_indices(labels: np.ndarray, groups: Sequence[str], *, folds: int, fold
         if not len(test):
             raise FoldError("data.test_fraction: no test split to score on (it is 0); set it, e.g. 0.2")
         return rest, test
-    train, val = fold_indices(np.asarray(labels)[rest], np.asarray(groups)[rest], folds=folds, fold=fold, seed=seed)
+    train, val = fold_indices(np.asarray(labels)[rest], np.asarray(groups)[rest], folds=folds, fold=fold, seed=seed,
+                              repeat=repeat)
     return rest[train], rest[val]

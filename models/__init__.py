@@ -2,12 +2,12 @@
 
 from .backbones import BACKBONES, NORMALIZATIONS, Classifier, FeatureNet, build_backbone
 from .features import extract_features, feature_cache_key, load_or_extract_features
-from .inference import cpu_ms_per_image
+from .inference import cpu_ms_per_image, cpu_ms_samples
 from .transfer import TRANSFER_STRATEGIES, Trainer, TrainSettings
 from .weights import WEIGHT_SOURCES, InitSpec, WeightsError, build_feature_net, weights_id
 
 __all__ = [
     "BACKBONES", "NORMALIZATIONS", "Classifier", "FeatureNet", "build_backbone", "extract_features",
-    "feature_cache_key", "load_or_extract_features", "cpu_ms_per_image", "TRANSFER_STRATEGIES", "Trainer",
+    "feature_cache_key", "load_or_extract_features", "cpu_ms_per_image", "cpu_ms_samples", "TRANSFER_STRATEGIES", "Trainer",
     "TrainSettings", "WEIGHT_SOURCES", "InitSpec", "WeightsError", "build_feature_net", "weights_id",
 ]

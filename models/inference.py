@@ -13,7 +13,14 @@ from data_io import Preprocessing, preprocess_image, to_float
 @torch.no_grad()
 def cpu_ms_per_image(classifier: torch.nn.Module, image: np.ndarray, preprocessing: Preprocessing, *, threads: int,
                      repeats: int = 5, warmup: int = 1) -> float:
-    """Median CPU milliseconds from a decoded image to its probability of the positive class:
+    """Median CPU milliseconds from a decoded image to its probability (see cpu_ms_samples)."""
+    return float(np.median(cpu_ms_samples(classifier, image, preprocessing, threads=threads, repeats=repeats,
+                                          warmup=warmup)))
+
+
+def cpu_ms_samples(classifier: torch.nn.Module, image: np.ndarray, preprocessing: Preprocessing, *, threads: int,
+                   repeats: int = 5, warmup: int = 1) -> np.ndarray:
+    """`repeats` timings, in CPU milliseconds, from a decoded image to its probability of the positive class:
     preprocessing (crop, resize, pad), conversion, the network and the softmax, at batch 1, on
     `threads` torch threads (the challenge timed inference on CPU).
 
@@ -38,4 +45,4 @@ def cpu_ms_per_image(classifier: torch.nn.Module, image: np.ndarray, preprocessi
             times.append(time.perf_counter() - start)
     finally:
         torch.set_num_threads(previous)
-    return 1000 * float(np.median(times))
+    return 1000 * np.asarray(times)

@@ -1,8 +1,8 @@
 """An evaluation's answer, from its Parquet files: the cross-validated init x strategy table and
 the paired comparisons. Every metric here is recomputed from `predictions.parquet`.
 
-`runs.parquet` has one row per configuration x fold x seed (split "cv") and per configuration
-x seed on the held-out test split (split "test"); `predictions.parquet` one row per scored
+`runs.parquet` has one row per configuration x repeat x fold x seed (split "cv") and per
+configuration x seed on the held-out test split (split "test"); `predictions.parquet` one row per scored
 image per run.
 """
 
@@ -16,16 +16,18 @@ import numpy as np
 import pandas as pd
 
 from vocabulary import (AUC, AVERAGE, CHALLENGE_METRICS, COMPARISONS_FILE, COMPLETED, EVALUATION_DIR, EVALUATION_FILE,
-                        FT, INIT, LP, LP_FT, PREDICTIONS_FILE, RUNS_FILE, SEARCH_FILE, STRATEGY, held_out)
+                        FT, INIT, LP, LP_FT, PREDICTIONS_FILE, REPEAT, RUNS_FILE, SEARCH_FILE, STRATEGY, held_out)
 
-from .metrics import classification_metrics
+from .metrics import classification_metrics, predict
 from .layout import EvaluationFolder, SearchFolder, write_atomic
 from .query import ResultsError, read_parquet
 from .store import EVALUATION_TABLES, current_table
-from .statistics import BOOTSTRAP_ASSUMES, TTEST_ASSUMES, corrected_resampled_ttest, paired_bootstrap
+from .statistics import (BOOTSTRAP_ASSUMES, TTEST_ASSUMES, bayesian_correlated_ttest, benjamini_hochberg,
+                         bootstrap_spread, corrected_cv_ttest, holm)
 from .tables import describe_params
 
 CV, TEST = "cv", "test"  # the two splits a run scores
+PRIMARY, SECONDARY = "primary", "secondary"  # the declared question (Holm) and the rest (Benjamini-Hochberg)
 SOURCE_ORDER = ("flair", "torchvision", "random")  # comparisons read "the first minus the later"
 
 
@@ -102,30 +104,52 @@ def evaluation_progress(folder: Path) -> Progress:
     missing: dict[str, list[str]] = {}
     for run in meta.planned:
         if run["run_id"] not in done:
-            where = f"fold {run['fold']} seed {run['seed']}" if run["split"] == CV else f"test seed {run['seed']}"
+            repeat = f"repeat {run[REPEAT]} " if run.get(REPEAT) else ""
+            where = f"{repeat}fold {run['fold']} seed {run['seed']}" if run["split"] == CV else f"test seed {run['seed']}"
             missing.setdefault(run["config_id"], []).append(where)
     return Progress(planned=meta.runs, finished=len(done), failed=failed,
                     missing=tuple(f"{config}: {', '.join(where)}" for config, where in missing.items()))
 
 
 def run_metrics(predictions: pd.DataFrame) -> pd.DataFrame:
-    """Every run's metrics recomputed from its predictions: one row per run_id."""
-    rows = {run: classification_metrics(p["label"].to_numpy(), p["prob_positive"].to_numpy())
-            for run, p in predictions.groupby("run_id")}
+    """Every run's metrics recomputed from its predictions: one row per run_id, with
+    `single_class`: the run predicted one class for every image it scored (a degenerate model)."""
+    rows = {}
+    for run, p in predictions.groupby("run_id"):
+        probs = p["prob_positive"].to_numpy()
+        rows[run] = {**classification_metrics(p["label"].to_numpy(), probs),
+                     "single_class": len(np.unique(predict(probs))) == 1}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("run_id").reset_index()
+
+
+def _scored(runs: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
+    """The finished runs with their metrics recomputed from their predictions (runs without
+    predictions drop out: a missing run is never scored as a negative)."""
+    recomputed = run_metrics(predictions)
+    scored = runs.drop(columns=[c for c in recomputed.columns if c != "run_id"], errors="ignore")
+    scored = scored.merge(recomputed, on="run_id")
+    if REPEAT not in scored:  # evaluations written before repeats
+        scored[REPEAT] = 0
+    scored[REPEAT] = scored[REPEAT].where(scored["split"] == CV)
+    return scored
+
+
+def per_fold(cv: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """One row per (repeat, fold): `columns` averaged over the seeds of that fold."""
+    return cv.groupby([REPEAT, "fold"])[columns].mean()
 
 
 def evaluation_table(runs: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
     """One row per evaluated configuration: kappa, F1, specificity and average as mean and std
-    over folds (seeds averaged within a fold, std with ddof=1), the out-of-fold AUC pooled over
-    folds (each image once per seed; mean over seeds), the search-fold score the configuration
-    was chosen by and the optimism (search score minus the cross-validated average), and, when
-    a test split exists, the same metrics on it as mean and std over seeds."""
+    over the (repeat, fold) pairs (seeds averaged within a fold, std with ddof=1), the average's
+    corrected 95% interval, the out-of-fold AUC pooled over folds (each image once per repeat
+    and seed; mean over those), runs that predicted one class for every image, the search-fold
+    score the configuration was chosen by and the optimism (search score minus the
+    cross-validated average), and, when a test split exists, the same metrics on it as mean and
+    std over seeds."""
     if runs.empty or predictions.empty:
         return pd.DataFrame()
-    recomputed = run_metrics(predictions)
-    scored = runs.drop(columns=[c for c in recomputed.columns if c != "run_id"], errors="ignore")
-    scored = scored.merge(recomputed, on="run_id")
+    scored = _scored(runs, predictions)
     rows = []
     for config_id, group in scored.groupby("config_id", sort=False):
         first = group.iloc[0]
@@ -133,84 +157,174 @@ def evaluation_table(runs: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFr
                "config": describe_params(first), "epochs": int(first["epochs"]), "search_score": first["search_score"]}
         cv = group[group["split"] == CV]
         if len(cv):
-            per_fold = cv.groupby("fold")[list(CHALLENGE_METRICS)].mean()
+            folds = per_fold(cv, list(CHALLENGE_METRICS))
             for m in CHALLENGE_METRICS:
-                row[f"{m}_mean"], row[f"{m}_std"] = per_fold[m].mean(), per_fold[m].std(ddof=1)
+                row[f"{m}_mean"], row[f"{m}_std"] = folds[m].mean(), folds[m].std(ddof=1)
+            interval = corrected_cv_ttest(folds[AVERAGE].to_numpy(), n_train=cv["n_train"].mean(),
+                                          n_test=cv["n_scored"].mean())
+            row[f"{AVERAGE}_ci_low"], row[f"{AVERAGE}_ci_high"] = interval.ci_low, interval.ci_high
             row["oof_auc"] = _pooled_auc(predictions[predictions["run_id"].isin(cv["run_id"])])
-            row["folds"], row["seeds"] = cv["fold"].nunique(), cv["seed"].nunique()
+            row["folds"], row["repeats"], row["seeds"] = cv["fold"].nunique(), cv[REPEAT].nunique(), cv["seed"].nunique()
+            row["runs"], row["single_class_runs"] = len(cv), int(cv["single_class"].sum())
             row["optimism"] = row["search_score"] - row[f"{AVERAGE}_mean"]
         test = group[group["split"] == TEST]
         if len(test):
             for m in (*CHALLENGE_METRICS, AUC):
                 row[f"{held_out(m)}_mean"], row[f"{held_out(m)}_std"] = test[m].mean(), test[m].std(ddof=1)
-            row["test_seeds"] = len(test)
+            row["test_seeds"], row["test_single_class_runs"] = len(test), int(test["single_class"].sum())
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def _pooled_auc(predictions: pd.DataFrame) -> float:
-    """AUC of all out-of-fold predictions of one seed at once, averaged over seeds."""
-    per_seed = [classification_metrics(p["label"].to_numpy(), p["prob_positive"].to_numpy())[AUC]
-                for _, p in predictions.groupby("seed")]
-    return float(np.mean(per_seed))
+    """AUC of all out-of-fold predictions of one repeat and seed at once, averaged over those."""
+    if REPEAT not in predictions:
+        predictions = predictions.assign(**{REPEAT: 0})
+    per_pass = [classification_metrics(p["label"].to_numpy(), p["prob_positive"].to_numpy())[AUC]
+                for _, p in predictions.groupby([predictions[REPEAT].fillna(0), "seed"])]
+    return float(np.mean(per_pass))
 
 
-def planned_comparisons(cells: list[tuple[str, str]], sources: dict[str, str]) -> list[tuple[str, str, tuple, tuple]]:
-    """(label, within, cell A, cell B) for the comparisons the study makes: every pair of inits
-    under each strategy (FLAIR vs ImageNet, each pretrained init vs random: inits in the order of
-    their weight sources, flair, torchvision, random), and LP-FT vs FT and LP vs FT under each init."""
+@dataclass(frozen=True)
+class Planned:
+    """One comparison of two cells: `a` minus `b` (init names under strategy `within`, or
+    strategy names under init `within`); written `within: a - b`, e.g. `lp: flair - imagenet`."""
+
+    within: str
+    a: str
+    b: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.within}: {self.a} - {self.b}"
+
+    def cells(self, strategies: set[str]) -> tuple[tuple[str, str], tuple[str, str]]:
+        """(init, strategy) of A and of B."""
+        if self.within in strategies:
+            return (self.a, self.within), (self.b, self.within)
+        return (self.within, self.a), (self.within, self.b)
+
+    @classmethod
+    def parse(cls, text: str) -> "Planned":
+        """`lp: flair - imagenet` or `flair: lp_ft - ft`.
+
+        Raises:
+            ValueError: not of that form.
+        """
+        within, sep, rest = text.partition(":")
+        a, dash, b = rest.partition(" - ")
+        if not sep or not dash or not all(x.strip() for x in (within, a, b)):
+            raise ValueError(f"a comparison is written 'STRATEGY: INIT_A - INIT_B' or 'INIT: STRATEGY_A - "
+                             f"STRATEGY_B', e.g. 'lp: flair - imagenet' (got {text!r})")
+        return cls(within.strip(), a.strip(), b.strip())
+
+
+def _source_order(inits, sources: dict[str, str]) -> list[str]:
+    """Inits in the order of their weight sources (flair, torchvision, random), then by name."""
+    rank = {s: i for i, s in enumerate(SOURCE_ORDER)}
+    return sorted(inits, key=lambda i: (rank.get(sources.get(i, "random"), len(SOURCE_ORDER)), i))
+
+
+def default_primary(inits, strategies, sources: dict[str, str]) -> list[Planned]:
+    """The primary question by default: every pair of pretrained inits (any source but `random`)
+    under each strategy, e.g. FLAIR vs ImageNet under LP, FT and LP-FT; with fewer than two
+    pretrained inits, every pair of inits."""
+    order = _source_order(inits, sources)
+    pretrained = [i for i in order if sources.get(i) != "random"]
+    pool = pretrained if len(pretrained) >= 2 else order
+    return [Planned(s, a, b) for s in strategies for a, b in combinations(pool, 2)]
+
+
+def planned_comparisons(cells: list[tuple[str, str]], sources: dict[str, str],
+                        primary: list[Planned]) -> list[tuple[str, Planned]]:
+    """(family, comparison) for every comparison the study makes: the primary ones first, then,
+    as secondary, every other pair of inits under each strategy (inits in the order of their
+    weight sources: flair, torchvision, random) and LP-FT vs FT and LP vs FT under each init.
+    A comparison is made only when both of its cells were evaluated."""
     present = set(cells)
-    order = sorted({i for i, _ in cells}, key=lambda i: (SOURCE_ORDER.index(sources.get(i, "random"))
-                                                         if sources.get(i) in SOURCE_ORDER else len(SOURCE_ORDER), i))
-    plans = []
-    for strategy in (LP, FT, LP_FT):
-        for a, b in combinations([i for i in order if (i, strategy) in present], 2):
-            plans.append((f"{a} - {b}", strategy, (a, strategy), (b, strategy)))
-    for init in order:
-        for a, b in ((LP_FT, FT), (LP, FT)):
-            if (init, a) in present and (init, b) in present:
-                plans.append((f"{a} - {b}", init, (init, a), (init, b)))
-    return plans
+    strategies = [s for s in (LP, FT, LP_FT) if any(c[1] == s for c in cells)]
+    order = _source_order({i for i, _ in cells}, sources)
+    secondary = [Planned(s, a, b) for s in strategies for a, b in combinations([i for i in order if (i, s) in present], 2)]
+    secondary += [Planned(i, a, b) for i in order for a, b in ((LP_FT, FT), (LP, FT))
+                  if (i, a) in present and (i, b) in present]
+    primary_pairs = {(p.within, frozenset((p.a, p.b))) for p in primary}
+    plans = [(PRIMARY, p) for p in primary]
+    plans += [(SECONDARY, p) for p in secondary if (p.within, frozenset((p.a, p.b))) not in primary_pairs]
+    return [(family, p) for family, p in plans if all(c in present for c in p.cells(set(strategies) | {LP, FT, LP_FT}))]
 
 
 def paired_comparisons(runs: pd.DataFrame, predictions: pd.DataFrame, sources: dict[str, str], *,
-                       resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """The planned comparisons of each cell's rank-1 configuration, on the challenge average:
-    the corrected resampled t-test over shared (fold, seed) runs and the paired bootstrap over
-    out-of-fold images; on the test split, the paired bootstrap over test images."""
+                       primary: list[Planned], rope: float = 0.01, resamples: int = 2000,
+                       seed: int = 0) -> pd.DataFrame:
+    """The study's comparisons of each cell's rank-1 configuration, on the challenge average.
+
+    Cross-validated: the corrected repeated k-fold t-test and the Bayesian correlated t-test
+    (with `rope`) over the (repeat, fold) differences both arms share, seeds averaged within a
+    fold. The primary family's p-values are Holm-adjusted and its intervals simultaneous
+    (Bonferroni, 1 - 0.05/m); the secondary family gets Benjamini-Hochberg q-values. On the
+    test split: the difference and its spread over test images, descriptive, no p-value.
+    """
     if runs.empty or predictions.empty:
         return pd.DataFrame()
-    metrics = runs.drop(columns=list(CHALLENGE_METRICS), errors="ignore").merge(run_metrics(predictions), on="run_id")
-    top = metrics[metrics["rank"] == 1]
+    scored = _scored(runs, predictions)
+    top = scored[scored["rank"] == 1]
     cells = sorted(set(zip(top[INIT], top[STRATEGY])))
+    plans = planned_comparisons(cells, sources, primary)
+    m = sum(family == PRIMARY for family, _ in plans)
     rows = []
-    for label, within, cell_a, cell_b in planned_comparisons(cells, sources):
-        a, b = (top[(top[INIT] == c[0]) & (top[STRATEGY] == c[1])] for c in (cell_a, cell_b))
-        common = {"comparison": label, "within": within, "a": a["config_id"].iloc[0], "b": b["config_id"].iloc[0],
-                  "metric": AVERAGE}
-        rows += _compare_split(a, b, predictions, CV, common, resamples, seed)
-        rows += _compare_split(a, b, predictions, TEST, common, resamples, seed)
-    return pd.DataFrame(rows)
+    for family, plan in plans:
+        a, b = (top[(top[INIT] == c[0]) & (top[STRATEGY] == c[1])] for c in plan.cells({LP, FT, LP_FT}))
+        common = {"family": family, "comparison": plan.key, "within": plan.within, "name_a": plan.a,
+                  "name_b": plan.b, "a": a["config_id"].iloc[0], "b": b["config_id"].iloc[0], "metric": AVERAGE,
+                  "rope": rope}
+        confidence = 1 - 0.05 / m if family == PRIMARY else 0.95
+        rows.append(_compare_cv(a, b, common, confidence))
+        test = _compare_test(a, b, predictions, common, resamples, seed)
+        if test:
+            rows.append(test)
+    out = pd.DataFrame(rows)
+    if out.empty:  # a single cell: nothing to compare
+        return out
+    for family, adjust, name in ((PRIMARY, holm, "holm"), (SECONDARY, benjamini_hochberg, "bh")):
+        chosen = (out["family"] == family) & (out["split"] == CV)
+        out.loc[chosen, "p_adjusted"] = adjust(out.loc[chosen, "p_value"].to_numpy())
+        out.loc[chosen, "correction"] = name
+    return out
 
 
-def _compare_split(a: pd.DataFrame, b: pd.DataFrame, predictions: pd.DataFrame, split: str, common: dict,
-                   resamples: int, seed: int) -> list[dict]:
-    a, b = a[a["split"] == split], b[b["split"] == split]
+def _flags(arm: pd.DataFrame) -> str | None:
+    single = int(arm["single_class"].sum())
+    return f"{arm['config_id'].iloc[0]} predicts one class in {single} of {len(arm)} runs" if single else None
+
+
+def _compare_cv(a: pd.DataFrame, b: pd.DataFrame, common: dict, confidence: float) -> dict:
+    a, b = a[a["split"] == CV], b[b["split"] == CV]
+    paired = a.merge(b, on=[REPEAT, "fold", "seed"], suffixes=("_a", "_b"))  # runs both arms finished
+    folds = paired.groupby([REPEAT, "fold"])[[f"{AVERAGE}_a", f"{AVERAGE}_b"]].mean()
+    test = corrected_cv_ttest((folds[f"{AVERAGE}_a"] - folds[f"{AVERAGE}_b"]).to_numpy(),
+                              n_train=paired["n_train_a"].mean() if len(paired) else 1.0,
+                              n_test=paired["n_scored_a"].mean() if len(paired) else 1.0, confidence=confidence)
+    better, equal, worse = bayesian_correlated_ttest(test, common["rope"])
+    flags = "; ".join(f for f in (_flags(a), _flags(b)) if f) or None
+    return {**common, "split": CV, "method": "corrected repeated-CV t-test", "difference": test.difference,
+            "ci_low": test.ci_low, "ci_high": test.ci_high, "confidence": confidence, "p_value": test.p_value,
+            "p_a_better": better, "p_equivalent": equal, "p_b_better": worse, "n": test.n,
+            "repeats": paired[REPEAT].nunique(), "folds": paired["fold"].nunique(), "seeds": paired["seed"].nunique(),
+            "reason": test.reason, "flags": flags, "assumes": TTEST_ASSUMES}
+
+
+def _compare_test(a: pd.DataFrame, b: pd.DataFrame, predictions: pd.DataFrame, common: dict, resamples: int,
+                  seed: int) -> dict | None:
+    a, b = a[a["split"] == TEST], b[b["split"] == TEST]
     if not len(a) or not len(b):
-        return []
-    rows = []
-    if split == CV:
-        paired = a.merge(b, on=["fold", "seed"], suffixes=("_a", "_b"))
-        if len(paired) >= 2:
-            test = corrected_resampled_ttest(paired[f"{AVERAGE}_a"] - paired[f"{AVERAGE}_b"],
-                                             n_train=paired["n_train_a"].mean(), n_test=paired["n_scored_a"].mean())
-            rows.append({**common, "split": split, "method": "corrected t-test", **test.__dict__,
-                         "folds": paired["fold"].nunique(), "seeds": paired["seed"].nunique(), "assumes": TTEST_ASSUMES})
+        return None
     y, probs_a, probs_b = _aligned_predictions(predictions, a["run_id"], b["run_id"])
-    boot = paired_bootstrap(y, probs_a, probs_b, resamples=resamples, seed=seed)
-    rows.append({**common, "split": split, "method": "paired bootstrap", **boot.__dict__,
-                 "folds": a["fold"].nunique() if split == CV else 0, "seeds": len(probs_a), "assumes": BOOTSTRAP_ASSUMES})
-    return rows
+    spread = bootstrap_spread(y, probs_a, probs_b, resamples=resamples, seed=seed)
+    flags = "; ".join(f for f in (_flags(a), _flags(b)) if f) or None
+    return {**common, "split": TEST, "method": "image bootstrap (descriptive)", "difference": spread.difference,
+            "ci_low": spread.ci_low, "ci_high": spread.ci_high, "confidence": 0.95, "p_value": np.nan,
+            "n": spread.n, "seeds": len(probs_a), "reason": "descriptive: test images resampled, models held fixed",
+            "flags": flags, "assumes": BOOTSTRAP_ASSUMES}
 
 
 def _aligned_predictions(predictions: pd.DataFrame, runs_a, runs_b) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -37,19 +37,20 @@ def _cells(frame: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def forest_plot(comparisons: pd.DataFrame) -> bytes:
-    """Each paired difference (A - B) with its 95% interval; the zero line marks no difference."""
-    rows = comparisons.iloc[::-1].reset_index(drop=True)
+    """Each cross-validated difference (A - B) with its interval, the primary question first
+    (simultaneous intervals) then the secondary; the zero line marks no difference."""
+    cv = comparisons[(comparisons["split"] == "cv") & comparisons["ci_low"].notna()]
+    rows = cv.iloc[::-1].reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(_WIDTH, 0.35 * len(rows) + 1.2))
-    colors = {"corrected t-test": "tab:blue", "paired bootstrap": "tab:orange"}
+    colors = {"primary": "tab:blue", "secondary": "tab:gray"}
     for y, r in rows.iterrows():
         ax.errorbar(r["difference"], y, xerr=[[r["difference"] - r["ci_low"]], [r["ci_high"] - r["difference"]]],
-                    fmt="o", color=colors.get(r["method"], "gray"), capsize=3)
+                    fmt="o", color=colors.get(r["family"], "gray"), capsize=3)
     ax.axvline(0, color="black", lw=1)
-    ax.set_yticks(range(len(rows)), [f"{r.comparison} ({r.within}{', test' if r.split == 'test' else ''}) "
-                                     f"{'t' if r.method == 'corrected t-test' else 'boot'}" for r in rows.itertuples()])
-    ax.set_xlabel(f"difference in {rows['metric'].iloc[0]} (A - B), 95% CI")
-    for method, color in colors.items():
-        ax.plot([], [], "o", color=color, label=method)
+    ax.set_yticks(range(len(rows)), list(rows["comparison"]))
+    ax.set_xlabel(f"difference in {cv['metric'].iloc[0] if len(cv) else 'average'} (A - B), cross-validated")
+    for family, color in colors.items():
+        ax.plot([], [], "o", color=color, label=f"{family}" + (" (simultaneous 95%)" if family == "primary" else " (95%)"))
     ax.legend(loc="lower right", fontsize=8)
     return png(fig)
 

@@ -123,7 +123,9 @@ class EvaluationFolder:
     """One evaluation's folder (inside its search's) and its `evaluation.json`.
 
     Attributes:
-        planned: every planned run: run_id, config_id, split, fold, seed (older folders: empty).
+        planned: every planned run: run_id, config_id, split, repeat, fold, seed (older folders: empty).
+        protocol: the declared question and how it is answered, fixed before any run: folds,
+            repeats, seeds, test_images, primary (comparisons `lp: flair - imagenet`), rope.
     """
 
     path: Path
@@ -133,6 +135,7 @@ class EvaluationFolder:
     runs: int
     cpu_ms_per_image: dict = field(default_factory=dict)
     planned: list = field(default_factory=list)
+    protocol: dict = field(default_factory=dict)
 
     @classmethod
     def open(cls, path: str | Path) -> "EvaluationFolder":
@@ -143,7 +146,8 @@ class EvaluationFolder:
         search = Path(str(meta.get("search", path.parent.name))).name
         return cls(path=path, name=str(meta.get("name", path.name)), search_name=search,
                    request=meta.get("request") or {}, runs=int(meta.get("runs", 0)),
-                   cpu_ms_per_image=meta.get("cpu_ms_per_image") or {}, planned=meta.get("planned") or [])
+                   cpu_ms_per_image=meta.get("cpu_ms_per_image") or {}, planned=meta.get("planned") or [],
+                   protocol=meta.get("protocol") or {})
 
     @property
     def search(self) -> SearchFolder:
@@ -152,7 +156,7 @@ class EvaluationFolder:
 
     def write(self) -> None:
         meta = {"name": self.name, "search": self.search_name, "request": self.request, "runs": self.runs,
-                "cpu_ms_per_image": self.cpu_ms_per_image, "planned": self.planned}
+                "protocol": self.protocol, "cpu_ms_per_image": self.cpu_ms_per_image, "planned": self.planned}
         write_atomic(self.path / EVALUATION_FILE, json.dumps(meta, indent=2, default=list))
 
 

@@ -22,7 +22,8 @@ from . import figures
 from .evaluation import evaluation_progress, evaluation_table, find_evaluation, load_comparisons, load_evaluation
 from .layout import EvaluationFolder, FolderError, SearchFolder, write_atomic
 from .query import ResultsError, load_epochs, load_trials
-from .tables import comparison_sentences, evaluation_caption, evaluation_frame
+from .tables import (GRID_CAPTION, cpu_sentence, evaluation_caption, evaluation_frame, grid_frame, protocol_sentence,
+                     secondary_frame, test_split_sentences, verdict_sentences)
 
 SECTIONS = {"answer": "The answer", "diagnostics": "Out-of-fold diagnostics", "search": "How the search got there",
             "parameters": "What matters", "provenance": "Provenance"}
@@ -34,6 +35,9 @@ table.data { border-collapse: collapse; font-size: .85em; margin: .5em 0; }
 table.data th, table.data td { border: 1px solid #ddd; padding: .25em .5em; text-align: right; white-space: nowrap; }
 table.data th { background: #f4f4f4; white-space: normal; } .wide { overflow-x: auto; } figure { margin: 1em 0; } img { max-width: 100%; }
 figcaption, .note { color: #555; font-size: .9em; } pre { background: #f7f7f7; padding: .8em; overflow-x: auto; }
+.verdict { background: #eef5ff; border-left: 4px solid #2a6ebb; padding: .2em 1em; }
+.verdict li { margin: .3em 0; } .header { font-size: 1.05em; }
+table.data { max-width: 100%; } table.grid td { text-align: left; }
 .missing { background: #fff6e0; border-left: 4px solid #e0a000; padding: .6em 1em; }
 nav a { margin-right: 1em; }
 @media print { nav { display: none; } figure, table { page-break-inside: avoid; } body { max-width: none; } }
@@ -77,7 +81,7 @@ def write_report(search_dir: str | Path, out: str | Path | None = None, *, evalu
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(study.name)}: "
             f"fundus-search report</title><style>{_CSS}</style></head><body><h1>{html.escape(study.name)}</h1>"
             f"<p class='note'>fundus-search report, written {datetime.now():%Y-%m-%d %H:%M} from "
-            f"{html.escape(str(search_dir.absolute()))}</p><nav>{nav}</nav>{body}</body></html>")
+            f"{html.escape(str(search_dir.absolute()))}</p>{header(study)}<nav>{nav}</nav>{body}</body></html>")
     try:
         return write_atomic(out, page)
     except OSError as exc:
@@ -133,11 +137,12 @@ def _missing(what: str, command: str) -> str:
 def _answer(study: Study) -> str:
     if study.evaluation is None:
         foreign = f"<p class='missing'>{html.escape(study.foreign)}</p>" if study.foreign else ""
-        return _section("answer", foreign + _missing("No evaluation of this search yet (the cross-validated table, "
-                                                     "the paired comparisons)", f"fundus-search evaluate {study.folder}"))
+        return _section("answer", foreign + _missing("No evaluation of this search yet (the verdict, the "
+                                                     "cross-validated table, the comparisons)",
+                                                     f"fundus-search evaluate {study.folder}"))
     runs, predictions = load_evaluation(study.evaluation)
     table = evaluation_table(runs, predictions)
-    cpu = EvaluationFolder.open(study.evaluation).cpu_ms_per_image
+    evaluation = EvaluationFolder.open(study.evaluation)
     comparisons = load_comparisons(study.evaluation)
     parts = []
     if not study.progress.complete:
@@ -147,21 +152,63 @@ def _answer(study: Study) -> str:
                      "</code>.</p>")
     if table.empty:
         return _section("answer", "".join(parts) + "<p>No run of the evaluation has finished yet.</p>")
-    parts += [f"<p class='note'>{html.escape(evaluation_caption(table))}. CPU ms per image: from a decoded image "
-              "to its probability at batch 1; LP, FT and LP-FT of one init share the network.</p>",
-              _table(evaluation_frame(table, cpu))]
-    if comparisons.empty and not study.progress.complete:
-        parts.append("<p>No paired comparisons yet: they are computed when the evaluation finishes.</p>")
-    elif comparisons.empty:
-        parts.append("<p>No paired comparisons: they need two evaluated cells sharing folds and seeds.</p>")
+    verdict = verdict_sentences(comparisons)
+    if verdict:
+        parts.append("<div class='verdict'><h3>Verdict</h3><ul>" + "".join(f"<li>{html.escape(v)}</li>" for v in verdict)
+                     + "</ul><p class='note'>The primary question, declared in evaluation.json before any run: "
+                       "Holm-adjusted p-values and simultaneous 95% intervals (Bonferroni) of the corrected "
+                       "repeated-CV t-test; P(better) from the Bayesian correlated t-test with its region of "
+                       "practical equivalence.</p></div>")
+    elif comparisons.empty and not study.progress.complete:
+        parts.append("<p>No verdict yet: the comparisons are computed when the evaluation finishes.</p>")
     else:
-        parts.append("<h3>Paired comparisons</h3><ul>" + "".join(
-            f"<li>{html.escape(s)}</li>" for s in comparison_sentences(comparisons)) + "</ul>")
-        parts.append(f"<p class='note'>What the intervals assume: corrected t-test: "
-                     f"{html.escape(comparisons['assumes'].iloc[0])}; paired bootstrap: "
-                     f"{html.escape(comparisons['assumes'].iloc[-1])}.</p>")
-        parts.append(_figure(figures.forest_plot(comparisons), "Paired differences with 95% intervals (forest plot)"))
+        parts.append("<p>No verdict: the primary comparisons need two evaluated cells sharing folds.</p>")
+    grid = grid_frame(table)
+    if not grid.empty:
+        parts.append(f"<p class='note'>{html.escape(GRID_CAPTION)}.</p>"
+                     + grid.to_html(classes="data grid", border=0, escape=True))
+    secondary = secondary_frame(comparisons)
+    if not secondary.empty:
+        parts.append("<h3>Secondary comparisons</h3><p class='note'>Exploratory: Benjamini-Hochberg q-values "
+                     "over this family.</p>" + _table(secondary))
+    test = test_split_sentences(comparisons)
+    if test:
+        parts.append("<h3>Held-out test split</h3><p class='note'>Descriptive: spread over its images for these "
+                     "trained models, no test.</p><ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in test) + "</ul>")
+    frame = evaluation_frame(table)
+    parts += ["<h3>All metrics</h3>", f"<p class='note'>{html.escape(evaluation_caption(table))}.</p>",
+              _table(frame.drop(columns=["configuration"])),
+              "<p class='note'>Configurations: " + "; ".join(
+                  html.escape(f"{r[INIT]} {r['strategy']}: {r['configuration']}") for _, r in frame.iterrows()) + "</p>"]
+    cpu = cpu_sentence(evaluation.cpu_ms_per_image)
+    if cpu:
+        parts.append(f"<p class='note'>{html.escape(cpu)}.</p>")
+    if not _cv_rows(comparisons).empty:
+        parts.append(_figure(figures.forest_plot(comparisons), "Cross-validated differences (forest plot)"))
     return _section("answer", "".join(parts))
+
+
+def _cv_rows(comparisons: pd.DataFrame) -> pd.DataFrame:
+    if comparisons.empty or "ci_low" not in comparisons:
+        return pd.DataFrame()
+    return comparisons[(comparisons["split"] == "cv") & comparisons["ci_low"].notna()]
+
+
+def header(study: Study) -> str:
+    """Dataset, task and protocol: what the page is about, under its title."""
+    data = study.config.get("data", {})
+    source = data.get("source", "synthetic")
+    listed = f"images listed in {Path(str(data.get('csv') or 'a CSV')).name}"
+    dataset = {"cgi-hrdc": f"CGI-HRDC task {data.get('task', 1)}", "synthetic": "synthetic fundus images (demo)",
+               "csv": listed, "flair-csv": listed}.get(source, source)
+    text = f"Dataset: {dataset}; metric: {study.metric} ({study.mode})"
+    if study.evaluation is not None:
+        runs, predictions = load_evaluation(study.evaluation)
+        table = evaluation_table(runs, predictions)
+        protocol = EvaluationFolder.open(study.evaluation).protocol
+        if not table.empty:
+            text += f"; protocol: {protocol_sentence(protocol, table)}"
+    return f"<p class='header'>{html.escape(text)}</p>"
 
 
 def _diagnostics(study: Study) -> str:

@@ -1,20 +1,22 @@
-"""Paired comparisons of two models, and what each interval assumes.
+"""Paired comparisons of two models, what each assumes, and multiplicity corrections.
 
-Two views of the same question (is model A better than model B on this task?):
+The one test `evaluate` prints is over repeated cross-validation: for each of the J = k x R
+(repeat, fold) pairs, the metric of A minus the metric of B, seeds averaged within the fold
+first (seeds on one partition are not new cross-validation repeats). Folds share most of their
+training data, so the J differences are correlated; two readings of the same corrected variance
+(1/J + n_test/n_train) x s^2:
 
-- `corrected_resampled_ttest`: over the (fold, seed) runs both models share. Cross-validation
-  folds share most of their training data, so the runs are correlated and the plain paired
-  t-test is anti-conservative; Nadeau & Bengio (2003, "Inference for the generalization
-  error") inflate the variance of the mean difference from 1/J to 1/J + n_test/n_train
-  (Bouckaert & Frank, 2004, for repeated k-fold: J = folds x repeats). Assumes the J
-  differences are roughly normal.
-- `paired_bootstrap`: over the images both models scored (out of fold, or a test split):
-  resample images with replacement, recompute the metric for both on the same resample.
-  Assumes images are exchangeable; the models are held fixed, so training variability is not
-  in this interval (the t-test's is).
+- `corrected_cv_ttest`: the corrected repeated k-fold t-test (Nadeau & Bengio 2003;
+  Bouckaert & Frank 2004), a two-sided p-value on J - 1 degrees of freedom.
+- `bayesian_correlated_ttest` (Benavoli et al. 2017, "Time for a change"): the posterior of the
+  mean difference is Student t with the same location, scale and degrees of freedom; with a
+  region of practical equivalence (rope) it gives P(A better), P(practically equal), P(B better).
 
-The challenge metrics are recomputed from confusion counts for whole batches of resamples at
-once (`average_from_counts`), the same definitions as `results.metrics.classification_metrics`.
+Both assume the J differences are about normal. Their false-positive rates on null studies are
+measured by benchmark B9 (benchmarks/b9_calibration.py), not assumed.
+
+`bootstrap_spread` resamples images for fixed, trained models: it describes how much a difference
+moves over images, not whether it would hold with retrained models, so it has no p-value.
 """
 
 from __future__ import annotations
@@ -26,50 +28,95 @@ from scipy import stats
 
 from .metrics import predict
 
-TTEST_ASSUMES = ("the fold x seed differences are about normal; their variance is inflated by 1/J + n_test/n_train "
-                 "for overlapping training sets (Nadeau & Bengio 2003)")
-BOOTSTRAP_ASSUMES = "images are exchangeable; the trained models are held fixed (training variability not included)"
+TTEST_ASSUMES = ("the (repeat, fold) differences, seeds averaged within each fold, are about normal; their "
+                 "variance is inflated by 1/J + n_test/n_train for overlapping training sets (Nadeau & Bengio 2003)")
+BOOTSTRAP_ASSUMES = ("descriptive: resamples the test images for these trained models; retraining would move the "
+                     "difference more, so this is no test")
 
 
 @dataclass(frozen=True)
-class Comparison:
-    """A mean paired difference with its 95% interval and two-sided p-value."""
+class TTest:
+    """A mean paired difference, its interval and two-sided p-value; NaN with a `reason` when undefined."""
 
     difference: float
     ci_low: float
     ci_high: float
     p_value: float
-    n: int  # differences (t-test) or images (bootstrap)
+    n: int  # J differences
+    df: int
+    scale: float  # corrected standard error of the mean difference
+    reason: str | None = None  # why the p-value is undefined, if it is
 
 
-def corrected_resampled_ttest(differences: np.ndarray, *, n_train: float, n_test: float,
-                              confidence: float = 0.95) -> Comparison:
-    """The corrected resampled t-test of paired differences from J shared (fold, seed) runs.
+def corrected_cv_ttest(differences: np.ndarray, *, n_train: float, n_test: float,
+                       confidence: float = 0.95) -> TTest:
+    """The corrected repeated k-fold t-test of J paired (repeat, fold) differences.
 
     Args:
-        differences: (J,) metric of A minus metric of B, one per run both share.
+        differences: (J,) metric of A minus metric of B, one per (repeat, fold), seeds averaged.
         n_train, n_test: rows a run trains on and scores (their mean over runs).
+        confidence: of the interval mean +- t_{J-1} x se, se = sqrt((1/J + n_test/n_train) s^2).
 
     Returns:
-        the mean difference, its interval mean +- t_{J-1} x sqrt((1/J + n_test/n_train) s^2),
-        and the two-sided p-value of t = mean / that standard error, on J - 1 degrees of freedom.
+        the test; p-value and interval NaN, with the reason, when J < 2 or the differences do not
+        vary (a zero variance is no evidence of anything, and never p = 0).
     """
     d = np.asarray(differences, dtype=float)
     j = len(d)
+    mean = float(d.mean()) if j else float("nan")
     if j < 2:
-        raise ValueError(f"the corrected t-test needs at least 2 paired runs (got {j})")
-    mean, variance = d.mean(), d.var(ddof=1)
-    se = np.sqrt((1 / j + n_test / n_train) * variance)
+        return TTest(mean, float("nan"), float("nan"), float("nan"), j, 0, float("nan"),
+                     reason=f"needs at least 2 (repeat, fold) differences (got {j})")
+    variance = d.var(ddof=1)
+    if not variance > 1e-12:
+        return TTest(mean, float("nan"), float("nan"), float("nan"), j, j - 1, 0.0,
+                     reason=f"the {j} differences are all {mean:+.3f}: no variance to test against")
+    se = float(np.sqrt((1 / j + n_test / n_train) * variance))
     df = j - 1
     half = stats.t.ppf(0.5 + confidence / 2, df) * se
-    p = 1.0 if se == 0 and mean == 0 else 0.0 if se == 0 else 2 * stats.t.sf(abs(mean) / se, df)
-    return Comparison(float(mean), float(mean - half), float(mean + half), float(p), j)
+    p = 2 * stats.t.sf(abs(mean) / se, df)
+    return TTest(mean, float(mean - half), float(mean + half), float(p), j, df, se)
+
+
+def bayesian_correlated_ttest(test: TTest, rope: float) -> tuple[float, float, float]:
+    """(P(A better by more than rope), P(|difference| <= rope), P(B better by more than rope)) under
+    the posterior Student t(df, location = mean difference, scale = corrected se) of Benavoli et
+    al. (2017); NaNs where the t-test is undefined."""
+    if test.reason is not None:
+        return float("nan"), float("nan"), float("nan")
+    posterior = stats.t(test.df, loc=test.difference, scale=test.scale)
+    worse, within = posterior.cdf(-rope), posterior.cdf(rope)
+    return float(1 - within), float(within - worse), float(worse)
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error), NaNs kept out of the family."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full_like(p, np.nan)
+    defined = np.flatnonzero(~np.isnan(p))
+    m = len(defined)
+    order = defined[np.argsort(p[defined], kind="stable")]
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def benjamini_hochberg(p_values) -> np.ndarray:
+    """Benjamini-Hochberg q-values (false discovery rate, scipy's), NaNs kept out of the family."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full_like(p, np.nan)
+    defined = ~np.isnan(p)
+    if defined.any():
+        out[defined] = stats.false_discovery_control(p[defined], method="bh")
+    return out
 
 
 def average_from_counts(tp, fp, fn, tn) -> np.ndarray:
     """The challenge average, mean(kappa, F1 of the positive class, specificity), from confusion
-    counts (arrays of any shape; weighted counts allowed). Degenerate cases as in
-    results.metrics: kappa 0 at total chance agreement, F1 and specificity 0 on empty denominators."""
+    counts (arrays of any shape). Degenerate cases as in results.metrics: kappa 0 at total chance
+    agreement, F1 and specificity 0 on empty denominators."""
     tp, fp, fn, tn = (np.asarray(x, dtype=float) for x in (tp, fp, fn, tn))
     n = tp + fp + fn + tn
     observed = (tp + tn) / n
@@ -81,41 +128,43 @@ def average_from_counts(tp, fp, fn, tn) -> np.ndarray:
     return (kappa + f1 + specificity) / 3
 
 
-def _weighted_average(weights: np.ndarray, y: np.ndarray, prob_positive: np.ndarray) -> np.ndarray:
-    """The challenge average of (B, N) image weights (resample counts) over one prediction (N,)."""
-    pred = predict(prob_positive)
-    cells = [(y == 1) & (pred == 1), (y == 0) & (pred == 1), (y == 1) & (pred == 0), (y == 0) & (pred == 0)]
-    return average_from_counts(*(weights @ c.astype(float) for c in cells))
+def average_of_predictions(y: np.ndarray, pred: np.ndarray, axis: int = -1) -> np.ndarray:
+    """The challenge average of 0/1 predictions `pred` against labels `y`, along `axis`."""
+    y, pred = np.asarray(y).astype(bool), np.asarray(pred).astype(bool)
+    counts = [np.sum(y & pred, axis), np.sum(~y & pred, axis), np.sum(y & ~pred, axis), np.sum(~y & ~pred, axis)]
+    return average_from_counts(*counts)
 
 
-def paired_bootstrap(y: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, *, resamples: int = 2000,
-                     seed: int = 0, confidence: float = 0.95) -> Comparison:
-    """Paired bootstrap over images of the challenge average of A minus B.
+@dataclass(frozen=True)
+class Spread:
+    """A difference on the images themselves and its percentile interval over image resamples."""
+
+    difference: float
+    ci_low: float
+    ci_high: float
+    n: int  # images
+
+
+def bootstrap_spread(y: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, *, resamples: int = 2000,
+                     seed: int = 0, confidence: float = 0.95) -> Spread:
+    """Paired percentile bootstrap over images (`scipy.stats.bootstrap`) of the challenge average of
+    A minus B, each the mean over its seeds: descriptive (the models are held fixed).
 
     Args:
-        y: (N,) labels of the images both models scored.
-        probs_a, probs_b: (R, N) P(positive) of A and B, one row per seed (or (N,) for one);
-            a resample's metric is the mean over seeds of each seed's metric on it.
-        resamples: bootstrap resamples of the N images.
-        seed: the resampling seed; the same seed gives the same interval.
-
-    Returns:
-        the difference on the images themselves, the percentile interval of the resampled
-        differences, and a two-sided p-value: twice the share of resamples on the far side of 0.
+        y: (N,) labels of the images both arms scored.
+        probs_a, probs_b: (S, N) P(positive) of A and B, one row per seed (or (N,) for one).
     """
     y = np.asarray(y).astype(int)
-    probs_a, probs_b = np.atleast_2d(probs_a), np.atleast_2d(probs_b)
-    n = len(y)
-    rng = np.random.default_rng(seed)
-    weights = rng.multinomial(n, np.full(n, 1 / n), size=resamples).astype(float)  # (B, N) times each image is drawn
-    ones = np.ones((1, n))
+    pred_a, pred_b = (predict(np.atleast_2d(p)) for p in (probs_a, probs_b))
+    seeds_a = len(pred_a)
 
-    def average(probs: np.ndarray, w: np.ndarray) -> np.ndarray:
-        return np.mean([_weighted_average(w, y, p) for p in probs], axis=0)
+    def difference(y, *preds, axis=-1):
+        means = [np.mean([average_of_predictions(y, p, axis) for p in group], axis=0)
+                 for group in (preds[:seeds_a], preds[seeds_a:])]
+        return means[0] - means[1]
 
-    observed = float((average(probs_a, ones) - average(probs_b, ones))[0])
-    diffs = average(probs_a, weights) - average(probs_b, weights)
-    tail = (1 - confidence) / 2
-    low, high = np.quantile(diffs, [tail, 1 - tail])
-    p = min(1.0, 2 * min(np.mean(diffs <= 0), np.mean(diffs >= 0)))
-    return Comparison(observed, float(low), float(high), float(p), n)
+    observed = float(difference(y, *pred_a, *pred_b))
+    result = stats.bootstrap((y, *pred_a, *pred_b), difference, paired=True, vectorized=True, n_resamples=resamples,
+                             confidence_level=confidence, method="percentile", random_state=seed)
+    low, high = result.confidence_interval
+    return Spread(observed, float(low), float(high), len(y))

@@ -25,7 +25,7 @@ from pyarrow import fs as pafs
 
 from .layout import open_append, write_atomic
 from vocabulary import (BATCH_SIZE, EPOCHS_FILE, FOLD, FT_LR, INIT, LP_EPOCHS, LP_LR, METRICS, PARAMS, PREDICTIONS_FILE,
-                        ROW_LOG, RUNS_FILE, SEED, STRATEGY, TRAIN_LOSS, TRIALS_FILE, VAL_METRICS, WEIGHT_DECAY,
+                        REPEAT, ROW_LOG, RUNS_FILE, SEED, STRATEGY, TRAIN_LOSS, TRIALS_FILE, VAL_METRICS, WEIGHT_DECAY,
                         UserError, best, last, lp_warmup)
 
 log = logging.getLogger(__name__)
@@ -56,13 +56,14 @@ TRIALS_SCHEMA = pa.schema(
 )
 
 
-# One row per run of an evaluation: a configuration retrained on one fold (split "cv") or on
-# every non-test row and scored on the test split (split "test", fold null), with one seed, for a
-# fixed number of epochs. Metrics are those of the last epoch on the scored rows.
+# One row per run of an evaluation: a configuration retrained on one fold of one repeat's
+# partition (split "cv") or on every non-test row and scored on the test split (split "test",
+# fold and repeat null), with one seed, for a fixed number of epochs. Metrics are those of the
+# last epoch on the scored rows.
 RUNS_SCHEMA = pa.schema(
     [("search", _str), ("run_id", _str), ("config_id", _str), ("rank", _i64), ("split", _str), ("trial_id", _str),
      ("status", _str)]
-    + [(p, _PARAM_TYPES[p]) for p in PARAMS]
+    + [(p, _PARAM_TYPES[p]) for p in PARAMS] + [(REPEAT, _i64)]
     + [("epochs", _i64), ("source_trial_id", _str), ("source_optuna_number", _i64), ("search_score", _f64)]
     + [(m, _f64) for m in METRICS]
     + [("n_train", _i64), ("n_scored", _i64), ("train_seconds", _f64), ("wall_seconds", _f64), ("cpus", _f64),
@@ -72,8 +73,8 @@ RUNS_SCHEMA = pa.schema(
 
 # One row per scored image per run: every metric of an evaluation is recomputed from these.
 PREDICTIONS_SCHEMA = pa.schema(
-    [("search", _str), ("run_id", _str), ("config_id", _str), ("split", _str), ("fold", _i64), ("seed", _i64),
-     ("row", _i64), ("image", _str), ("group", _str), ("label", _i64), ("prob_positive", _f64)]
+    [("search", _str), ("run_id", _str), ("config_id", _str), ("split", _str), ("repeat", _i64), ("fold", _i64),
+     ("seed", _i64), ("row", _i64), ("image", _str), ("group", _str), ("label", _i64), ("prob_positive", _f64)]
 )
 
 # What a trial reports besides its epoch's columns: stored once per trial in trials.parquet

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from data_io import SOURCES, Augmentation, DataSpec, SyntheticSpec
 from models import BACKBONES, NORMALIZATIONS, WEIGHT_SOURCES, InitSpec, TrainSettings
+from results.evaluation import Planned
 from vocabulary import AVERAGE, FT, LP, LP_FT, STRATEGIES, TRAIN_LOSS, VAL_METRICS, UserError, check_name, val
 
 Strategy = Literal[STRATEGIES]  # type: ignore[valid-type]
@@ -274,6 +275,30 @@ class StorageConfig(_Strict):
     checkpoint_every: int = Field(1, ge=1)
 
 
+class EvaluationConfig(_Strict):
+    """How `evaluate` answers the study's question (its --repeats and --seeds override these).
+
+    Defaults are the ones benchmark B9 measured calibrated (benchmarks/README.md).
+    """
+
+    repeats: int = Field(2, ge=1, le=20)  # partitions of the repeated k-fold; repeat 0 is the search's
+    seeds: int = Field(1, ge=1, le=20)  # per fold, averaged within the fold before any test
+    # The primary family: comparisons `STRATEGY: INIT_A - INIT_B` or `INIT: STRATEGY_A - STRATEGY_B`,
+    # Holm-adjusted. Default: every pair of pretrained inits under each strategy.
+    primary: list[str] | None = None
+    rope: float = Field(0.01, ge=0.0, lt=1.0)  # region of practical equivalence, in units of the average
+
+    @field_validator("primary")
+    @classmethod
+    def _primary(cls, value):
+        if value is not None:
+            if not value:
+                raise ValueError("name at least one comparison, or leave the key out for the default")
+            for text in value:
+                Planned.parse(text)
+        return value
+
+
 class Config(_Strict):
     """A whole search file."""
 
@@ -284,6 +309,7 @@ class Config(_Strict):
     search: SearchConfig = SearchConfig()
     resources: ResourcesConfig = ResourcesConfig()
     storage: StorageConfig = StorageConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
 
     @field_validator("name")
     @classmethod
@@ -297,6 +323,14 @@ class Config(_Strict):
             raise ValueError(f"search.space.init: {unknown} not in model.inits ({', '.join(self.model.inits)})")
         if self.search.metric not in _REPORTED_METRICS:
             raise ValueError(f"search.metric: unknown {self.search.metric!r}; use one of {sorted(_REPORTED_METRICS)}")
+        for text in self.evaluation.primary or []:
+            plan = Planned.parse(text)
+            inits, strategies = set(self.inits), set(self.search.space.strategy)
+            if not ((plan.within in strategies and {plan.a, plan.b} <= inits and plan.a != plan.b)
+                    or (plan.within in inits and {plan.a, plan.b} <= strategies and plan.a != plan.b)):
+                raise ValueError(f"evaluation.primary: {text!r} compares no two searched cells; write "
+                                 f"'STRATEGY: INIT_A - INIT_B' (strategies {sorted(strategies)}, inits "
+                                 f"{sorted(inits)}) or 'INIT: STRATEGY_A - STRATEGY_B'")
         if not self.storage.path.startswith("s3://"):
             base = Path((info.context or {}).get("base_dir", "."))
             object.__setattr__(self.storage, "path", os.path.abspath(base / Path(self.storage.path).expanduser()))

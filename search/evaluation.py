@@ -1,9 +1,10 @@
 """`fundus-search evaluate`: the study's answer from a finished search.
 
-Each init x strategy cell's top K configurations are retrained from scratch on every fold of the
-search's split x R seeds, for a fixed number of epochs (no early stopping, no best-epoch
+Each init x strategy cell's top K configurations are retrained from scratch on every fold of R
+partitions of a repeated k-fold (repeat 0 is the search's own split) x S seeds, for a fixed
+number of epochs (no early stopping, no best-epoch
 picking on the fold being scored), and, when the config holds out a test split, on every
-non-test image x R seeds, scored once on the test images. The runs go through the search's own
+non-test image x S seeds, scored once on the test images. The runs go through the search's own
 machinery (the same trainable, resources, image sharing, checkpoints and retries) as one Ray
 Tune run over that grid; their last epoch's predictions are kept, and the table and the paired
 comparisons are computed from them (results.evaluation).
@@ -13,24 +14,26 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 import torch
 from ray import tune
 from ray.tune.search import Searcher
 
-from data_io import ImageCache, decode_image, prepare_images
-from models import Classifier, build_feature_net, cpu_ms_per_image
+from data_io import ImageCache, decode_image, held_out_indices, prepare_images
+from models import Classifier, build_feature_net, cpu_ms_samples
 from models.backbones import Head
 from results import ResultsStore, load_trials
-from results.evaluation import CV, TEST, load_evaluation, paired_comparisons, write_comparisons
+from results.evaluation import (CV, TEST, Planned, default_primary, load_evaluation, paired_comparisons,
+                                write_comparisons)
 from results.layout import EvaluationFolder, SearchFolder
 from results.store import EVALUATION_TABLES
 from vocabulary import (BATCH_SIZE, COMPLETED, CONFIG_FILE, EPOCHS_FILE, ERROR, EVALUATION_DIR, FOLD, FT_LR, INIT,
-                        LP_EPOCHS, LP_LR, METRICS, PARAMS, PREDICTIONS_FILE, ROW_LOG, RUNNING, RUNS_FILE, SEED,
+                        LP_EPOCHS, LP_LR, METRICS, PARAMS, PREDICTIONS_FILE, REPEAT, ROW_LOG, RUNNING, RUNS_FILE, SEED,
                         STOPPED_EARLY, STRATEGY, WEIGHT_DECAY, best, check_name, val)
 
 from .callbacks import ProgressCallback, epoch_row, error_line
@@ -47,13 +50,20 @@ _CHOSEN = (INIT, STRATEGY, LP_LR, FT_LR, LP_EPOCHS, WEIGHT_DECAY, BATCH_SIZE)  #
 
 @dataclass(frozen=True)
 class EvaluationRequest:
-    """What to retrain: each cell's `top` configurations, on `folds` (None: all) x `seeds` seeds,
-    for each configuration's best epoch of the search (`epochs="best"`) or search.max_epochs ("max")."""
+    """What to retrain: each cell's `top` configurations, on `folds` (None: all) of `repeats`
+    partitions x `seeds` seeds (None: the config's `evaluation` section), for each
+    configuration's best epoch of the search (`epochs="best"`) or search.max_epochs ("max")."""
 
     top: int = 1
-    seeds: int = 3
+    seeds: int | None = None
     folds: tuple[int, ...] | None = None
     epochs: str = "best"
+    repeats: int | None = None
+
+    def resolved(self, config: Config) -> "EvaluationRequest":
+        """This request with the config's repeats and seeds where it leaves them open."""
+        return replace(self, seeds=self.seeds or config.evaluation.seeds,
+                       repeats=self.repeats or config.evaluation.repeats)
 
     @classmethod
     def from_json(cls, stored: dict) -> "EvaluationRequest":
@@ -99,10 +109,11 @@ def _runs_of(trial: dict, rank: int, config: Config, request: EvaluationRequest,
               "max_epochs": int(trial["best_epoch"]) if request.epochs == "best" else config.search.max_epochs,
               "source_trial_id": trial["trial_id"], "source_optuna_number": int(trial["optuna_number"]),
               "search_score": float(trial[score]), "keep_predictions": True}
-    runs = [{**common, "split": CV, FOLD: fold, SEED: seed, "run_id": f"{config_id}-fold{fold}-seed{seed}"}
-            for fold in folds for seed in range(request.seeds)]
+    runs = [{**common, "split": CV, REPEAT: repeat, FOLD: fold, SEED: seed,
+             "run_id": f"{config_id}-{f'repeat{repeat}-' if repeat else ''}fold{fold}-seed{seed}"}
+            for repeat in range(request.repeats) for fold in folds for seed in range(request.seeds)]
     if config.data.test_fraction > 0:
-        runs += [{**common, "split": TEST, FOLD: None, SEED: seed, "run_id": f"{config_id}-test-seed{seed}"}
+        runs += [{**common, "split": TEST, REPEAT: None, FOLD: None, SEED: seed, "run_id": f"{config_id}-test-seed{seed}"}
                  for seed in range(request.seeds)]
     return runs
 
@@ -142,8 +153,8 @@ def _plain(value):
 
 
 def evaluation_label(config: dict) -> str:
-    """`flair     lp_ft  fold 2 seed 0`: an evaluation run on its progress line."""
-    where = f"fold {config[FOLD]}" if config["split"] == CV else "test  "
+    """`flair     lp_ft  repeat 1 fold 2 seed 0`: an evaluation run on its progress line."""
+    where = f"repeat {config.get(REPEAT) or 0} fold {config[FOLD]}" if config["split"] == CV else "test split    "
     return f"{config[INIT]:<9} {config[STRATEGY]:<6} {where} seed {config[SEED]}"
 
 
@@ -176,7 +187,8 @@ class EvaluationCallback(tune.Callback):
         run = trial.config
         for row, prob in zip(result.get("scored_rows") or [], result.get("scored_probabilities") or []):
             self.store.put(PREDICTIONS_FILE, {
-                "run_id": run["run_id"], "config_id": run["config_id"], "split": run["split"], "fold": run[FOLD],
+                "run_id": run["run_id"], "config_id": run["config_id"], "split": run["split"],
+                REPEAT: run.get(REPEAT), "fold": run[FOLD],
                 "seed": run[SEED], "row": row, "image": self.images["paths"][row], "group": self.images["groups"][row],
                 "label": self.images["labels"][row], "prob_positive": prob})
         self.store.put(RUNS_FILE, self.run_row(trial, result, status=RUNNING))
@@ -197,7 +209,7 @@ class EvaluationCallback(tune.Callback):
         epochs = self.store.rows(EPOCHS_FILE, trial.trial_id)
         return {
             "run_id": run["run_id"], "config_id": run["config_id"], "rank": run["rank"], "split": run["split"],
-            "trial_id": trial.trial_id, "status": status, **{p: run.get(p) for p in PARAMS},
+            "trial_id": trial.trial_id, "status": status, **{p: run.get(p) for p in PARAMS}, REPEAT: run.get(REPEAT),
             "epochs": run["max_epochs"], "source_trial_id": run["source_trial_id"],
             "source_optuna_number": run["source_optuna_number"], "search_score": run["search_score"],
             **{m: final.get(val(m)) for m in METRICS},
@@ -229,6 +241,7 @@ def start_evaluation(search_dir: Path, request: EvaluationRequest = EvaluationRe
         UserError (SearchError, ConfigError, WeightsError, ManifestError, ClusterError): nothing was written.
     """
     search, config, trials = _search_folder(search_dir)
+    request = request.resolved(config)
     runs = plan_runs(trials, config, request, search.path)
     try:
         name = check_name(name or EVALUATION_DIR)
@@ -245,20 +258,40 @@ def start_evaluation(search_dir: Path, request: EvaluationRequest = EvaluationRe
     cache = prepare_images(config.data.to_spec())
     connect(address)
     check_resources(config)
-    cpu = measure_cpu(config, cache, sorted({r["config_id"]: r[INIT] for r in runs}.items()))
+    cpu = measure_cpu(config, cache)
     try:
         folder.mkdir()
     except FileExistsError:  # another evaluate got here first: it owns the folder
         raise SearchError(f"{folder}: another `fundus-search evaluate` is writing it; wait for it, or pass "
                           "another --name") from None
     EvaluationFolder(path=folder, name=name, search_name=search.name, request=request.__dict__, runs=len(runs),
-                     cpu_ms_per_image=cpu, planned=[_planned(r) for r in runs]).write()
+                     protocol=protocol(config, request, cache), cpu_ms_per_image=cpu,
+                     planned=[_planned(r) for r in runs]).write()
     _run(folder, config, cache, runs, train_fn)
     return folder
 
 
 def _planned(run: dict) -> dict:
-    return {k: run[k] for k in ("run_id", "config_id", "split", FOLD, SEED)}
+    return {k: run[k] for k in ("run_id", "config_id", "split", REPEAT, FOLD, SEED)}
+
+
+def primary_question(config: Config) -> list[Planned]:
+    """The declared primary family: `evaluation.primary`, or every pair of pretrained inits under
+    each strategy (results.evaluation.default_primary)."""
+    if config.evaluation.primary:
+        return [Planned.parse(text) for text in config.evaluation.primary]
+    sources = {name: init.source for name, init in config.model.inits.items()}
+    return default_primary(config.inits, config.search.space.strategy, sources)
+
+
+def protocol(config: Config, request: EvaluationRequest, cache: ImageCache) -> dict:
+    """What evaluation.json declares before any run: the partitions, the test images, the question."""
+    data = config.data
+    test = held_out_indices(cache.labels, cache.groups, fraction=data.test_fraction, seed=data.seed)
+    return {"folds": len(request.folds) if request.folds is not None else data.folds, "k": data.folds,
+            "repeats": request.repeats, "seeds": request.seeds, "test_images": len(test),
+            "images": len(cache.labels), "dataset": cache.meta.get("fingerprint"),
+            "primary": [p.key for p in primary_question(config)], "rope": config.evaluation.rope}
 
 
 def _run(folder: Path, config: Config, cache: ImageCache, runs: list[dict], train_fn: Callable) -> None:
@@ -293,8 +326,8 @@ def resume_evaluation(folder: Path, *, address: str | None = None, train_fn: Cal
     connect(address)
     check_resources(config)
     if not ray_saved_state(folder):  # stopped between evaluation.json and Ray's first snapshot
-        runs = plan_runs(load_trials([search.path]), config, EvaluationRequest.from_json(evaluation.request),
-                         search.path)
+        request = EvaluationRequest.from_json(evaluation.request).resolved(config)
+        runs = plan_runs(load_trials([search.path]), config, request, search.path)
         discard_unsaved(folder, (ROW_LOG, *EVALUATION_TABLES))  # what Ray never recorded runs again
         _run(folder, config, cache, runs, train_fn)
         return folder
@@ -305,27 +338,36 @@ def resume_evaluation(folder: Path, *, address: str | None = None, train_fn: Cal
 
 
 def finish_evaluation(folder: Path, *, resamples: int = 2000) -> pd.DataFrame:
-    """Compute the paired comparisons of the finished runs and write comparisons.parquet
-    (the bootstrap is seeded with search.seed: the same runs give the same file)."""
+    """Compute the paired comparisons of the finished runs, for the question evaluation.json
+    declared, and write comparisons.parquet (the bootstrap is seeded with search.seed: the same
+    runs give the same file)."""
     config = load_config(Path(folder).parent / CONFIG_FILE)  # an evaluation sits in its search's folder
+    declared = EvaluationFolder.open(folder).protocol
+    primary = ([Planned.parse(t) for t in declared["primary"]] if declared.get("primary") is not None
+               else primary_question(config))
     sources = {name: init.source for name, init in config.model.inits.items()}
     runs, predictions = load_evaluation(folder)
-    comparisons = paired_comparisons(runs, predictions, sources, resamples=resamples, seed=config.search.seed)
+    comparisons = paired_comparisons(runs, predictions, sources, primary=primary,
+                                     rope=declared.get("rope", config.evaluation.rope), resamples=resamples,
+                                     seed=config.search.seed)
     write_comparisons(folder, comparisons)
     return comparisons
 
 
-def measure_cpu(config: Config, cache: ImageCache, configs: list[tuple[str, str]]) -> dict[str, dict]:
-    """CPU milliseconds per image of each configuration, from a decoded image of the dataset to
-    its probability, at batch 1, on 1 thread and on all of this machine's threads. LP, FT and
-    LP-FT of one init share one network, so each init is timed once."""
+def measure_cpu(config: Config, cache: ImageCache, *, repeats: int = 20) -> dict[str, dict]:
+    """CPU milliseconds per image of each network architecture, from a decoded image of the
+    dataset to its probability, at batch 1, on 1 thread and on all of this machine's threads:
+    `repeats` timings, kept as median and quartiles. Every init and strategy of one architecture
+    runs the same network, so they share one figure; its weights do not change the speed."""
     image = decode_image(Path(cache.meta["root"]) / cache.paths[0])
     preprocessing, threads = config.data.to_spec().preprocessing, os.cpu_count() or 1
-    per_init = {}
-    for init in sorted({i for _, i in configs}):
-        net = build_feature_net(config.model.init_spec(init), config.model.backbone, seed=0)
-        classifier = Classifier(net, Head(net.feature_dim, 2))
-        per_init[init] = {"ms_1_thread": cpu_ms_per_image(classifier, image, preprocessing, threads=1),
-                          "ms_all_threads": cpu_ms_per_image(classifier, image, preprocessing, threads=threads),
-                          "threads": threads, "torch": torch.__version__}
-    return {config_id: per_init[init] for config_id, init in configs}
+    arch = config.model.backbone
+    net = build_feature_net(config.model.init_spec(config.inits[0]), arch, seed=0)
+    classifier = Classifier(net, Head(net.feature_dim, 2))
+
+    def summary(n_threads: int) -> list[float]:
+        times = cpu_ms_samples(classifier, image, preprocessing, threads=n_threads, repeats=repeats)
+        return [float(x) for x in np.percentile(times, [50, 25, 75])]
+
+    return {arch: {"inits": list(config.inits), "ms_1_thread": summary(1), "ms_all_threads": summary(threads),
+                   "threads": threads, "repeats": repeats, "torch": torch.__version__}}

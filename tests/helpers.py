@@ -83,12 +83,12 @@ def write_results_dir(folder: Path) -> Path:
 
 
 EVALUATED_INITS = {"random": {"source": "random"}, "scratch": {"source": "random"}}
-EVALUATED_FOLDS, EVALUATED_SEEDS = (0, 1), 2
+EVALUATED_FOLDS, EVALUATED_REPEATS, EVALUATED_SEEDS = (0, 1), 2, 1
 
 
 def evaluated_search(folder: Path) -> Path:
     """A finished 4-trial search over 2 inits x (lp, ft) on 3 folds with a 20% test split and its
-    evaluation (folds 0 and 1 x 2 seeds), made by the real command line: `study`, killed with
+    evaluation (folds 0 and 1 of 2 repeats x 1 seed), made by the real command line: `study`, killed with
     SIGKILL once 3 evaluation runs are done; then `report` and `table --evaluation` of the
     killed study (kept as `killed-report.html` and `killed-table.txt` beside the runs); then the
     search folder is moved and `resume` of the moved search folder finishes the evaluation and
@@ -111,7 +111,7 @@ def evaluated_search(folder: Path) -> Path:
     # Own session: the study's Ray shares its process group, so exactly those are killed.
     with (folder / "study.out").open("w") as out:
         study = subprocess.Popen([cli, "study", str(folder / "c.yaml"), "--name", "s", "--seeds", str(EVALUATED_SEEDS),
-                                  "--folds", ",".join(map(str, EVALUATED_FOLDS))],
+                                  "--repeats", str(EVALUATED_REPEATS), "--folds", ",".join(map(str, EVALUATED_FOLDS))],
                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = time.monotonic() + 600
@@ -138,7 +138,7 @@ def evaluated_search(folder: Path) -> Path:
     resumed = subprocess.run([cli, "resume", str(moved)], capture_output=True, text=True, timeout=900,
                              start_new_session=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "paired comparisons" in resumed.stdout and f"report:      {moved / 'report.html'}" in resumed.stdout, \
+    assert "verdict (primary question" in resumed.stdout and f"report:      {moved / 'report.html'}" in resumed.stdout, \
         resumed.stdout[-3000:]
     assert not search.exists(), "resume of the moved folder wrote into its old place"
     return moved

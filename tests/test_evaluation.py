@@ -1,5 +1,6 @@
-"""`fundus-search evaluate` on a real tiny search: one run per configuration x fold x seed, every
-image predicted once per configuration and seed in its held-out fold, metrics recomputed from
+"""`fundus-search evaluate` on a real tiny search: one run per configuration x repeat x fold x
+seed, every image predicted once per configuration, repeat and seed in its held-out fold, the
+answer printed verdict first, metrics recomputed from
 the predictions, a test split outside every fold, kill and resume, one-line errors."""
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from results.evaluation import evaluation_table, load_evaluation, run_metrics
 from search.cli import main
 from tests.helpers import EVALUATED_FOLDS as FOLDS
 from tests.helpers import EVALUATED_INITS as INITS
+from tests.helpers import EVALUATED_REPEATS as REPEATS
 from tests.helpers import EVALUATED_SEEDS as SEEDS
+
+CV_RUNS = len(FOLDS) * REPEATS * SEEDS  # per configuration, and SEEDS on the test split
 
 pytestmark = pytest.mark.slow
 
@@ -31,30 +35,38 @@ def evaluation(evaluated_search) -> Path:
     return evaluated_search / "evaluation"
 
 
-def test_one_run_per_configuration_fold_and_seed_and_per_seed_on_the_test_split(evaluation):
+def test_one_run_per_configuration_repeat_fold_and_seed_and_per_seed_on_the_test_split(evaluation):
     runs = pd.read_parquet(evaluation / "runs.parquet")
     cells = len(INITS) * 2
-    assert len(runs) == cells * (len(FOLDS) + 1) * SEEDS and runs["run_id"].is_unique
+    assert len(runs) == cells * (CV_RUNS + SEEDS) and runs["run_id"].is_unique
     assert (runs["status"] == "completed").all()
     cv = runs[runs["split"] == "cv"]
-    assert sorted(cv.groupby("config_id").size().unique()) == [len(FOLDS) * SEEDS]
+    assert sorted(cv.groupby("config_id").size().unique()) == [CV_RUNS]
     assert set(cv["fold"]) == set(FOLDS) and set(runs["seed"]) == set(range(SEEDS))
-    assert runs.loc[runs["split"] == "test", "fold"].isna().all()
+    assert set(cv["repeat"]) == set(range(REPEATS))
+    assert runs.loc[runs["split"] == "test", ["fold", "repeat"]].isna().all().all()
+    protocol = json.loads((evaluation / "evaluation.json").read_text())["protocol"]
+    assert protocol["repeats"] == REPEATS and protocol["seeds"] == SEEDS and protocol["test_images"] > 0
+    assert protocol["primary"] == ["lp: random - scratch", "ft: random - scratch"]  # no pretrained init: every pair
     assert (runs["epochs"] >= 1).all() and runs["search_score"].notna().all()
 
 
-def test_every_image_is_predicted_once_per_configuration_and_seed_in_its_held_out_fold(search, evaluation):
+def test_every_image_is_predicted_once_per_configuration_repeat_and_seed_in_its_held_out_fold(search, evaluation):
     from search.config import load_config
     config = load_config(search / "config.yaml")
     predictions = pd.read_parquet(evaluation / "predictions.parquet")
     labels, groups = _dataset(search)
     cv = predictions[predictions["split"] == "cv"]
-    held_out = {fold: set(split_indices(labels, groups, folds=config.data.folds, fold=fold, seed=config.data.seed,
-                                        test_fraction=0.2)[1]) for fold in FOLDS}
-    for (config_id, seed), rows in cv.groupby(["config_id", "seed"]):
-        assert rows["row"].is_unique, f"{config_id} seed {seed}: an image predicted twice"
-        assert set(rows["row"]) == set().union(*held_out.values()), f"{config_id} seed {seed}: images missing"
-        assert all(row in held_out[fold] for row, fold in zip(rows["row"], rows["fold"])), "predicted outside its fold"
+    held_out = {(repeat, fold): set(split_indices(labels, groups, folds=config.data.folds, fold=fold,
+                                                  seed=config.data.seed, test_fraction=0.2, repeat=repeat)[1])
+                for repeat in range(REPEATS) for fold in FOLDS}
+    assert held_out[0, 0] != held_out[1, 0], "each repeat re-draws the partition"
+    for (config_id, repeat, seed), rows in cv.groupby(["config_id", "repeat", "seed"]):
+        where = f"{config_id} repeat {repeat} seed {seed}"
+        assert rows["row"].is_unique, f"{where}: an image predicted twice"
+        assert set(rows["row"]) == set().union(*(held_out[repeat, f] for f in FOLDS)), f"{where}: images missing"
+        assert all(row in held_out[repeat, fold] for row, fold in zip(rows["row"], rows["fold"])), \
+            "predicted outside its fold"
 
 
 def test_metrics_recomputed_from_the_predictions_equal_the_runs(evaluation):
@@ -95,10 +107,17 @@ def test_the_table_and_comparisons_come_back_from_parquet_without_ray(evaluation
     out = capsys.readouterr().out
     for r in table.itertuples():
         assert f"{r.average_mean:.3f} ± {r.average_std:.3f}" in out
-    assert "random - scratch (lp):" in out and "corrected t-test" in out and "paired bootstrap" in out
+    verdict = out.index("verdict (primary question")
+    assert verdict < out.index("cross-validated average of each cell") < out.index("cross-validated average and its")
+    assert "  lp: random - scratch = " in out[verdict:] and "  ft: random - scratch = " in out[verdict:]
     comparisons = pd.read_parquet(evaluation / "comparisons.parquet")
-    assert set(comparisons["method"]) == {"corrected t-test", "paired bootstrap"}
-    assert set(comparisons["split"]) == {"cv", "test"}
+    assert set(comparisons["method"]) == {"corrected repeated-CV t-test", "image bootstrap (descriptive)"}
+    assert set(comparisons["split"]) == {"cv", "test"} and set(comparisons["family"]) == {"primary", "secondary"}
+    cv = comparisons[comparisons["split"] == "cv"]
+    assert (cv["n"] == len(FOLDS) * REPEATS).all(), "one difference per (repeat, fold), seeds averaged"
+    assert comparisons.loc[comparisons["split"] == "test", "p_value"].isna().all(), "the test split is descriptive"
+    assert not (comparisons["p_value"] == 0).any()
+    assert cv["p_value"].isna().eq(cv["reason"].notna()).all(), "an undefined p-value always says why"
     assert main(["table", str(evaluation), "--evaluation", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == len(table)
 
@@ -142,7 +161,7 @@ def test_a_killed_study_said_it_was_incomplete_and_resume_of_its_moved_folder_fi
     """Right after the kill, `report` and `table --evaluation` said how much was missing (rows
     only the row log held included, no traceback); `resume` of the moved search folder then
     finished the evaluation and wrote the report there (tests.helpers.evaluated_search)."""
-    planned = len(INITS) * 2 * (len(FOLDS) + 1) * SEEDS
+    planned = len(INITS) * 2 * (CV_RUNS + SEEDS)
     table = (search.parent.parent / "killed-table.txt").read_text()
     killed = (search.parent.parent / "killed-report.html").read_text()
     finished = int(table.split(" of ")[0].removeprefix("INCOMPLETE: "))
@@ -150,14 +169,14 @@ def test_a_killed_study_said_it_was_incomplete_and_resume_of_its_moved_folder_fi
     assert table.startswith(f"INCOMPLETE: {finished} of {planned} runs finished; missing: ")
     assert f"Incomplete evaluation: {finished} of {planned} runs finished" in killed
     report = (search / "report.html").read_text()
-    assert "Incomplete evaluation" not in report and "Paired comparisons" in report
+    assert "Incomplete evaluation" not in report and "<h3>Verdict</h3>" in report
 
 
 def test_a_killed_evaluation_resumes_with_nothing_lost_or_twice(evaluation):
     """The fixture's study was killed with SIGKILL after 3 evaluation runs and resumed."""
     runs = pd.read_parquet(evaluation / "runs.parquet")
     predictions = pd.read_parquet(evaluation / "predictions.parquet")
-    assert len(runs) == len(INITS) * 2 * (len(FOLDS) + 1) * SEEDS and (runs["status"] == "completed").all()
+    assert len(runs) == len(INITS) * 2 * (CV_RUNS + SEEDS) and (runs["status"] == "completed").all()
     assert runs["run_id"].is_unique and not predictions.duplicated(["run_id", "row"]).any()
     assert set(predictions["run_id"]) == set(runs["run_id"])
 
@@ -186,7 +205,7 @@ def test_an_evaluation_stopped_before_ray_saved_anything_is_continued_by_the_com
     SearchFolder(path=copy, name="s", num_samples=4).write()  # a plain search, not a study: no report to write
     (copy / "evaluation").mkdir()
     EvaluationFolder(path=copy / "evaluation", name="evaluation", search_name="s", runs=2,
-                     request={"top": 1, "seeds": 1, "folds": [0], "epochs": "best"}).write()
+                     request={"top": 1, "seeds": 1, "repeats": 1, "folds": [0], "epochs": "best"}).write()
     assert main(["evaluate", str(copy)]) == 2
     err = capsys.readouterr().err
     assert f"continue it with `fundus-search resume {copy / 'evaluation'}`" in err, err
@@ -206,7 +225,7 @@ def test_a_second_evaluate_of_the_same_folder_is_one_line_and_writes_nothing(sea
 
     copy = _copy_of_the_search(search, tmp_path / "s")
 
-    def the_other_evaluate_wins(config, cache, configs):
+    def the_other_evaluate_wins(config, cache):
         (copy / "evaluation").mkdir()
         return {}
 

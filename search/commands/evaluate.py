@@ -1,5 +1,5 @@
-"""`fundus-search evaluate`: retrain each cell's winners on every fold x seeds; print the table
-and the paired comparisons."""
+"""`fundus-search evaluate`: retrain each cell's winners on every fold of a repeated k-fold x
+seeds; print the verdict, the grid, the comparisons and the table."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from ._args import UsageError, folder_name, number_above, quiet_optuna
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
-    evaluate = commands.add_parser("evaluate", help="retrain each cell's best configurations on every fold x seeds "
-                                                    "and compare them (the study's answer)")
+    evaluate = commands.add_parser("evaluate", help="retrain each cell's best configurations on every fold of a "
+                                                    "repeated k-fold and compare them (the study's answer)")
     evaluate.add_argument("results", type=Path, help="a finished (or resumed) search folder")
     add_request_arguments(evaluate)
     evaluate.add_argument("--name", type=folder_name, help="evaluation folder inside the search (default: evaluation)")
@@ -22,11 +22,14 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
 
 def add_request_arguments(parser: argparse.ArgumentParser) -> None:
-    """What to evaluate (`evaluate` and `study`): --top, --seeds, --folds, --epochs."""
+    """What to evaluate (`evaluate` and `study`): --top, --repeats, --seeds, --folds, --epochs."""
     parser.add_argument("--top", type=number_above(1, int, inclusive=True), default=1,
                         help="configurations per init x strategy cell, best first (default 1)")
-    parser.add_argument("--seeds", type=number_above(1, int, inclusive=True), default=3,
-                        help="seeds per fold (default 3)")
+    parser.add_argument("--repeats", type=number_above(1, int, inclusive=True),
+                        help="partitions of the repeated k-fold, repeat 0 the search's (default: the config's "
+                             "evaluation.repeats, 2)")
+    parser.add_argument("--seeds", type=number_above(1, int, inclusive=True),
+                        help="seeds per fold, averaged within the fold (default: evaluation.seeds, 1)")
     parser.add_argument("--folds", type=fold_list, help="comma-separated folds, e.g. 0,2 (default: all)")
     parser.add_argument("--epochs", choices=("best", "max"), default="best",
                         help="epochs per run: the configuration's best epoch in the search, or search.max_epochs")
@@ -35,7 +38,8 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
 def evaluation_request(args: argparse.Namespace):
     from ..evaluation import EvaluationRequest
 
-    return EvaluationRequest(top=args.top, seeds=args.seeds, folds=args.folds, epochs=args.epochs)
+    return EvaluationRequest(top=args.top, seeds=args.seeds, folds=args.folds, epochs=args.epochs,
+                             repeats=args.repeats)
 
 
 def fold_list(text: str) -> tuple[int, ...]:
@@ -57,26 +61,24 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
 
 def summarise_evaluation(folder: Path) -> int:
-    """The ending screen: how much finished, the table, the comparisons, the files.
+    """The ending screen, the answer first: the verdict on the primary question, the grid, the
+    secondary comparisons, then the full table and the files.
 
     Returns:
         0, or 1 when runs failed or did not finish.
     """
     from results.evaluation import evaluation_progress, evaluation_table, load_comparisons, load_evaluation
     from results.layout import EvaluationFolder
-    from results.tables import format_comparisons, format_evaluation_table
+    from results.tables import format_answer
 
     runs, predictions = load_evaluation(folder)
     progress = evaluation_progress(folder)
     if runs.empty:
         raise UsageError(f"{folder}: no run finished; their errors are in the error column of {RUNS_FILE}")
-    comparisons = load_comparisons(folder)
     print()
     if not progress.complete:
         print(f"INCOMPLETE: {progress.sentence()}\n")
-    print(format_evaluation_table(evaluation_table(runs, predictions), EvaluationFolder.open(folder).cpu_ms_per_image))
-    print()
-    print(format_comparisons(comparisons))
+    print(format_answer(evaluation_table(runs, predictions), load_comparisons(folder), EvaluationFolder.open(folder)))
     print(f"\nruns:        {folder / RUNS_FILE}")
     print(f"predictions: {folder / PREDICTIONS_FILE}")
     print(f"comparisons: {folder / COMPARISONS_FILE}")

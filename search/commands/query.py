@@ -75,20 +75,19 @@ def table_command(args: argparse.Namespace) -> int:
 
 
 def evaluation_table_command(args: argparse.Namespace) -> int:
-    """The evaluation's table (and comparisons), from its Parquet files; no Ray, no torch. An
+    """The evaluation's answer (verdict, grid, comparisons, table), from its Parquet files; no Ray, no torch. An
     unfinished evaluation says so first: how many runs finished and which are missing."""
     from results.evaluation import (evaluation_progress, evaluation_table, find_evaluation, load_comparisons,
                                     load_evaluation)
     from results.layout import EvaluationFolder
-    from results.tables import format_comparisons, format_evaluation_table
+    from results.tables import format_answer
 
     for path in args.results:
         folder = find_evaluation(path)
         runs, predictions = load_evaluation(folder)
         progress = evaluation_progress(folder)
         table = evaluation_table(runs, predictions)
-        text = format_evaluation_table(table, EvaluationFolder.open(folder).cpu_ms_per_image)
-        text += "\n\n" + format_comparisons(load_comparisons(folder))
+        text = format_answer(table, load_comparisons(folder), EvaluationFolder.open(folder))
         if not progress.complete:
             text = f"INCOMPLETE: {progress.sentence(folder)}\n\n{text}"
         print_frame(table, args, text)
