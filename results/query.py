@@ -75,17 +75,33 @@ def best_configs(trials: pd.DataFrame, *, metric: str = val(AVERAGE), mode: str 
     return rows.sort_values(column, ascending=mode == "min", na_position="last").head(top)
 
 
-def init_strategy_table(trials: pd.DataFrame, *, metric: str = val(AVERAGE), mode: str = "max") -> pd.DataFrame:
-    """For each (init, strategy) cell, the trial with the best `metric`, with kappa, F1 and specificity.
+DATASET = "dataset_fingerprint"  # searches of different data are never pooled into one cell
 
-    The shape of the seed paper's table. Columns: init, strategy, trials, and best_val_* of
-    the cell's winner, plus its trial_id and search.
+
+def init_strategy_table(trials: pd.DataFrame, *, metric: str = val(AVERAGE), mode: str = "max") -> pd.DataFrame:
+    """For each dataset and (init, strategy) cell, the trial with the best `metric`, with kappa, F1
+    and specificity.
+
+    The shape of the seed paper's table, once per dataset (fingerprint): searches of one
+    dataset share a table, searches of different datasets never do. Columns: dataset_fingerprint,
+    init, strategy, trials, and best_val_* of the cell's winner, plus its trial_id and search,
+    and `searches`: every search of that dataset.
     """
     column = metric_column(trials, metric)
+    trials = with_dataset(trials)
     rows = trials[trials["status"] != ERROR].dropna(subset=[column])
     order = rows.sort_values([column, "optuna_number"], ascending=[mode == "min", True])  # ties: the earlier trial
-    winners = order.groupby([INIT, STRATEGY], as_index=False).head(1)
-    counts = trials.groupby([INIT, STRATEGY]).size().rename("trials").reset_index()
-    keep = [INIT, STRATEGY, column, *(best(val(m)) for m in (KAPPA, F1, SPECIFICITY, AUC)), "trial_id", "search"]
-    table = counts.merge(winners[list(dict.fromkeys(keep))], on=[INIT, STRATEGY], how="left")
-    return table.sort_values([INIT, STRATEGY]).reset_index(drop=True)
+    cell = [DATASET, INIT, STRATEGY]
+    winners = order.groupby(cell, as_index=False).head(1)
+    counts = trials.groupby(cell).size().rename("trials").reset_index()
+    keep = [*cell, column, *(best(val(m)) for m in (KAPPA, F1, SPECIFICITY, AUC)), "trial_id", "search"]
+    table = counts.merge(winners[list(dict.fromkeys(keep))], on=cell, how="left")
+    searches = trials.groupby(DATASET)["search"].agg(lambda names: ", ".join(sorted(set(names.dropna()))))
+    table["searches"] = table[DATASET].map(searches)
+    return table.sort_values(cell).reset_index(drop=True)
+
+
+def with_dataset(trials: pd.DataFrame) -> pd.DataFrame:
+    """Trials with a dataset_fingerprint everywhere (`unrecorded` where a trial never reported one)."""
+    fingerprint = trials[DATASET] if DATASET in trials else pd.Series("unrecorded", index=trials.index)
+    return trials.assign(**{DATASET: fingerprint.fillna("unrecorded")})

@@ -8,7 +8,7 @@ import pandas as pd
 from vocabulary import (AUC, AVERAGE, F1, FT, FT_LR, INIT, KAPPA, LP, LP_EPOCHS, LP_FT, LP_LR, PARAMS, SPECIFICITY,
                         STRATEGY, WEIGHT_DECAY, best, held_out, val)
 
-from .query import metric_column
+from .query import DATASET, metric_column
 
 _SHOWN_WITH_BEST = tuple(best(val(m)) for m in (KAPPA, F1, SPECIFICITY, AUC))
 
@@ -17,17 +17,38 @@ def best_columns(frame: pd.DataFrame, metric: str) -> list[str]:
     """The columns `best` shows: identity, parameters, the metric, its epoch, the other metrics."""
     column = metric_column(frame, metric)
     extra = [c for c in _SHOWN_WITH_BEST if c != column]
-    return ["search", "trial_id", "status", *PARAMS, column, "best_epoch", *extra, "epochs_run"]
+    return ["search", DATASET, "trial_id", "status", *PARAMS, column, "best_epoch", *extra, "epochs_run"]
 
 
 def format_best(rows: pd.DataFrame) -> str:
-    shown = rows.drop(columns=["search", "trial_id"]).dropna(axis=1, how="all")
+    """The best trials; `search` and `dataset` columns appear when the rows come from several."""
+    shown = rows.drop(columns=["trial_id"])
+    if shown["search"].nunique() <= 1:
+        shown = shown.drop(columns=["search"])
+    if shown[DATASET].nunique(dropna=False) <= 1:
+        shown = shown.drop(columns=[DATASET])
+    else:
+        shown = shown.assign(**{DATASET: shown[DATASET].str[:12]}).rename(columns={DATASET: "dataset"})
+    shown = shown.dropna(axis=1, how="all")
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
         return shown.to_string(index=False)
 
 
 def format_table(table: pd.DataFrame, metric: str = val(AVERAGE)) -> str:
-    """init rows x strategy columns: `0.612 (k 0.41 F1 0.60 Sp 0.83) n=4`."""
+    """init rows x strategy columns: `0.612 (k 0.41 F1 0.60 Sp 0.83) n=4`, one table per dataset."""
+    datasets = list(dict.fromkeys(table[DATASET])) if DATASET in table else [None]
+    if len(datasets) == 1:
+        return _format_one_table(table, metric)
+    parts = [f"{len(datasets)} datasets (fingerprints differ): one table each, never pooled"]
+    for fingerprint in datasets:
+        rows = table[table[DATASET] == fingerprint]
+        searches = rows["searches"].iloc[0]
+        parts.append(f"\ndataset {fingerprint[:12]} (search{'es' if ',' in searches else ''} {searches}):\n"
+                     + _format_one_table(rows, metric))
+    return "\n".join(parts)
+
+
+def _format_one_table(table: pd.DataFrame, metric: str) -> str:
     column = metric_column(table, metric)
 
     def cell(r) -> str:
@@ -49,7 +70,8 @@ def format_winners(table: pd.DataFrame, trials: pd.DataFrame, metric: str = val(
     lines = ["each cell's winner:"]
     for r in table.dropna(subset=[column]).itertuples():
         t = by_id.loc[(r.search, r.trial_id)]
-        lines.append(f"  {r.init:<9} {r.strategy:<6} {getattr(r, column):.3f}  #{int(t['optuna_number'])} "
+        where = f"{r.search} " if table["search"].nunique() > 1 else ""
+        lines.append(f"  {r.init:<9} {r.strategy:<6} {getattr(r, column):.3f}  {where}#{int(t['optuna_number'])} "
                      f"{describe_params(t)} ({t['status']}, epoch {int(t['best_epoch'])})")
     return "\n".join(lines)
 

@@ -130,7 +130,11 @@ def search_label(config: dict) -> str:
 
 
 class ProgressCallback(Callback):
-    """One line per finished trial: how it ended and the best result so far.
+    """One line per finished trial: how it ended, its score and the best score so far.
+
+    A search trial's score is its best epoch's value of the metric (what trials.parquet's
+    `best_*`, `best`, `table` and Optuna hold); an evaluation run's is its last epoch's (the
+    model it scores), with `best_epoch=False`.
 
     Args:
         label: the trial's name on its line, from its config (a module-level function: the
@@ -138,11 +142,23 @@ class ProgressCallback(Callback):
     """
 
     def __init__(self, *, metric: str, mode: str, total: int, stream: TextIO | None = None,
-                 label: Callable[[dict], str] = search_label):
+                 label: Callable[[dict], str] = search_label, best_epoch: bool = True):
         self.metric, self.mode, self.total, self.label = metric, mode, total, label
-        self.stream = stream
+        self.stream, self.best_epoch = stream, best_epoch
         self.best: float | None = None
+        self.scores: dict[str, tuple[float, int]] = {}  # trial id -> (score, its epoch)
         self.done = 0
+
+    def _better(self, value: float, than: float | None) -> bool:
+        return than is None or (value > than if self.mode == "max" else value < than)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        value = result.get(self.metric)
+        if value is None or value != value:  # NaN
+            return
+        kept = self.scores.get(trial.trial_id)
+        if not self.best_epoch or kept is None or self._better(value, kept[0]):
+            self.scores[trial.trial_id] = (value, result.get("epoch", 0))
 
     def _say(self, text: str) -> None:
         print(text, file=self.stream or sys.stdout, flush=True)
@@ -156,11 +172,12 @@ class ProgressCallback(Callback):
     def _finish(self, trial: Trial, status: str, error: str | None = None) -> None:
         self.done += 1
         final = trial.last_result or {}
-        value = final.get(self.metric)
-        if value is not None and status != ERROR and (self.best is None or (value > self.best) == (self.mode == "max")):
+        value, epoch = self.scores.get(trial.trial_id, (None, None))
+        if value is not None and status != ERROR and self._better(value, self.best):
             self.best = value
         label = {COMPLETED: "completed", STOPPED_EARLY: "stopped early", ERROR: "FAILED"}[status]
-        shown = f"{self.metric} {value:.3f}" if value is not None and not error else error or "no result"
+        at = f" (epoch {epoch})" if self.best_epoch and epoch is not None else ""
+        shown = f"{self.metric} {value:.3f}{at}" if value is not None and not error else error or "no result"
         so_far = f"{self.best:.3f}" if self.best is not None else "-"
         self._say(f"[{self.done:>3}/{self.total}] {self.label(trial.config)} {label:<13} epoch {final.get('epoch', 0):>2}"
                   f"  {shown}  (best {so_far})")

@@ -307,7 +307,7 @@ def _callbacks(folder: Path, name: str, config: Config, cache: ImageCache, total
     return [EvaluationCallback(str(folder), name=name, images=_image_rows(cache),
                                metadata=provenance(config, cache.meta["fingerprint"])),
             ProgressCallback(metric=config.search.metric, mode=config.search.mode, total=total,
-                             label=evaluation_label)]
+                             label=evaluation_label, best_epoch=False)]
 
 
 def resume_evaluation(folder: Path, *, address: str | None = None, train_fn: Callable = train_trial) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import optuna
@@ -102,15 +103,32 @@ class PruningOptunaSearch(OptunaSearch):
         if not stored.state.is_finished() and result.get(TRAINING_ITERATION) not in stored.intermediate_values:
             super().on_trial_result(trial_id, result)
 
+    def _setup_study(self, mode) -> None:
+        """Ray's study, with its objective named after the metric (optuna-dashboard shows the name)."""
+        super()._setup_study(mode)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._ot_study.set_metric_names([self._metric])
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """Tells a completed trial's score: its best epoch's value of the metric (the one score the
+        progress line, `best`, `table` and the evaluation use), not its last epoch's."""
         if trial_id in self._completed_trials or self._finished_in_study(trial_id):
             self._completed_trials.add(trial_id)
             return
         status = trial_status(result, error=error)
         state = _STATES.get(status, TrialState.PRUNED)
-        value = result.get(self.metric) if result and state == TrialState.COMPLETE else None
+        value = self._best_reported(trial_id, result) if result and state == TrialState.COMPLETE else None
         self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
         self._completed_trials.add(trial_id)
+
+    def _best_reported(self, trial_id: str, result: dict) -> float | None:
+        """The best of the epoch values the study holds for this trial, or the last result's."""
+        stored = self._ot_study._storage.get_trial(self._ot_trials[trial_id]._trial_id)
+        values = [v for v in stored.intermediate_values.values() if v == v]  # NaN epochs never win
+        if not values:
+            return result.get(self.metric)
+        return max(values) if self.mode == "max" else min(values)
 
 
 def make_sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:

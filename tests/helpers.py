@@ -68,15 +68,18 @@ def trial_row(trial_id, number, init, strategy, average, **extra) -> dict:
             "best_val_specificity": average + 0.1, "best_val_auc": 0.8, "epochs_run": 3, **extra}
 
 
-def write_results_dir(folder: Path) -> Path:
-    """A search folder with six trials: flair lp 0.60 and 0.65, flair lp_ft 0.70, imagenet ft 0.55
-    and an errored 0.90, random ft 0.40 stopped early; one epoch row."""
+def write_results_dir(folder: Path, *, dataset: str = "d" * 64, shift: float = 0.0) -> Path:
+    """A search folder with six trials of `dataset` (a fingerprint): flair lp 0.60 and 0.65, flair
+    lp_ft 0.70, imagenet ft 0.55 and an errored 0.90, random ft 0.40 stopped early (each + shift);
+    one epoch row."""
     store = ResultsStore(str(folder), search=folder.name, metadata={"config": "name: s1"})
-    for row in [trial_row("a", 0, "flair", "lp", 0.60), trial_row("b", 1, "flair", "lp", 0.65),
+    rows = [trial_row("a", 0, "flair", "lp", 0.60), trial_row("b", 1, "flair", "lp", 0.65),
                 trial_row("c", 2, "flair", "lp_ft", 0.70), trial_row("d", 3, "imagenet", "ft", 0.55),
                 trial_row("e", 4, "imagenet", "ft", 0.90, status="error"),
-                trial_row("f", 5, "random", "ft", 0.40, status="stopped_early")]:
-        store.put(TRIALS_FILE, row)
+                trial_row("f", 5, "random", "ft", 0.40, status="stopped_early")]
+    for row in rows:
+        store.put(TRIALS_FILE, {**row, "best_val_average": row["best_val_average"] + shift,
+                                "dataset_fingerprint": dataset})
     store.put(EPOCHS_FILE, {"trial_id": "a", "epoch": 1, "phase": "lp", "val_average": 0.5})
     store.close()
     return folder

@@ -22,7 +22,7 @@ def test_best_command_orders_filters_and_formats(results_dir, capsys):
     assert [r["trial_id"] for r in rows] == ["c", "b"]
     assert main(["best", str(results_dir), "--where", "strategy == 'ft'", "--csv"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("search,trial_id,status,init") and len(out) == 3  # header, d, f (e errored)
+    assert out[0].startswith("search,dataset_fingerprint,trial_id,status,init") and len(out) == 3  # d, f (e errored)
     assert main(["best", str(results_dir.parent), "--metric", "val_kappa", "--top", "1"]) == 0
     assert "lp_ft" in capsys.readouterr().out
 
@@ -33,6 +33,24 @@ def test_table_command_prints_the_paper_shape(results_dir, capsys):
     assert "best val_average per init x strategy" in out
     flair_line = next(line for line in out.splitlines() if line.startswith("flair"))
     assert "0.650 (k 0.55 F1 0.65 Sp 0.75) n=2" in flair_line and "0.700" in flair_line
+
+
+def test_searches_of_different_datasets_are_never_pooled_into_one_table(results_dir, tmp_path, capsys):
+    from tests.helpers import write_results_dir
+    write_results_dir(tmp_path / "s2", dataset="e" * 64, shift=0.2)  # another dataset: flair lp 0.85
+    write_results_dir(tmp_path / "s3", shift=-0.1)  # results_dir's dataset again: pooled with it
+    assert main(["table", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("2 datasets (fingerprints differ): one table each, never pooled")
+    first, second = out.split("dataset eeeeeeeeeeee (search s2):")
+    assert "dataset dddddddddddd (searches s1, s3):" in first and "0.650 (k 0.55" in first and "0.850" not in first
+    assert "0.850 (k 0.55" in second and "s2 #1" in second
+    assert main(["best", str(tmp_path), "--top", "10"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:2] == ["search", "dataset"] and "eeeeeeeeeeee" in out
+    assert main(["table", str(tmp_path), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["dataset_fingerprint"] for r in rows} == {"d" * 64, "e" * 64}
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -202,3 +202,22 @@ def test_flip_only_augmentation_mirrors_the_image():
     spec = Augmentation(flip=1.0, rotation_deg=0, scale=0, brightness=0, contrast=0)
     out = augment(batch, torch.Generator().manual_seed(0), spec)
     assert torch.allclose(out, batch.flip(-1), atol=1e-5)
+
+
+def test_repeated_partitions_differ_and_each_is_stratified_and_grouped():
+    labels = np.array([0] * 60 + [1] * 40)
+    groups = [f"img{i // 2}" for i in range(100)]
+    search_partition = fold_indices(labels, groups, folds=5, fold=0, seed=7)[1]
+    assert np.array_equal(fold_indices(labels, groups, folds=5, fold=0, seed=7, repeat=0)[1], search_partition), \
+        "repeat 0 is the search's own partition"
+    firsts = []
+    for repeat in range(3):
+        seen = []
+        for fold in range(5):
+            train, val = fold_indices(labels, groups, folds=5, fold=fold, seed=7, repeat=repeat)
+            assert {groups[i] for i in train}.isdisjoint({groups[i] for i in val}), "a group split across a fold"
+            assert abs(labels[val].mean() - 0.4) < 0.1
+            seen.extend(val)
+        assert sorted(seen) == list(range(100))
+        firsts.append(tuple(fold_indices(labels, groups, folds=5, fold=0, seed=7, repeat=repeat)[1]))
+    assert len(set(firsts)) == 3, "each repeat re-draws the partition"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import sys
 from pathlib import Path
-
 
 import optuna
 import pandas as pd
@@ -40,7 +41,9 @@ def search(ray_2_cpus, pretrained_flair, tmp_path_factory):
     folder = tmp_path_factory.mktemp("search")
     config = folder / "config.yaml"
     config.write_text(yaml.safe_dump(tiny_search_config(storage=folder / "runs", flair=pretrained_flair)))
-    paths, _ = start_search(config, name="s1")
+    with contextlib.redirect_stdout(io.StringIO()) as printed:  # the progress lines (the driver prints them)
+        paths, _ = start_search(config, name="s1")
+    (folder / "printed.txt").write_text(printed.getvalue())
     return Path(paths.results)
 
 
@@ -98,6 +101,23 @@ def test_scheduler_stopped_trials_are_pruned_in_the_optuna_study(search):
     completed = trials[trials["status"] == "completed"]["optuna_number"]
     assert all(states[n] == optuna.trial.TrialState.COMPLETE for n in completed)
     assert len(study.trials) == 8
+
+
+def test_the_progress_line_best_and_optuna_hold_one_score_per_trial(search):
+    """A trial's score is its best epoch's value: printed, in trials.parquet, and told to Optuna
+    (whose objective is named after the metric, for optuna-dashboard)."""
+    trials = pd.read_parquet(search / "trials.parquet").set_index("optuna_number")
+    study = optuna.load_study(study_name="s1", storage=f"sqlite:///{search / 'optuna.db'}")
+    assert study.metric_names == ["val_average"]
+    printed = (search.parent.parent / "printed.txt").read_text()
+    lines = {int(line.split("#")[1].split()[0]): line for line in printed.splitlines() if "] #" in line}
+    assert len(lines) == 8, printed[-2000:]
+    for t in study.trials:
+        score = trials.loc[t.number, "best_val_average"]
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert t.value == pytest.approx(score)
+        shown = f"val_average {score:.3f} (epoch {int(trials.loc[t.number, 'best_epoch'])})"
+        assert shown in lines[t.number], (shown, lines[t.number])
 
 
 def _fail_once_after_epoch_3(params, **kwargs):
