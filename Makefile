@@ -16,12 +16,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The demo: the ImageNet and FLAIR stand-ins, then the study: a search, its evaluation (every
-# cell's winner on every fold, and on the held-out test split) and the report, all in
+# cell's winner on every fold of 2 partitions, and on the held-out test split) and the report, all in
 # runs/demo-<timestamp>/.
 DEMO := demo-$(shell date +%Y%m%d-%H%M%S)
 
 run: $(STAMP) $(DEMO_WEIGHTS)/demo-weights.json
-	$(BIN)/fundus-search study search/configs/demo.yaml --name $(DEMO) --seeds 1
+	$(BIN)/fundus-search study search/configs/demo.yaml --name $(DEMO)
 
 # Pretrained again when the recipe (search/demo/) changes; cached otherwise.
 $(DEMO_WEIGHTS)/demo-weights.json: $(STAMP) search/demo/weights.py search/demo/corpora.py

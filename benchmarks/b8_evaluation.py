@@ -60,7 +60,8 @@ def one_evaluation(folder: Path, index: int, *, tiny: bool) -> dict:
     search = search_folder(folder / f"repeat{index}", folder / "cache", tiny=tiny)
     prepare_images(load_config(search / CONFIG_FILE).data.to_spec())  # decoding is not orchestration
     start = time.monotonic()
-    evaluation = start_evaluation(search, EvaluationRequest(seeds=1 if tiny else 2, folds=(0,) if tiny else None))
+    evaluation = start_evaluation(search, EvaluationRequest(seeds=1 if tiny else 2, repeats=1,
+                                                            folds=(0,) if tiny else None))
     wall = time.monotonic() - start
     runs = pd.read_parquet(evaluation / RUNS_FILE)
     cpus = ray.cluster_resources()["CPU"]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 
 from . import (b1_data_path, b2_lp_trials, b3_search_efficiency, b4_orchestration, b5_memory, b6_gpu, b7_gpu_search,
-               b8_evaluation)
+               b8_evaluation, b9_calibration, b9_real_nulls)
 
 BENCHMARKS = {"b1_data_path": b1_data_path, "b2_lp_trials": b2_lp_trials,
               "b3_search_efficiency": b3_search_efficiency, "b4_orchestration": b4_orchestration,
               "b5_memory": b5_memory, "b6_gpu": b6_gpu, "b7_gpu_search": b7_gpu_search,
-              "b8_evaluation": b8_evaluation}
+              "b8_evaluation": b8_evaluation, "b9_calibration": b9_calibration, "b9_real_nulls": b9_real_nulls}
 
 
 def summary_line(name: str, record: dict) -> str:
@@ -22,6 +22,11 @@ def summary_line(name: str, record: dict) -> str:
         "b4_orchestration": lambda r: (f"overhead {100 * r['overhead_median']:.1f}%, first report after "
                                        f"{r['first_report_latency_median_seconds']:.2f} s"),
         "b8_evaluation": lambda r: f"overhead {100 * r['overhead_median']:.1f}% over {r['runs_per_evaluation']} runs",
+        "b9_calibration": lambda r: (f"null studies: printed tests <= {100 * r['max_false_positive_rate']:.1f}% "
+                                     f"false positives, Holm family-wise <= {100 * r['max_family_wise_error_rate']:.1f}%"),
+        "b9_real_nulls": lambda r: (f"{r['studies']} real null studies: {100 * r['false_positive_rate']['rate']:.0f}% "
+                                    f"false positives (95% CI {100 * r['false_positive_rate']['ci95'][0]:.0f}-"
+                                    f"{100 * r['false_positive_rate']['ci95'][1]:.0f}%)"),
         "b5_memory": lambda r: (f"2 sharing trials {r['shared_two_over_single']:.2f}x one trial "
                                 f"(own copies {r['own_copy_two_over_single']:.2f}x)"),
         "b6_gpu": lambda r: (", ".join(f"{k} {v['images_per_second']:.0f} img/s" for k, v in r["results"].items()

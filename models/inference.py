@@ -32,6 +32,7 @@ def cpu_ms_samples(classifier: torch.nn.Module, image: np.ndarray, preprocessing
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
+        @torch.inference_mode()  # as deployed: no autograd bookkeeping
         def classify() -> float:
             x = to_float(torch.from_numpy(preprocess_image(image, preprocessing)[None]))  # (1, 3, S, S)
             return float(torch.softmax(classifier(x), dim=1)[0, 1])

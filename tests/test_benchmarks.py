@@ -34,4 +34,5 @@ def test_benchmark_runs_tiny_and_writes_json(name, tmp_path, monkeypatch):
     assert "target" in written and run_all.summary_line(name, record).startswith(name)
     if not written.get("skipped"):
         assert any(k in written for k in ("speedup", "speedup_min", "overhead_median", "shared_two_over_single", "results",
-                                             "methods", "checkpoint"))
+                                             "methods", "checkpoint", "max_false_positive_rate",
+                                             "false_positive_rate"))
