@@ -29,9 +29,9 @@ SECTIONS = {"answer": "The answer", "diagnostics": "Out-of-fold diagnostics", "s
             "parameters": "What matters", "provenance": "Provenance"}
 _SEARCHED = {"lp": [LP_LR, WEIGHT_DECAY], "ft": [FT_LR, WEIGHT_DECAY], "lp_ft": [LP_LR, FT_LR, LP_EPOCHS, WEIGHT_DECAY]}
 _CSS = """
-body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
+body { font-family: system-ui, sans-serif; max-width: 1300px; margin: 2em auto; padding: 0 1em; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
-table.data { border-collapse: collapse; font-size: .85em; margin: .5em 0; }
+table.data { border-collapse: collapse; font-size: .8em; margin: .5em 0; }
 table.data th, table.data td { border: 1px solid #ddd; padding: .25em .5em; text-align: right; white-space: nowrap; }
 table.data th { background: #f4f4f4; white-space: normal; } .wide { overflow-x: auto; } figure { margin: 1em 0; } img { max-width: 100%; }
 figcaption, .note { color: #555; font-size: .9em; } pre { background: #f7f7f7; padding: .8em; overflow-x: auto; }

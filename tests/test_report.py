@@ -5,7 +5,9 @@ one-line errors."""
 from __future__ import annotations
 
 import base64
+import html
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -55,9 +57,14 @@ def test_the_answer_shows_the_numbers_of_the_parquet_files(report, evaluated_sea
             assert f"{mean:.3f} ± {std:.3f}" in answer, f"{r.config_id} {metric}"
         assert f"{r.oof_auc:.3f}" in answer and f"{r.search_score:.3f}" in answer
     comparisons = pd.read_parquet(evaluated_search / "evaluation" / "comparisons.parquet")
-    assert len(comparisons)
-    for c in comparisons.itertuples():
-        assert f"{c.difference:+.3f} average [95% CI {c.ci_low:+.3f}, {c.ci_high:+.3f}]" in answer
+    cv = comparisons[comparisons["split"] == "cv"]
+    assert len(cv) and answer.index("<h3>Verdict</h3>") < answer.index("Secondary comparisons") < answer.index("All metrics")
+    for c in cv[cv["family"] == "primary"].itertuples():
+        head = f"{c.within}: {c.name_a} - {c.name_b} = {c.difference:+.3f} average"
+        assert head + (": not testable" if isinstance(c.reason, str) else
+                       f" [95% CI {c.ci_low:+.3f}, {c.ci_high:+.3f}], Holm p = ") in answer, head
+    for c in cv[cv["family"] == "secondary"].itertuples():
+        assert f"<td>{c.comparison}</td>\n      <td>{c.difference:+.3f}</td>" in answer, c.comparison
 
 
 def test_a_search_without_evaluation_is_reported_and_says_how_to_evaluate(evaluated_search, tmp_path):
@@ -91,6 +98,22 @@ def test_a_real_browser_renders_the_report_offline_without_errors(evaluated_sear
     assert not console, f"the page logged: {console}"
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.std() > 20 and (pixels < 128).mean() > 0.01, "the screenshot is blank"
+    # Laid out in a 1400-px-wide frame, no table scrolls sideways, nor the page; the verdict comes first.
+    probe = tmp_path / "probe.html"
+    probe.write_text("""<!DOCTYPE html><html><body><iframe id="f" src="report.html" style="width:1400px;height:4000px">
+</iframe><script>document.getElementById("f").onload = () => {
+  const d = document.getElementById("f").contentDocument, text = d.body.innerText;
+  document.body.dataset.result = JSON.stringify({
+    tables: [...d.querySelectorAll(".wide")].map(e => e.scrollWidth - e.clientWidth),
+    page: d.documentElement.scrollWidth - d.documentElement.clientWidth,
+    verdict: text.indexOf("Verdict"), metrics: text.indexOf("All metrics")});
+};</script></body></html>""")
+    dom = subprocess.run([chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+                          "--virtual-time-budget=10000", "--host-resolver-rules=MAP * ~NOTFOUND", "--dump-dom",
+                          f"file://{probe}"], capture_output=True, text=True, timeout=180).stdout
+    laid_out = json.loads(html.unescape(re.search(r'data-result="([^"]*)"', dom).group(1)))
+    assert laid_out["page"] <= 0 and max(laid_out["tables"]) <= 0, f"scrolls sideways at 1400 px: {laid_out}"
+    assert 0 <= laid_out["verdict"] < laid_out["metrics"], laid_out
 
 
 @pytest.mark.parametrize("case,message", [
