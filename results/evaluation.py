@@ -22,7 +22,7 @@ from .metrics import classification_metrics, predict
 from .layout import EvaluationFolder, SearchFolder, write_atomic
 from .query import ResultsError, read_parquet
 from .store import EVALUATION_TABLES, current_table
-from .statistics import (BOOTSTRAP_ASSUMES, TTEST_ASSUMES, bayesian_correlated_ttest, benjamini_hochberg,
+from .statistics import (BOOTSTRAP_ASSUMES, CALIBRATED_PROTOCOLS, TTEST_ASSUMES, bayesian_correlated_ttest, benjamini_hochberg,
                          bootstrap_spread, corrected_cv_ttest, holm)
 from .tables import describe_params
 
@@ -255,7 +255,7 @@ def planned_comparisons(cells: list[tuple[str, str]], sources: dict[str, str],
 
 def paired_comparisons(runs: pd.DataFrame, predictions: pd.DataFrame, sources: dict[str, str], *,
                        primary: list[Planned], rope: float = 0.01, resamples: int = 2000,
-                       seed: int = 0) -> pd.DataFrame:
+                       seed: int = 0, protocol: tuple[int, int, int] | None = None) -> pd.DataFrame:
     """The study's comparisons of each cell's rank-1 configuration, on the challenge average.
 
     Cross-validated: the corrected repeated k-fold t-test and the Bayesian correlated t-test
@@ -263,6 +263,10 @@ def paired_comparisons(runs: pd.DataFrame, predictions: pd.DataFrame, sources: d
     fold. The primary family's p-values are Holm-adjusted and its intervals simultaneous
     (Bonferroni, 1 - 0.05/m); the secondary family gets Benjamini-Hochberg q-values. On the
     test split: the difference and its spread over test images, descriptive, no p-value.
+
+    Args:
+        protocol: (k, repeats, seeds) of the evaluation, every fold scored; `calibrated` is
+            True only for one in statistics.CALIBRATED_PROTOCOLS.
     """
     if runs.empty or predictions.empty:
         return pd.DataFrame()
@@ -276,7 +280,7 @@ def paired_comparisons(runs: pd.DataFrame, predictions: pd.DataFrame, sources: d
         a, b = (top[(top[INIT] == c[0]) & (top[STRATEGY] == c[1])] for c in plan.cells({LP, FT, LP_FT}))
         common = {"family": family, "comparison": plan.key, "within": plan.within, "name_a": plan.a,
                   "name_b": plan.b, "a": a["config_id"].iloc[0], "b": b["config_id"].iloc[0], "metric": AVERAGE,
-                  "rope": rope}
+                  "rope": rope, "calibrated": protocol in CALIBRATED_PROTOCOLS}
         confidence = 1 - 0.05 / m if family == PRIMARY else 0.95
         rows.append(_compare_cv(a, b, common, confidence))
         test = _compare_test(a, b, predictions, common, resamples, seed)

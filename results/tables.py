@@ -9,6 +9,7 @@ from vocabulary import (AUC, AVERAGE, F1, FT, FT_LR, INIT, KAPPA, LP, LP_EPOCHS,
                         STRATEGY, WEIGHT_DECAY, best, held_out, val)
 
 from .query import DATASET, metric_column
+from .statistics import CALIBRATED_PROTOCOLS
 
 _SHOWN_WITH_BEST = tuple(best(val(m)) for m in (KAPPA, F1, SPECIFICITY, AUC))
 
@@ -151,7 +152,10 @@ def protocol_sentence(protocol: dict, table: pd.DataFrame) -> str:
     primary = protocol.get("primary")
     if primary is not None:
         text += f"; primary question: {len(primary)} comparison{'s' if len(primary) != 1 else ''}"
-    return text
+    calibrated = folds == k and (k, repeats, seeds) in CALIBRATED_PROTOCOLS
+    return text + ("; a protocol benchmark B9 measured calibrated" if calibrated else
+                   "; NOT a protocol benchmark B9 measured calibrated (3 folds x 1-2 repeats x 1 seed): "
+                   "p-values are descriptive")
 
 
 def verdict_sentences(comparisons: pd.DataFrame) -> list[str]:
@@ -159,10 +163,12 @@ def verdict_sentences(comparisons: pd.DataFrame) -> list[str]:
     `lp: flair - imagenet = +0.031 average [95% CI +0.004, +0.058], Holm p = 0.04; P(flair better
     by > 0.01) = 0.87: flair ahead`.
 
-    Wording rules: `X ahead` only when the Holm-adjusted p-value is below 0.05 and neither arm
-    has a run that predicted one class for every image; `not interpretable` when one has (the
-    numbers are still shown); `not testable` when the test is undefined (the reason is given);
-    otherwise `no detectable difference`. The interval is simultaneous over the primary family
+    Wording rules: `X ahead` only when the Holm-adjusted p-value is below 0.05, neither arm has a
+    run that predicted one class for every image and the protocol (k x repeats x seeds, every
+    fold scored) is one benchmark B9 measured calibrated; `not interpretable` when an arm has
+    such runs (the numbers are still shown); `descriptive only` for another protocol; `not
+    testable` when the test is undefined (the reason is given); otherwise `no detectable
+    difference`. The interval is simultaneous over the primary family
     (Bonferroni, 1 - 0.05/m), so it excludes 0 only when Holm also rejects.
     """
     primary = _cv(comparisons)
@@ -179,6 +185,8 @@ def _sentence(r, correction: str) -> str:
             f"{_p(r.p_adjusted)}; P({leader} better by > {r.rope:g}) = {probability:.2f}")
     if isinstance(r.flags, str):
         return f"{text}: not interpretable, {r.flags}"
+    if not getattr(r, "calibrated", False):
+        return f"{text}: descriptive only (this protocol is not one benchmark B9 found calibrated)"
     return f"{text}: {leader} ahead" if r.p_adjusted < 0.05 else f"{text}: no detectable difference"
 
 

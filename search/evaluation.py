@@ -347,9 +347,11 @@ def finish_evaluation(folder: Path, *, resamples: int = 2000) -> pd.DataFrame:
                else primary_question(config))
     sources = {name: init.source for name, init in config.model.inits.items()}
     runs, predictions = load_evaluation(folder)
+    every_fold = declared.get("folds") == declared.get("k")
     comparisons = paired_comparisons(runs, predictions, sources, primary=primary,
                                      rope=declared.get("rope", config.evaluation.rope), resamples=resamples,
-                                     seed=config.search.seed)
+                                     seed=config.search.seed,
+                                     protocol=(declared["k"], declared["repeats"], declared["seeds"]) if every_fold else None)
     write_comparisons(folder, comparisons)
     return comparisons
 

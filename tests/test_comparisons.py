@@ -42,9 +42,9 @@ def tables(quality: dict[str, float], *, constant: tuple[str, ...] = (), seed: i
     return pd.DataFrame(runs), pd.DataFrame(predictions)
 
 
-def compare(runs, predictions, primary=None):
+def compare(runs, predictions, primary=None, protocol=None):
     primary = primary if primary is not None else default_primary(sorted(set(runs["init"])), ["lp"], SOURCES)
-    return paired_comparisons(runs, predictions, SOURCES, primary=primary, rope=0.01)
+    return paired_comparisons(runs, predictions, SOURCES, primary=primary, rope=0.01, protocol=protocol)
 
 
 def test_seeds_are_averaged_within_each_fold_before_the_test():
@@ -99,6 +99,25 @@ def test_a_missing_run_is_left_out_not_counted_as_a_negative():
     assert table.loc["imagenet", "single_class_runs"] == 0
     full = evaluation_table(runs, predictions).set_index("init")
     assert table.loc["imagenet", "average_mean"] == pytest.approx(full.loc["imagenet", "average_mean"], abs=0.05)
+
+
+def test_only_a_calibrated_protocol_reads_a_difference_as_a_finding():
+    runs, predictions = tables({"flair": 0.6, "imagenet": 0.3})
+    calibrated = verdict_sentences(compare(runs, predictions, protocol=(3, 2, 1)))[0]
+    assert calibrated.startswith("lp: flair - imagenet = +") and calibrated.endswith(": flair ahead"), calibrated
+    other = verdict_sentences(compare(runs, predictions, protocol=(5, 2, 1)))[0]
+    assert other.endswith("descriptive only (this protocol is not one benchmark B9 found calibrated)"), other
+
+
+def test_the_calibrated_protocols_are_the_ones_benchmark_b9_measured():
+    import json
+    from pathlib import Path
+
+    from results.statistics import CALIBRATED_PROTOCOLS
+    record = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / "b9_calibration.json").read_text())
+    measured = {tuple(int(x) for x in name.split("x")) for name, figures in record["by_protocol"].items()
+                if figures["calibrated"]}
+    assert CALIBRATED_PROTOCOLS == measured
 
 
 def test_comparisons_are_written_as_strategy_a_minus_b_and_parsed_back():
