@@ -42,6 +42,7 @@ INIT, STRATEGY, LP_LR, FT_LR, LP_EPOCHS, WEIGHT_DECAY, BATCH_SIZE, SEED, FOLD = 
     "init", "strategy", "lp_lr", "ft_lr", "lp_epochs", "weight_decay", "batch_size", "seed", "fold")
 PARAMS = (INIT, STRATEGY, LP_LR, FT_LR, LP_EPOCHS, WEIGHT_DECAY, BATCH_SIZE, SEED, FOLD)
 REPEAT = "repeat"  # an evaluation run's partition of the repeated k-fold (0: the search's)
+TRAIN_SEED = "train_seed"  # an evaluation run's training seed, when it is not its `seed` (see search.evaluation)
 NUMERIC_PARAMS = (LP_LR, FT_LR, LP_EPOCHS, WEIGHT_DECAY)  # ranges in the config; lp_epochs an integer
 RATES = (LP_LR, FT_LR, WEIGHT_DECAY)  # searched on a log scale
 

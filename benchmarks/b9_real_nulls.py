@@ -10,8 +10,9 @@ study draws a new dataset (synthetic seed), a new base network and a new search 
 (`evaluation` defaults: repeats and seeds), and reads back `comparisons.parquet`.
 
 Recorded: the false-positive rate of the printed test (raw p < 0.05, Holm p < 0.05 and
-P(better by > rope) > 0.95) per comparison, and the family-wise rate per study, each with its
-Clopper-Pearson 95% interval. The target: each interval overlaps 5%.
+P(better by > rope) > 0.95) per comparison, the family-wise rate per study, and the rate of
+verdicts that read "X ahead" (Holm p < 0.05, no single-class runs, a calibrated protocol), each
+with its Clopper-Pearson 95% interval. The target: each interval overlaps 5%.
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ def run(tiny: bool = False) -> dict:
     defined = table["p_value"].notna()
     bayes = table[["p_a_better", "p_b_better"]].max(axis=1) > 0.95
     per_study = table.groupby("study")["p_adjusted"].min()
+    findings = (table["p_adjusted"] < 0.05) & table["flags"].isna() & table["calibrated"]  # read as "ahead"
     figures = {
         "studies": studies, "comparisons": len(table), "undefined": int((~defined).sum()),
         "protocol": {"folds": 3, "repeats": EvaluationConfig().repeats, "seeds": EvaluationConfig().seeds}
@@ -119,9 +121,11 @@ def run(tiny: bool = False) -> dict:
         "holm_false_positive_rate": _rate(int((table["p_adjusted"] < 0.05).sum()), int(defined.sum())),
         "bayesian_false_positive_rate": _rate(int((bayes & defined).sum()), int(defined.sum())),
         "family_wise_error_rate": _rate(int((per_study < 0.05).sum()), int(per_study.notna().sum())),
+        "finding_rate": _rate(int(findings.sum()), len(table)),  # the verdict said "X ahead"
         "single_class_flagged_share": float(table["flags"].notna().mean()),
         "p_values": [None if np.isnan(p) else round(float(p), 4) for p in table["p_value"]],
         "differences": [round(float(d), 4) for d in table["difference"]],
+        "flagged": [isinstance(f, str) for f in table["flags"]],
         "seconds": time.perf_counter() - start,
     }
     return write("b9_real_nulls", figures, tiny=tiny,

@@ -25,7 +25,7 @@ from pyarrow import fs as pafs
 
 from .layout import open_append, write_atomic
 from vocabulary import (BATCH_SIZE, EPOCHS_FILE, FOLD, FT_LR, INIT, LP_EPOCHS, LP_LR, METRICS, PARAMS, PREDICTIONS_FILE,
-                        REPEAT, ROW_LOG, RUNS_FILE, SEED, STRATEGY, TRAIN_LOSS, TRIALS_FILE, VAL_METRICS, WEIGHT_DECAY,
+                        REPEAT, ROW_LOG, RUNS_FILE, SEED, STRATEGY, TRAIN_LOSS, TRAIN_SEED, TRIALS_FILE, VAL_METRICS, WEIGHT_DECAY,
                         UserError, best, last, lp_warmup)
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ TRIALS_SCHEMA = pa.schema(
 RUNS_SCHEMA = pa.schema(
     [("search", _str), ("run_id", _str), ("config_id", _str), ("rank", _i64), ("split", _str), ("trial_id", _str),
      ("status", _str)]
-    + [(p, _PARAM_TYPES[p]) for p in PARAMS] + [(REPEAT, _i64)]
+    + [(p, _PARAM_TYPES[p]) for p in PARAMS] + [(REPEAT, _i64), (TRAIN_SEED, _i64)]
     + [("epochs", _i64), ("source_trial_id", _str), ("source_optuna_number", _i64), ("search_score", _f64)]
     + [(m, _f64) for m in METRICS]
     + [("n_train", _i64), ("n_scored", _i64), ("train_seconds", _f64), ("wall_seconds", _f64), ("cpus", _f64),

@@ -2,12 +2,12 @@
 
 Each init x strategy cell's top K configurations are retrained from scratch on every fold of R
 partitions of a repeated k-fold (repeat 0 is the search's own split) x S seeds, for a fixed
-number of epochs (no early stopping, no best-epoch
-picking on the fold being scored), and, when the config holds out a test split, on every
-non-test image x S seeds, scored once on the test images. The runs go through the search's own
-machinery (the same trainable, resources, image sharing, checkpoints and retries) as one Ray
-Tune run over that grid; their last epoch's predictions are kept, and the table and the paired
-comparisons are computed from them (results.evaluation).
+number of epochs (no early stopping, no best-epoch picking on the fold being scored), and, when
+the config holds out a test split, on every non-test image x S seeds, scored once on the test
+images. The runs go through the search's own machinery (the same trainable, resources, image
+sharing, checkpoints and retries) as one Ray Tune run over that grid; their last epoch's
+predictions are kept, and the table and the paired comparisons are computed from them
+(results.evaluation).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from results.layout import EvaluationFolder, SearchFolder
 from results.store import EVALUATION_TABLES
 from vocabulary import (BATCH_SIZE, COMPLETED, CONFIG_FILE, EPOCHS_FILE, ERROR, EVALUATION_DIR, FOLD, FT_LR, INIT,
                         LP_EPOCHS, LP_LR, METRICS, PARAMS, PREDICTIONS_FILE, REPEAT, ROW_LOG, RUNNING, RUNS_FILE, SEED,
-                        STOPPED_EARLY, STRATEGY, WEIGHT_DECAY, best, check_name, val)
+                        STOPPED_EARLY, STRATEGY, TRAIN_SEED, WEIGHT_DECAY, best, check_name, val)
 
 from .callbacks import ProgressCallback, epoch_row, error_line
 from .config import Config, load_config
@@ -69,7 +69,8 @@ class EvaluationRequest:
     def from_json(cls, stored: dict) -> "EvaluationRequest":
         """The request as evaluation.json or search.json store it (folds as a list)."""
         folds = stored.get("folds")
-        return cls(**{**stored, "folds": None if folds is None else tuple(folds)})
+        # a request stored before repeats existed ran one partition
+        return cls(**{"repeats": 1, **stored, "folds": None if folds is None else tuple(folds)})
 
 
 def plan_runs(trials: pd.DataFrame, config: Config, request: EvaluationRequest, search: Path) -> list[dict]:
@@ -110,12 +111,24 @@ def _runs_of(trial: dict, rank: int, config: Config, request: EvaluationRequest,
               "source_trial_id": trial["trial_id"], "source_optuna_number": int(trial["optuna_number"]),
               "search_score": float(trial[score]), "keep_predictions": True}
     runs = [{**common, "split": CV, REPEAT: repeat, FOLD: fold, SEED: seed,
+             TRAIN_SEED: train_seed(repeat, fold, seed, config.data.folds),
              "run_id": f"{config_id}-{f'repeat{repeat}-' if repeat else ''}fold{fold}-seed{seed}"}
             for repeat in range(request.repeats) for fold in folds for seed in range(request.seeds)]
     if config.data.test_fraction > 0:
-        runs += [{**common, "split": TEST, REPEAT: None, FOLD: None, SEED: seed, "run_id": f"{config_id}-test-seed{seed}"}
-                 for seed in range(request.seeds)]
+        runs += [{**common, "split": TEST, REPEAT: None, FOLD: None, SEED: seed,
+                  "run_id": f"{config_id}-test-seed{seed}"} for seed in range(request.seeds)]
     return runs
+
+
+def train_seed(repeat: int, fold: int, seed: int, k: int) -> int:
+    """The training seed of cross-validation run (repeat, fold, seed): a different one on every
+    fold. With one seed shared by every fold, what that seed does (the head's initialisation,
+    the batch order, a collapse to one class) is the same in all of an arm's folds: a fixed
+    offset the fold-to-fold variance cannot see, which the t-test would read as a difference
+    (benchmark B9's real null studies found 13% false positives that way). Both arms of a
+    comparison share it on each fold, so their runs stay paired. Seed 0 of fold 0, repeat 0 is
+    the search's own seed 0."""
+    return seed + 1000 * (fold + k * repeat)
 
 
 class FixedRuns(Searcher):
@@ -210,6 +223,7 @@ class EvaluationCallback(tune.Callback):
         return {
             "run_id": run["run_id"], "config_id": run["config_id"], "rank": run["rank"], "split": run["split"],
             "trial_id": trial.trial_id, "status": status, **{p: run.get(p) for p in PARAMS}, REPEAT: run.get(REPEAT),
+            TRAIN_SEED: run.get(TRAIN_SEED),
             "epochs": run["max_epochs"], "source_trial_id": run["source_trial_id"],
             "source_optuna_number": run["source_optuna_number"], "search_score": run["search_score"],
             **{m: final.get(val(m)) for m in METRICS},
@@ -347,11 +361,11 @@ def finish_evaluation(folder: Path, *, resamples: int = 2000) -> pd.DataFrame:
                else primary_question(config))
     sources = {name: init.source for name, init in config.model.inits.items()}
     runs, predictions = load_evaluation(folder)
-    every_fold = declared.get("folds") == declared.get("k")
+    scored = (declared["k"], declared["repeats"], declared["seeds"]) if declared.get("k") else None
+    every_fold = scored is not None and declared.get("folds") == declared["k"]
     comparisons = paired_comparisons(runs, predictions, sources, primary=primary,
                                      rope=declared.get("rope", config.evaluation.rope), resamples=resamples,
-                                     seed=config.search.seed,
-                                     protocol=(declared["k"], declared["repeats"], declared["seeds"]) if every_fold else None)
+                                     seed=config.search.seed, protocol=scored if every_fold else None)
     write_comparisons(folder, comparisons)
     return comparisons
 

@@ -11,7 +11,7 @@ import torch
 from data_io import ImageCache, split_indices
 from models import Trainer, TrainSettings, build_feature_net, feature_cache_key, load_or_extract_features, weights_id
 
-from vocabulary import BATCH_SIZE, FOLD, FT_LR, INIT, LP_EPOCHS, LP_LR, REPEAT, SEED, STRATEGY, WEIGHT_DECAY
+from vocabulary import BATCH_SIZE, FOLD, FT_LR, INIT, LP_EPOCHS, LP_LR, REPEAT, SEED, STRATEGY, TRAIN_SEED, WEIGHT_DECAY
 
 from .config import Config
 
@@ -45,7 +45,8 @@ def make_trainer(config: Config, params: dict, images: np.ndarray, info: Dataset
         config: the validated search config.
         params: search-space values; keys of vocabulary.PARAMS, absent (or None) where they do not apply,
             except `fold`: None trains on every row outside the test split and scores the test split;
-            and `repeat` (evaluation runs): the partition of the repeated k-fold, 0 when absent.
+            and, in evaluation runs, `repeat` (the partition of the repeated k-fold, 0 when absent)
+            and `train_seed` (the seed training uses, when it is not `seed`).
         images: (N, S, S, 3) uint8, the whole cached dataset.
         info: labels, groups and cache keys of `images`.
     """
@@ -53,7 +54,8 @@ def make_trainer(config: Config, params: dict, images: np.ndarray, info: Dataset
     train_idx, val_idx = split_indices(info.labels, info.groups, folds=data.folds, fold=params.get(FOLD, data.fold),
                                        seed=data.seed, test_fraction=data.test_fraction,
                                        repeat=int(params.get(REPEAT) or 0))
-    init_name, backbone, seed = params[INIT], config.model.backbone, int(params[SEED])
+    init_name, backbone = params[INIT], config.model.backbone
+    seed = int(params[TRAIN_SEED] if params.get(TRAIN_SEED) is not None else params[SEED])
     init = config.model.init_spec(init_name)
     where = f"model.inits.{init_name}"
     device = resolve_device(config.training.device)

@@ -44,6 +44,9 @@ def test_one_run_per_configuration_repeat_fold_and_seed_and_per_seed_on_the_test
     assert sorted(cv.groupby("config_id").size().unique()) == [CV_RUNS]
     assert set(cv["fold"]) == set(FOLDS) and set(runs["seed"]) == set(range(SEEDS))
     assert set(cv["repeat"]) == set(range(REPEATS))
+    by_fold = cv.groupby(["repeat", "fold", "seed"])["train_seed"]
+    assert (by_fold.nunique() == 1).all() and by_fold.first().is_unique, \
+        "a training seed of its own on every fold, shared by every configuration there (paired)"
     assert runs.loc[runs["split"] == "test", ["fold", "repeat"]].isna().all().all()
     protocol = json.loads((evaluation / "evaluation.json").read_text())["protocol"]
     assert protocol["repeats"] == REPEATS and protocol["seeds"] == SEEDS and protocol["test_images"] > 0
