@@ -41,8 +41,9 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def study_command(args: argparse.Namespace) -> int:
-    """`run`, then `evaluate` (every fold x --seeds), then `report`, printing each one's screen.
-    search.json records the evaluation to come, so `resume` finishes a killed study."""
+    """`run`, then `evaluate` (every fold of --repeats partitions x --seeds), then `report`,
+    printing each one's screen. search.json records the evaluation to come, so `resume`
+    finishes a killed study."""
     from ..config import load_config
     from ..tuner import start_search
 
