@@ -172,6 +172,7 @@ class ProgressCallback(Callback):
     def _finish(self, trial: Trial, status: str, error: str | None = None) -> None:
         self.done += 1
         final = trial.last_result or {}
+        self.on_trial_result(0, [], trial, final)  # the last result counts, whether or not it came as a result
         value, epoch = self.scores.get(trial.trial_id, (None, None))
         if value is not None and status != ERROR and self._better(value, self.best):
             self.best = value

@@ -123,11 +123,13 @@ class PruningOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
     def _best_reported(self, trial_id: str, result: dict) -> float | None:
-        """The best of the epoch values the study holds for this trial, or the last result's."""
+        """The best of the trial's epoch values: those the study holds, and the last result's
+        (Tune hands the final result to on_trial_complete only, never to on_trial_result)."""
         stored = self._ot_study._storage.get_trial(self._ot_trials[trial_id]._trial_id)
-        values = [v for v in stored.intermediate_values.values() if v == v]  # NaN epochs never win
+        values = [*stored.intermediate_values.values(), result.get(self.metric)]
+        values = [v for v in values if v is not None and v == v]  # NaN epochs never win
         if not values:
-            return result.get(self.metric)
+            return None
         return max(values) if self.mode == "max" else min(values)
 
 

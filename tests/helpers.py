@@ -86,12 +86,12 @@ def write_results_dir(folder: Path, *, dataset: str = "d" * 64, shift: float = 0
 
 
 EVALUATED_INITS = {"random": {"source": "random"}, "scratch": {"source": "random"}}
-EVALUATED_FOLDS, EVALUATED_REPEATS, EVALUATED_SEEDS = (0, 1), 2, 1
+EVALUATED_FOLDS, EVALUATED_REPEATS, EVALUATED_SEEDS = (0,), 2, 1
 
 
 def evaluated_search(folder: Path) -> Path:
     """A finished 4-trial search over 2 inits x (lp, ft) on 3 folds with a 20% test split and its
-    evaluation (folds 0 and 1 of 2 repeats x 1 seed), made by the real command line: `study`, killed with
+    evaluation (fold 0 of 2 repeats x 1 seed), made by the real command line: `study`, killed with
     SIGKILL once 3 evaluation runs are done; then `report` and `table --evaluation` of the
     killed study (kept as `killed-report.html` and `killed-table.txt` beside the runs); then the
     search folder is moved and `resume` of the moved search folder finishes the evaluation and
