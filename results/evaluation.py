@@ -296,9 +296,11 @@ def paired_comparisons(runs: pd.DataFrame, predictions: pd.DataFrame, sources: d
     return out
 
 
-def _flags(arm: pd.DataFrame) -> str | None:
-    single = int(arm["single_class"].sum())
-    return f"{arm['config_id'].iloc[0]} predicts one class in {single} of {len(arm)} runs" if single else None
+def _flags(*arms: pd.DataFrame) -> str | None:
+    """`imagenet-lp-1 predicts one class in 3 of 6 runs; ...` for the arms that have such runs."""
+    flagged = [f"{arm['config_id'].iloc[0]} predicts one class in {int(arm['single_class'].sum())} of {len(arm)} runs"
+               for arm in arms if arm["single_class"].any()]
+    return "; ".join(flagged) or None
 
 
 def _compare_cv(a: pd.DataFrame, b: pd.DataFrame, common: dict, confidence: float) -> dict:
@@ -309,7 +311,7 @@ def _compare_cv(a: pd.DataFrame, b: pd.DataFrame, common: dict, confidence: floa
                               n_train=paired["n_train_a"].mean() if len(paired) else 1.0,
                               n_test=paired["n_scored_a"].mean() if len(paired) else 1.0, confidence=confidence)
     better, equal, worse = bayesian_correlated_ttest(test, common["rope"])
-    flags = "; ".join(f for f in (_flags(a), _flags(b)) if f) or None
+    flags = _flags(a, b)
     return {**common, "split": CV, "method": "corrected repeated-CV t-test", "difference": test.difference,
             "ci_low": test.ci_low, "ci_high": test.ci_high, "confidence": confidence, "p_value": test.p_value,
             "p_a_better": better, "p_equivalent": equal, "p_b_better": worse, "n": test.n,
@@ -324,7 +326,7 @@ def _compare_test(a: pd.DataFrame, b: pd.DataFrame, predictions: pd.DataFrame, c
         return None
     y, probs_a, probs_b = _aligned_predictions(predictions, a["run_id"], b["run_id"])
     spread = bootstrap_spread(y, probs_a, probs_b, resamples=resamples, seed=seed)
-    flags = "; ".join(f for f in (_flags(a), _flags(b)) if f) or None
+    flags = _flags(a, b)
     return {**common, "split": TEST, "method": "image bootstrap (descriptive)", "difference": spread.difference,
             "ci_low": spread.ci_low, "ci_high": spread.ci_high, "confidence": 0.95, "p_value": np.nan,
             "n": spread.n, "seeds": len(probs_a), "reason": "descriptive: test images resampled, models held fixed",

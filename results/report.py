@@ -5,6 +5,7 @@ what matters, and the provenance. Figures are inlined PNGs; nothing is fetched t
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
 import warnings
@@ -114,6 +115,12 @@ class Study:
             self.evaluation = None
         self.progress = evaluation_progress(self.evaluation) if self.evaluation else None
 
+    @functools.cached_property
+    def evaluated(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        """(runs, predictions, table) of the evaluation, read once for every section."""
+        runs, predictions = load_evaluation(self.evaluation)
+        return runs, predictions, evaluation_table(runs, predictions)
+
 
 def _section(key: str, content: str) -> str:
     return f'<section id="{key}"><h2>{SECTIONS[key]}</h2>{content}</section>'
@@ -140,8 +147,7 @@ def _answer(study: Study) -> str:
         return _section("answer", foreign + _missing("No evaluation of this search yet (the verdict, the "
                                                      "cross-validated table, the comparisons)",
                                                      f"fundus-search evaluate {study.folder}"))
-    runs, predictions = load_evaluation(study.evaluation)
-    table = evaluation_table(runs, predictions)
+    _, _, table = study.evaluated
     evaluation = EvaluationFolder.open(study.evaluation)
     comparisons = load_comparisons(study.evaluation)
     parts = []
@@ -203,8 +209,7 @@ def header(study: Study) -> str:
                "csv": listed, "flair-csv": listed}.get(source, source)
     text = f"Dataset: {dataset}; metric: {study.metric} ({study.mode})"
     if study.evaluation is not None:
-        runs, predictions = load_evaluation(study.evaluation)
-        table = evaluation_table(runs, predictions)
+        _, _, table = study.evaluated
         protocol = EvaluationFolder.open(study.evaluation).protocol
         if not table.empty:
             text += f"; protocol: {protocol_sentence(protocol, table)}"
@@ -215,7 +220,7 @@ def _diagnostics(study: Study) -> str:
     if study.evaluation is None:
         return _section("diagnostics", _missing("ROC curves and confusion matrices come from the evaluation's "
                                                 "out-of-fold predictions", f"fundus-search evaluate {study.folder}"))
-    runs, predictions = load_evaluation(study.evaluation)
+    runs, predictions, _ = study.evaluated
     if runs.empty:
         return _section("diagnostics", "<p>No run of the evaluation has finished yet.</p>")
     return _section("diagnostics", _figure(figures.roc_curves(predictions, runs),

@@ -34,6 +34,15 @@ from .metrics import predict
 # folds B9 measured up to 16% when run-to-run training noise is small.
 CALIBRATED_PROTOCOLS = frozenset({(3, 1, 1), (3, 2, 1)})
 
+
+def scored_protocol(protocol: dict) -> tuple[int, int, int] | None:
+    """(k, repeats, seeds) of an evaluation.json protocol that scored every fold; None otherwise
+    (a fold subset, or an evaluation written before protocols were recorded)."""
+    if not protocol.get("k") or protocol.get("folds") != protocol["k"]:
+        return None
+    return protocol["k"], protocol["repeats"], protocol["seeds"]
+
+
 TTEST_ASSUMES = ("the (repeat, fold) differences, seeds averaged within each fold, are about normal; their "
                  "variance is inflated by 1/J + n_test/n_train for overlapping training sets (Nadeau & Bengio 2003)")
 BOOTSTRAP_ASSUMES = ("descriptive: resamples the test images for these trained models; retraining would move the "

@@ -9,7 +9,7 @@ from vocabulary import (AUC, AVERAGE, F1, FT, FT_LR, INIT, KAPPA, LP, LP_EPOCHS,
                         STRATEGY, WEIGHT_DECAY, best, held_out, val)
 
 from .query import DATASET, metric_column
-from .statistics import CALIBRATED_PROTOCOLS
+from .statistics import CALIBRATED_PROTOCOLS, scored_protocol
 
 _SHOWN_WITH_BEST = tuple(best(val(m)) for m in (KAPPA, F1, SPECIFICITY, AUC))
 
@@ -152,7 +152,7 @@ def protocol_sentence(protocol: dict, table: pd.DataFrame) -> str:
     primary = protocol.get("primary")
     if primary is not None:
         text += f"; primary question: {len(primary)} comparison{'s' if len(primary) != 1 else ''}"
-    calibrated = folds == k and (k, repeats, seeds) in CALIBRATED_PROTOCOLS
+    calibrated = scored_protocol(protocol) in CALIBRATED_PROTOCOLS
     return text + ("; a protocol benchmark B9 measured calibrated" if calibrated else
                    "; NOT a protocol benchmark B9 measured calibrated (3 folds x 1-2 repeats x 1 seed): "
                    "p-values are descriptive")
@@ -173,15 +173,15 @@ def verdict_sentences(comparisons: pd.DataFrame) -> list[str]:
     """
     primary = _cv(comparisons)
     primary = primary[primary["family"] == "primary"]
-    return [_sentence(r, "Holm") for r in primary.itertuples()]
+    return [_sentence(r) for r in primary.itertuples()]
 
 
-def _sentence(r, correction: str) -> str:
+def _sentence(r) -> str:
     head = f"{r.within}: {r.name_a} - {r.name_b}"
     if isinstance(r.reason, str):
         return f"{head} = {r.difference:+.3f} {r.metric}: not testable ({r.reason})"
     leader, probability = (r.name_a, r.p_a_better) if r.difference >= 0 else (r.name_b, r.p_b_better)
-    text = (f"{head} = {r.difference:+.3f} {r.metric} [95% CI {r.ci_low:+.3f}, {r.ci_high:+.3f}], {correction} "
+    text = (f"{head} = {r.difference:+.3f} {r.metric} [95% CI {r.ci_low:+.3f}, {r.ci_high:+.3f}], Holm "
             f"{_p(r.p_adjusted)}; P({leader} better by > {r.rope:g}) = {probability:.2f}")
     if isinstance(r.flags, str):
         return f"{text}: not interpretable, {r.flags}"

@@ -30,6 +30,7 @@ from models.backbones import Head
 from results import ResultsStore, load_trials
 from results.evaluation import (CV, TEST, Planned, default_primary, load_evaluation, paired_comparisons,
                                 write_comparisons)
+from results.statistics import scored_protocol
 from results.layout import EvaluationFolder, SearchFolder
 from results.store import EVALUATION_TABLES
 from vocabulary import (BATCH_SIZE, COMPLETED, CONFIG_FILE, EPOCHS_FILE, ERROR, EVALUATION_DIR, FOLD, FT_LR, INIT,
@@ -361,11 +362,9 @@ def finish_evaluation(folder: Path, *, resamples: int = 2000) -> pd.DataFrame:
                else primary_question(config))
     sources = {name: init.source for name, init in config.model.inits.items()}
     runs, predictions = load_evaluation(folder)
-    scored = (declared["k"], declared["repeats"], declared["seeds"]) if declared.get("k") else None
-    every_fold = scored is not None and declared.get("folds") == declared["k"]
     comparisons = paired_comparisons(runs, predictions, sources, primary=primary,
                                      rope=declared.get("rope", config.evaluation.rope), resamples=resamples,
-                                     seed=config.search.seed, protocol=scored if every_fold else None)
+                                     seed=config.search.seed, protocol=scored_protocol(declared))
     write_comparisons(folder, comparisons)
     return comparisons
 
