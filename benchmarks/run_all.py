@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 
 from . import (b1_data_path, b2_lp_trials, b3_search_efficiency, b4_orchestration, b5_memory, b6_gpu, b7_gpu_search,
-               b8_evaluation, b9_calibration, b9_real_nulls)
+               b8_evaluation, b9_calibration, b9_real_nulls, b10_positive_control)
 
 BENCHMARKS = {"b1_data_path": b1_data_path, "b2_lp_trials": b2_lp_trials,
               "b3_search_efficiency": b3_search_efficiency, "b4_orchestration": b4_orchestration,
               "b5_memory": b5_memory, "b6_gpu": b6_gpu, "b7_gpu_search": b7_gpu_search,
-              "b8_evaluation": b8_evaluation, "b9_calibration": b9_calibration, "b9_real_nulls": b9_real_nulls}
+              "b8_evaluation": b8_evaluation, "b9_calibration": b9_calibration, "b9_real_nulls": b9_real_nulls,
+              "b10_positive_control": b10_positive_control}
 
 
 def summary_line(name: str, record: dict) -> str:
@@ -27,6 +28,7 @@ def summary_line(name: str, record: dict) -> str:
         "b9_real_nulls": lambda r: (f"{r['studies']} real null studies: {100 * r['false_positive_rate']['rate']:.0f}% "
                                     f"false positives (95% CI {100 * r['false_positive_rate']['ci95'][0]:.0f}-"
                                     f"{100 * r['false_positive_rate']['ci95'][1]:.0f}%)"),
+        "b10_positive_control": lambda r: ", ".join(f"{c} ahead in {n}/{r['studies']}" for c, n in r["ahead"].items()),
         "b5_memory": lambda r: (f"2 sharing trials {r['shared_two_over_single']:.2f}x one trial "
                                 f"(own copies {r['own_copy_two_over_single']:.2f}x)"),
         "b6_gpu": lambda r: (", ".join(f"{k} {v['images_per_second']:.0f} img/s" for k, v in r["results"].items()

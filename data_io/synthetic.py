@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from .cgi_hrdc import CGI_HRDC_TASKS, GROUNDTRUTHS, IMAGES
 from .spec import SyntheticSpec
 
-GENERATOR_VERSION = 1  # bump when the pixels for a given seed change
+GENERATOR_VERSION = 2  # bump when the pixels for a given seed change (2: lesions visible at 32 px)
 _SUPERSAMPLE = 2  # draw at 2x and downsample: antialiased vessels for free
 _VEIN_COLOR = np.array([0.42, 0.07, 0.05])
 _ARTERY_COLOR = np.array([0.72, 0.16, 0.08])
@@ -143,17 +143,17 @@ def draw_fundus(rng: np.random.Generator, size: int, s: float, difficulty: float
 
     draw.ellipse([disc[0] - side * 0.055, disc[1] - side * 0.065, disc[0] + side * 0.055, disc[1] + side * 0.065],
                  fill=_rgb((1.0, 0.88, 0.62), brightness))
-    haemorrhages, cotton_wool = rng.random() < 0.8 * s, rng.random() < 0.5 * s
+    haemorrhages, cotton_wool = rng.random() < 0.9 * s, rng.random() < 0.7 * s
     if haemorrhages:  # flame haemorrhages: elongated, dark red, near the vessels
-        for _ in range(rng.integers(2, 6)):
+        for _ in range(rng.integers(3, 7)):
             pts, _w = veins[rng.integers(len(veins))]
             center = pts[rng.integers(len(pts))] + rng.normal(0, side * 0.02, 2)
-            _draw_ellipse(draw, center, side * rng.uniform(0.03, 0.05), side * 0.012, rng.uniform(0, np.pi),
-                          _rgb((0.45, 0.03, 0.03), brightness))
+            _draw_ellipse(draw, center, side * rng.uniform(0.05, 0.08), side * 0.03, rng.uniform(0, np.pi),
+                          _rgb((0.24, 0.02, 0.02), brightness))
     if cotton_wool:  # cotton-wool spots: pale, fluffy
         for _ in range(rng.integers(1, 4)):
             center = np.array([c, c]) + rng.normal(0, side * 0.18, 2)
-            _draw_ellipse(draw, center, side * 0.025, side * 0.018, rng.uniform(0, np.pi),
+            _draw_ellipse(draw, center, side * 0.035, side * 0.026, rng.uniform(0, np.pi),
                           _rgb((0.95, 0.88, 0.72), brightness))
 
     image = image.filter(ImageFilter.GaussianBlur(radius=0.8 * _SUPERSAMPLE))

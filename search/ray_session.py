@@ -26,7 +26,7 @@ _LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 def connect(address: str | None) -> None:
     """Join the cluster at `address`, or start an embedded local Ray without a dashboard whose
-    every server listens on 127.0.0.1 (proven by tests/test_cluster.py).
+    every server listens on 127.0.0.1 (proven by tests/test_evaluation.py and tests/test_cluster.py).
 
     Raises:
         ClusterError: nothing answers at `address` (within CONNECT_TIMEOUT_S).

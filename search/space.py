@@ -21,7 +21,7 @@ class SearchSpace:
 
     Only `trial.suggest_*` happens here. `lp_lr` exists for strategies with a linear probe
     trained by AdamW (lp, lp_ft), `ft_lr` for those that fine-tune (ft, lp_ft), `lp_epochs`
-    for the warm-up of lp_ft. A scalar in the config fixes a parameter (returned as a
+    for the AdamW warm-up of lp_ft (an L-BFGS probe is one fit: neither is searched then). A scalar in the config fixes a parameter (returned as a
     constant, not searched); a [low, high] pair is searched (log scale for rates); `{choices:
     [...]}` is searched as a categorical over exactly those values.
     """
@@ -44,7 +44,7 @@ class SearchSpace:
             self._number(trial, LP_LR, fixed, log=True)
         if shape.main == FT:
             self._number(trial, FT_LR, fixed, log=True)
-        if shape.warmup:
+        if self.adamw_probe and shape.warmup:
             self._number(trial, LP_EPOCHS, fixed, log=False)
         self._number(trial, WEIGHT_DECAY, fixed, log=True)
         self._choose(trial, BATCH_SIZE, self.batch_sizes, fixed)

@@ -48,7 +48,7 @@ def write_config(tmp_path):
 
 @pytest.fixture(scope="session")
 def pretrained_flair(tmp_path_factory) -> Path:
-    """A ResNet-18 pretrained for ~25 s (2 cores) on a synthetic lesion/anatomy corpus, saved in FLAIR's layout.
+    """A ResNet-18 pretrained for ~25 s (2 cores) on a synthetic corpus labelled with retinopathy signs, saved in FLAIR's layout.
 
     Random-init networks cannot learn the synthetic task in a few epochs on ~150 images;
     a backbone that has seen fundus structure can, as with the real FLAIR.

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import shutil
 import subprocess
 from pathlib import Path
 
+import psutil
 import pytest
 
 from data_io.cgi_hrdc import CGI_HRDC_TASKS, GROUNDTRUTHS, IMAGES
@@ -92,7 +95,8 @@ EVALUATED_FOLDS, EVALUATED_REPEATS, EVALUATED_SEEDS = (0,), 2, 1
 def evaluated_search(folder: Path) -> Path:
     """A finished 4-trial search over 2 inits x (lp, ft) on 3 folds with a 20% test split and its
     evaluation (fold 0 of 2 repeats x 1 seed), made by the real command line: `study`, killed with
-    SIGKILL once 3 evaluation runs are done; then `report` and `table --evaluation` of the
+    SIGKILL once 3 evaluation runs are done (its embedded Ray's listening sockets recorded just
+    before, in STUDY_SOCKETS beside the runs); then `report` and `table --evaluation` of the
     killed study (kept as `killed-report.html` and `killed-table.txt` beside the runs); then the
     search folder is moved and `resume` of the moved search folder finishes the evaluation and
     the report. Returns the moved search folder."""
@@ -122,6 +126,7 @@ def evaluated_search(folder: Path) -> Path:
                 time.sleep(0.3)
             assert study.poll() is None, "the study ended before its evaluation could be killed: " + \
                 (folder / "study.out").read_text()[-3000:]
+            _record_sockets(study.pid, folder / STUDY_SOCKETS)  # runs are reporting: every server is up
             os.killpg(study.pid, signal.SIGKILL)
             study.wait(timeout=30)
         finally:
@@ -145,6 +150,42 @@ def evaluated_search(folder: Path) -> Path:
         resumed.stdout[-3000:]
     assert not search.exists(), "resume of the moved folder wrote into its old place"
     return moved
+
+
+STUDY_SOCKETS = "study-sockets.json"  # beside the runs of `evaluated_search`
+
+
+def is_loopback(ip: str) -> bool:
+    return ipaddress.ip_address(ip.removeprefix("::ffff:")).is_loopback
+
+
+def listening_sockets(processes) -> list[str]:
+    """`name ip:port` of every listening TCP socket of `processes`."""
+    found = []
+    for process in processes:
+        try:
+            found += [f"{process.name()} {c.laddr.ip}:{c.laddr.port}" for c in process.net_connections(kind="inet")
+                      if c.status == psutil.CONN_LISTEN]
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def exposed(sockets: list[str]) -> list[str]:
+    return [s for s in sockets if not is_loopback(s.rsplit(" ", 1)[1].rsplit(":", 1)[0])]
+
+
+def _record_sockets(pid: int, path: Path) -> None:
+    """The listening sockets and command lines of process `pid` and its descendants, as JSON."""
+    root = psutil.Process(pid)
+    processes = [root, *root.children(recursive=True)]
+    command_lines = []
+    for process in processes:
+        try:
+            command_lines.append(" ".join(process.cmdline()))
+        except psutil.NoSuchProcess:
+            pass
+    path.write_text(json.dumps({"sockets": listening_sockets(processes), "command_lines": command_lines}))
 
 
 def completed_runs(rows: Path) -> int:

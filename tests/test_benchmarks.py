@@ -35,4 +35,4 @@ def test_benchmark_runs_tiny_and_writes_json(name, tmp_path, monkeypatch):
     if not written.get("skipped"):
         assert any(k in written for k in ("speedup", "speedup_min", "overhead_median", "shared_two_over_single", "results",
                                              "methods", "checkpoint", "max_false_positive_rate",
-                                             "false_positive_rate"))
+                                             "false_positive_rate", "ahead"))

@@ -5,14 +5,11 @@ Last in this file: the node-loss test removes the module cluster's worker node.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import signal
-import stat
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +20,7 @@ import pytest
 import ray
 import yaml
 
-from tests.helpers import tiny_search_config
+from tests.helpers import exposed, listening_sockets, tiny_search_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -47,26 +44,6 @@ def group_alive(pgid: int) -> bool:
     """A live (not zombie) process in group `pgid`."""
     return any(p.info["status"] != psutil.STATUS_ZOMBIE for p in psutil.process_iter(["status"])
                if _pgid(p.pid) == pgid)
-
-
-def is_loopback(ip: str) -> bool:
-    return ipaddress.ip_address(ip.removeprefix("::ffff:")).is_loopback
-
-
-def listening_sockets(processes) -> list[str]:
-    """`name ip:port` of every listening TCP socket of `processes`."""
-    found = []
-    for process in processes:
-        try:
-            found += [f"{process.name()} {c.laddr.ip}:{c.laddr.port}" for c in process.net_connections(kind="inet")
-                      if c.status == psutil.CONN_LISTEN]
-        except psutil.NoSuchProcess:
-            pass
-    return found
-
-
-def exposed(sockets: list[str]) -> list[str]:
-    return [s for s in sockets if not is_loopback(s.rsplit(" ", 1)[1].rsplit(":", 1)[0])]
 
 
 @pytest.fixture(scope="module")
@@ -102,30 +79,6 @@ def _pgid(pid: int) -> int | None:
         return os.getpgid(pid)
     except ProcessLookupError:
         return None
-
-
-def test_embedded_ray_listens_on_loopback_only(tmp_path):
-    config = write_config(tmp_path, num_samples=1, max_epochs=3, strategies=("ft",), scheduler={"type": "fifo"})
-    driver = subprocess.Popen([CLI, "run", str(config), "--name", "local"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True)
-    rows, sockets = tmp_path / "runs" / "local" / ".rows.jsonl", []
-    try:
-        deadline = time.monotonic() + 300
-        while not (rows.exists() and rows.read_text()) and time.monotonic() < deadline and driver.poll() is None:
-            time.sleep(0.5)
-        assert driver.poll() is None, driver.communicate()[1][-2000:]
-        root = psutil.Process(driver.pid)  # a trial is reporting: every server and worker is up
-        processes = [root, *root.children(recursive=True)]
-        sockets = listening_sockets(processes)
-        command_lines = " ".join(" ".join(p.cmdline()) for p in processes if p.is_running())
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray it started, nothing else
-        driver.wait(timeout=30)
-    assert len(sockets) >= 5, f"expected GCS, raylet, agents and workers, found {sockets}"
-    assert not exposed(sockets), f"listening beyond 127.0.0.1: {exposed(sockets)}"
-    private = Path(tempfile.gettempdir()) / f"fundus-search-{os.getuid()}"  # not the shared /tmp/ray
-    assert f"{private}/ray/session_" in command_lines, "the embedded Ray keeps its session elsewhere"
-    assert stat.S_IMODE(private.stat().st_mode) == 0o700, "others can enter the folder of Ray's sessions"
 
 
 def write_config(tmp_path: Path, **overrides) -> Path:

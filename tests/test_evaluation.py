@@ -239,3 +239,20 @@ def test_a_second_evaluate_of_the_same_folder_is_one_line_and_writes_nothing(sea
     err = capsys.readouterr().err
     assert "another `fundus-search evaluate` is writing it" in err and len(err.strip().splitlines()) == 1, err
     assert not list((copy / "evaluation").iterdir()), "the second evaluate wrote into the first one's folder"
+
+
+def test_the_studys_embedded_ray_listens_on_loopback_only(search):
+    """Recorded by the fixture while the study's evaluation runs were reporting, just before it
+    was killed: every server and worker of the Ray it started was up."""
+    import os
+    import stat
+    import tempfile
+
+    from tests.helpers import STUDY_SOCKETS, exposed
+    recorded = json.loads((search.parent.parent / STUDY_SOCKETS).read_text())
+    sockets = recorded["sockets"]
+    assert len(sockets) >= 5, f"expected GCS, raylet, agents and workers, found {sockets}"
+    assert not exposed(sockets), f"listening beyond 127.0.0.1: {exposed(sockets)}"
+    private = Path(tempfile.gettempdir()) / f"fundus-search-{os.getuid()}"  # not the shared /tmp/ray
+    assert f"{private}/ray/session_" in " ".join(recorded["command_lines"]), "the embedded Ray keeps its session elsewhere"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700, "others can enter the folder of Ray's sessions"

@@ -12,9 +12,10 @@ from search.searcher import make_sampler
 from search.space import SearchSpace
 
 
-def space_of(**space) -> SearchSpace:
+def space_of(lp_solver: str = "adamw", **space) -> SearchSpace:
     return SearchSpace(Config.model_validate({
         "model": {"backbone": "resnet18", "inits": {"a": {"source": "random"}, "b": {"source": "random"}}},
+        "training": {"lp_solver": lp_solver},
         "search": {"space": {"strategy": ["lp", "ft", "lp_ft"], **space}},
     }))
 
@@ -35,6 +36,13 @@ def test_each_strategy_gets_exactly_its_own_parameters():
         uses = {"lp": {"lp_lr"}, "ft": {"ft_lr"}, "lp_ft": {"lp_lr", "ft_lr", "lp_epochs"}}[point["strategy"]]
         assert {k for k in ("lp_lr", "ft_lr", "lp_epochs") if k in point} == uses
         assert point["init"] in ("a", "b") and "weight_decay" in point and "seed" in point
+
+
+def test_an_lbfgs_probe_searches_no_probe_learning_rate_or_warm_up_length():
+    """One L-BFGS fit replaces the probe's AdamW epochs, so neither parameter would change a trial."""
+    for point in sample(space_of("lbfgs")):
+        uses = {"lp": set(), "ft": {"ft_lr"}, "lp_ft": {"ft_lr"}}[point["strategy"]]
+        assert {k for k in ("lp_lr", "ft_lr", "lp_epochs") if k in point} == uses
 
 
 def test_ranges_are_respected_and_choices_are_exact():

@@ -13,8 +13,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     demo.add_argument("out_dir", type=Path)
     # defaults (None): search.demo.weights.make_demo_weights's
     demo.add_argument("--size", type=number_above(32, int, inclusive=True), help="image side, px (the demo's image_size)")
-    demo.add_argument("--images", type=number_above(8, int, inclusive=True), help="images per pretraining corpus")
-    demo.add_argument("--epochs", type=number_above(1, int, inclusive=True))
+    demo.add_argument("--images", type=number_above(8, int, inclusive=True),
+                      help="images in each pretraining corpus (default: each stand-in's own)")
+    demo.add_argument("--epochs", type=number_above(1, int, inclusive=True), help="default: each stand-in's own")
     demo.add_argument("--seed", type=int)
     demo.set_defaults(handler=demo_weights_command)
 

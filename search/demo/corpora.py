@@ -4,8 +4,8 @@
   one large object of a labelled shape class and a few small distractors). Nothing in it looks
   like a fundus: a backbone pretrained on it learns generic edges, colours and shapes, as an
   ImageNet backbone does.
-- `generate_pretraining_corpus`: synthetic fundus images labelled with what was drawn (lesions,
-  anatomy), never with the diagnosis: the stand-in for a foundation model's fundus data.
+- `generate_pretraining_corpus`: synthetic fundus images labelled with the retinopathy signs
+  that were drawn, never with the diagnosis: the stand-in for a foundation model's fundus data.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from data_io.preprocess import resize_and_pad
 from data_io.synthetic import draw_fundus
 
 SHAPES = ("disc", "square", "triangle", "cross", "ring", "star")
 _SUPERSAMPLE = 2
+NARROWED_AVR = 0.55  # artery-to-vein width ratio below which arteries count as narrowed (normal: about 2/3)
 
 
 def _polygon(kind: str, center: np.ndarray, radius: float, angle: float) -> list[tuple[float, float]]:
@@ -77,19 +79,24 @@ def generate_shapes_corpus(n: int, size: int, *, seed: int) -> tuple[np.ndarray,
 
 
 def generate_pretraining_corpus(n: int, size: int, *, seed: int) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """A fundus corpus labelled with what was drawn, not with a diagnosis.
+    """A fundus corpus labelled with the signs that were drawn, not with a diagnosis.
 
-    The stand-in for a foundation model's pretraining data: sign strengths are uniform, so
-    lesions appear in about half the images, and the targets are lesion presence and
-    anatomy, never the hypertensive-retinopathy label. Seeds are disjoint from datasets'.
+    The stand-in for a foundation model's pretraining data (FLAIR learnt from text naming
+    lesions): sign strengths are uniform, so each sign appears in part of the images, and the
+    targets are the hypertensive-retinopathy signs themselves (haemorrhages, cotton-wool
+    spots, arteriolar narrowing, AV nicking), never the label. A backbone pretrained on it
+    carries the signs the downstream label depends on: the demo's built-in positive control.
+    Drawn at twice `size` and resized as a dataset's images are; seeds are disjoint from
+    datasets'. (No eye-side target: the pretraining's flips would make it noise.)
 
     Returns:
-        images (n, size, size, 3) uint8, targets (n, 3) float32 in {0, 1}, target names.
+        images (n, size, size, 3) uint8, targets (n, 4) float32 in {0, 1}, target names.
     """
-    names = ("right_eye", "haemorrhages", "cotton_wool")
+    names = ("haemorrhages", "cotton_wool", "narrowed_arteries", "av_nicking")
     images, targets = np.empty((n, size, size, 3), np.uint8), np.empty((n, len(names)), np.float32)
     for i in range(n):
         rng = np.random.default_rng([seed, 7, i])
-        images[i], attributes = draw_fundus(rng, size, float(rng.random()), difficulty=0.5)
-        targets[i] = [attributes[k] for k in names]
+        pixels, drawn = draw_fundus(rng, 2 * size, float(rng.random()), difficulty=0.5)
+        images[i] = resize_and_pad(pixels, size)
+        targets[i] = [drawn["haemorrhages"], drawn["cotton_wool"], drawn["avr"] < NARROWED_AVR, drawn["nicks"] > 0]
     return images, targets, names
