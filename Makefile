@@ -28,7 +28,7 @@ $(DEMO_WEIGHTS)/demo-weights.json: $(STAMP) search/demo/weights.py search/demo/c
 	$(BIN)/fundus-search demo-weights $(DEMO_WEIGHTS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all

@@ -39,27 +39,29 @@ def flair_files(flair_state, tmp_path_factory) -> dict[str, Path]:
             "folder": hf}
 
 
-def reference_features(state, x, projection: bool) -> torch.Tensor:
+@pytest.fixture(scope="module")
+def reference(flair_state) -> tuple[torch.Tensor, dict[bool, torch.Tensor]]:
+    """An input batch and torchvision's features of it, without and with FLAIR's projection
+    (one ResNet-50 for every case below)."""
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     resnet = torchvision.models.resnet50(weights=None)
     resnet.fc = torch.nn.Identity()
-    resnet.load_state_dict({k[len(FLAIR_PREFIX):]: v for k, v in state.items() if k.startswith(FLAIR_PREFIX)})
+    resnet.load_state_dict({k[len(FLAIR_PREFIX):]: v for k, v in flair_state.items() if k.startswith(FLAIR_PREFIX)})
     with torch.no_grad():
         features = resnet.eval()(x)
-        if projection:
-            features = F.normalize(F.normalize(features, dim=-1) @ state[FLAIR_PROJECTION_KEY].T, dim=-1)
-    return features
+    projected = F.normalize(F.normalize(features, dim=-1) @ flair_state[FLAIR_PROJECTION_KEY].T, dim=-1)
+    return x, {False: features, True: projected}
 
 
 @pytest.mark.parametrize("projection", [False, True])
 @pytest.mark.parametrize("kind", ["pth", "wrapped", "safetensors", "folder"])
-def test_flair_checkpoint_gives_reference_features(kind, projection, flair_files, flair_state):
+def test_flair_checkpoint_gives_reference_features(kind, projection, flair_files, reference):
     net = build_feature_net(InitSpec(source="flair", path=flair_files[kind], projection=projection), "resnet50")
-    x = torch.rand(2, 3, 64, 64)
+    x, expected = reference
     with torch.no_grad():
         ours = net.eval()(x)
-    reference = reference_features(flair_state, x, projection)
     assert ours.shape == (2, 512 if projection else 2048) and net.feature_dim == ours.shape[1]
-    assert (ours - reference).abs().max() < 1e-5, "FLAIR features differ from torchvision's"
+    assert (ours - expected[projection]).abs().max() < 1e-5, "FLAIR features differ from torchvision's"
 
 
 def _write(tmp_path, state, name="w.pth") -> Path:

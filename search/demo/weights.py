@@ -37,14 +37,13 @@ VERSION = 3  # bump when the recipe changes: cached files are then rebuilt (3: F
 class StandIn:
     """A stand-in: its pretraining corpus, the weight source that loads it (whose input
     normalisation the pretraining uses), how it is saved for that source, its default corpus
-    size and epochs, its learning rate, and the stand-in whose weights it starts from (None: random)."""
+    size and epochs, and the stand-in whose weights it starts from (None: random)."""
 
     corpus: Callable[[int, int, int], tuple[np.ndarray, np.ndarray, tuple[str, ...]]]  # (n, size, seed)
     source: str
     save: Callable[[FeatureNet, Path, int], object]  # (net, path, seed)
     images: int
     epochs: int
-    lr: float = 2e-3
     start_from: str | None = None
 
 
@@ -52,8 +51,8 @@ STAND_INS: dict[str, StandIn] = {  # in build order: FLAIR starts from the Image
     IMAGENET_FILE: StandIn(lambda n, size, seed: generate_shapes_corpus(n, size, seed=seed + 1000), "torchvision",
                            lambda net, path, seed: torch.save(net.backbone.state_dict(), path), images=192, epochs=6),
     FLAIR_FILE: StandIn(lambda n, size, seed: generate_pretraining_corpus(n, size, seed=seed + 2000), "flair",
-                        lambda net, path, seed: save_flair_checkpoint(net, path, seed=seed), images=400, epochs=8,
-                        lr=2e-3, start_from=IMAGENET_FILE),
+                        lambda net, path, seed: save_flair_checkpoint(net, path, seed=seed), images=352, epochs=8,
+                        start_from=IMAGENET_FILE),
 }
 
 
@@ -79,7 +78,7 @@ def make_demo_weights(out_dir: Path, *, size: int = 32, images: int | None = Non
     out_dir = Path(out_dir)
     recipe = {"version": VERSION, "size": size, "seed": seed,
               "stand_ins": {name: {"images": images or s.images, "epochs": epochs or s.epochs,
-                                   "lr": s.lr, "start_from": s.start_from} for name, s in STAND_INS.items()}}
+                                   "start_from": s.start_from} for name, s in STAND_INS.items()}}
     manifest_path = out_dir / MANIFEST_FILE
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
@@ -92,7 +91,7 @@ def make_demo_weights(out_dir: Path, *, size: int = 32, images: int | None = Non
         plan = recipe["stand_ins"][name]
         pixels, targets, target_names = stand_in.corpus(plan["images"], size, seed)
         net = _initial_net(stand_in, out_dir, seed)
-        losses = pretrain(net, pixels, targets, epochs=plan["epochs"], lr=plan["lr"], seed=seed)
+        losses = pretrain(net, pixels, targets, epochs=plan["epochs"], seed=seed)
         stand_in.save(net, out_dir / name, seed)
         manifest["files"][name] = {"sha256": file_sha256(out_dir / name),
                                    "seconds": round(time.perf_counter() - start, 1),
