@@ -74,12 +74,12 @@ def run(tiny: bool = False) -> dict:
     studies = {}
     with local_ray(), tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "weights" if tiny else ROOT / ".cache" / "demo-weights"  # what `make run` builds
-        make_demo_weights(weights, **({"images": 24, "epochs": 1} if tiny else {}))
+        make_demo_weights(weights, **({"images": 8, "epochs": 1} if tiny else {}))
         for seed in seeds:
             folder = Path(tmp) / f"seed{seed}"
             folder.mkdir()
             began = time.perf_counter()
-            request = EvaluationRequest(folds=(0, 1), repeats=1) if tiny else EvaluationRequest()
+            request = EvaluationRequest(folds=(0,), repeats=1) if tiny else EvaluationRequest()
             with contextlib.redirect_stdout(io.StringIO()):
                 paths, _ = start_search(study_config(folder, seed, weights, tiny=tiny), name=f"seed{seed}")
                 evaluation = start_evaluation(Path(paths.results), request)

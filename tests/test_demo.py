@@ -60,7 +60,7 @@ def test_reduced_demo_search_runs_and_covers_every_cell(weights, tmp_path, capsy
     config["model"]["inits"]["flair"]["path"] = str(weights / FLAIR_FILE)
     config["search"].update(num_samples=3, max_epochs=1)
     config["search"]["space"]["strategy"] = ["lp", "lp_ft"]
-    config["search"]["space"]["init"] = ["random", "flair"]
+    config["search"]["space"]["init"] = ["imagenet", "flair"]  # the two its primary question compares
     config["storage"]["path"] = str(tmp_path / "runs")
     (tmp_path / "demo.yaml").write_text(yaml.safe_dump(config))
     try:
