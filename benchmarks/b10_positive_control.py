@@ -58,12 +58,13 @@ def summarize(comparisons: pd.DataFrame) -> dict:
     """One study's printed verdict and what its comparisons found."""
     cv = comparisons[comparisons["split"] == "cv"]
     primary, secondary = cv[cv["family"] == "primary"], cv[cv["family"] != "primary"]
+    verdict = verdict_sentences(comparisons)  # one sentence per primary row, in their order
     return {
-        "verdict": verdict_sentences(comparisons),
+        "verdict": verdict,
         "primary": {r.comparison: {"difference": round(float(r.difference), 4), "ci": [r.ci_low, r.ci_high],
                                    "p_adjusted": r.p_adjusted, "excludes_0": bool(r.ci_low > 0),
                                    "ahead": sentence.endswith(f"{r.name_a} ahead")}
-                    for r, sentence in zip(primary.itertuples(), verdict_sentences(comparisons))},
+                    for r, sentence in zip(primary.itertuples(), verdict)},
         "secondary_q_below_0.05": sorted(secondary.loc[secondary["p_adjusted"] < 0.05, "comparison"]),
     }
 
