@@ -24,13 +24,13 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from results.tables import verdict_sentences
-from search.demo.weights import FLAIR_FILE, IMAGENET_FILE, make_demo_weights
-from search.evaluation import EvaluationRequest, start_evaluation
-from search.tuner import start_search
-from vocabulary import COMPARISONS_FILE
+from fundus_search.results.tables import verdict_sentences
+from fundus_search.search.demo.weights import FLAIR_FILE, IMAGENET_FILE, make_demo_weights
+from fundus_search.search.evaluate.retrain import EvaluationRequest, start_evaluation
+from fundus_search.search.engine.tuner import start_search
+from fundus_search.vocabulary import COMPARISONS_FILE
 
-from .common import local_ray, main, write
+from benchmarks.common import local_ray, main, write
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "search" / "configs" / "demo.yaml"

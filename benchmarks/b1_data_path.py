@@ -18,11 +18,11 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from data_io import DataSpec, augment, build_manifest, default_cache_dir, load_or_build_image_cache, to_float
-from data_io.preprocess import Preprocessing
-from data_io.synthetic import generate_image
+from fundus_search.data_io import DataSpec, augment, build_manifest, default_cache_dir, load_or_build_image_cache, to_float
+from fundus_search.data_io.preprocess import Preprocessing
+from fundus_search.data_io.synthetic import generate_image
 
-from .common import REPEATS, main, median, timed, write
+from benchmarks.common import REPEATS, main, median, timed, write
 
 BATCH = 32
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_io import DataSpec, SyntheticSpec, fold_indices, prepare_images
-from models import InitSpec, Trainer, TrainSettings, build_feature_net, extract_features, load_or_extract_features
+from fundus_search.data_io import DataSpec, SyntheticSpec, fold_indices, prepare_images
+from fundus_search.models import InitSpec, Trainer, TrainSettings, build_feature_net, extract_features, load_or_extract_features
 
-from .common import REPEATS, main, median, timed, write
+from benchmarks.common import REPEATS, main, median, timed, write
 
 
 def run(tiny: bool = False) -> dict:

@@ -20,14 +20,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from data_io import prepare_images
-from search.config import Config, load_config
-from search.demo.weights import make_demo_weights
-from search.space import trial_seed
-from search.trial import DatasetInfo, make_trainer
+from fundus_search.data_io import prepare_images
+from fundus_search.search.study.config import Config, load_config
+from fundus_search.search.demo.weights import make_demo_weights
+from fundus_search.search.study.space import trial_seed
+from fundus_search.search.engine.trial import DatasetInfo, make_trainer
 
-from .b3_replay import HYPER
-from .common import machine, versions
+from benchmarks.b3_replay import HYPER
+from benchmarks.common import machine, versions
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = Path(__file__).parent / "data" / "b3_curves.parquet"

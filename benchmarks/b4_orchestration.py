@@ -16,9 +16,9 @@ import ray
 import yaml
 from ray import tune
 
-from search.tuner import start_search
+from fundus_search.search.engine.tuner import start_search
 
-from .common import REPEATS, local_ray, main, median, write
+from benchmarks.common import REPEATS, local_ray, main, median, write
 
 REPORTS = 5
 

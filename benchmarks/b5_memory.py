@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from ray import tune
 
-from data_io import to_float
-from models import InitSpec, build_feature_net
-from models.backbones import Classifier, Head
+from fundus_search.data_io import to_float
+from fundus_search.models import InitSpec, build_feature_net
+from fundus_search.models.backbones import Classifier, Head
 
-from .common import REPEATS, local_ray, main, median, write
+from benchmarks.common import REPEATS, local_ray, main, median, write
 
 
 def trial(params: dict, *, images: np.ndarray | None = None, path: str | None = None) -> None:

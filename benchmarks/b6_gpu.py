@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from models import InitSpec, Trainer, TrainSettings, build_feature_net, extract_features
-from models.backbones import Classifier, Head
+from fundus_search.models import InitSpec, Trainer, TrainSettings, build_feature_net, extract_features
+from fundus_search.models.backbones import Classifier, Head
 
-from .common import REPEATS, main, median, results_dir, write
+from benchmarks.common import REPEATS, main, median, results_dir, write
 
 EPOCH_IMAGES = 570  # CGI-HRDC: 712 training images, 4/5 of them train in a 5-fold split
 DATASET_IMAGES = 712

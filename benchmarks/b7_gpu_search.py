@@ -33,13 +33,13 @@ import torch
 import yaml
 from ray import tune
 
-from models import InitSpec, build_feature_net
-from models.backbones import Classifier, Head
-from models.pretrain import save_flair_checkpoint
-from search.tuner import start_search
-from vocabulary import EPOCHS_FILE
+from fundus_search.models import InitSpec, build_feature_net
+from fundus_search.models.backbones import Classifier, Head
+from fundus_search.models.pretrain import save_flair_checkpoint
+from fundus_search.search.engine.tuner import start_search
+from fundus_search.vocabulary import EPOCHS_FILE
 
-from .common import local_ray, machine, main, median, results_dir, write
+from benchmarks.common import local_ray, machine, main, median, results_dir, write
 
 CONFIG = Path(__file__).parent / "b7_search.yaml"
 REPORTS = 5

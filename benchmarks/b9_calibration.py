@@ -1,9 +1,9 @@
 """B9 calibration, layer (a): do the tests `evaluate` prints hold their 5% when nothing differs?
 
-Simulated null studies go through the product's own statistics (results.statistics: the
+Simulated null studies go through the product's own statistics (fundus_search.statistics: the
 challenge average of each run, seeds averaged within each (repeat, fold), the corrected
 repeated-CV t-test, the Bayesian correlated t-test, Holm over the primary family). A few studies
-of each scenario also go through `results.evaluation.paired_comparisons` on run and prediction
+of each scenario also go through `results.answer.paired_comparisons` on run and prediction
 tables, to check that the fast path is the product's path.
 
 A study: N images (41% positive), each with a difficulty shared by every model; R stratified
@@ -32,10 +32,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from results.evaluation import Planned, paired_comparisons
-from results.statistics import average_of_predictions, bayesian_correlated_ttest, corrected_cv_ttest, holm
+from fundus_search.results.answer import Planned, paired_comparisons
+from fundus_search.statistics import average_of_predictions, bayesian_correlated_ttest, corrected_cv_ttest, holm
 
-from .common import main, write
+from benchmarks.common import main, write
 
 POSITIVE = 0.41
 NOISE_IMAGE, NOISE_RUN, BETA = 0.8, 0.6, 0.5

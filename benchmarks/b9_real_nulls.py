@@ -30,12 +30,12 @@ import torchvision
 import yaml
 from scipy import stats
 
-from search.config import EvaluationConfig
-from search.evaluation import EvaluationRequest, start_evaluation
-from search.tuner import start_search
-from vocabulary import COMPARISONS_FILE
+from fundus_search.search.study.config import EvaluationConfig
+from fundus_search.search.evaluate.retrain import EvaluationRequest, start_evaluation
+from fundus_search.search.engine.tuner import start_search
+from fundus_search.vocabulary import COMPARISONS_FILE
 
-from .common import local_ray, main, write
+from benchmarks.common import local_ray, main, write
 
 
 def permuted_twin(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import (b1_data_path, b2_lp_trials, b3_search_efficiency, b4_orchestration, b5_memory, b6_gpu, b7_gpu_search,
+from benchmarks import (b1_data_path, b2_lp_trials, b3_search_efficiency, b4_orchestration, b5_memory, b6_gpu, b7_gpu_search,
                b8_evaluation, b9_calibration, b9_real_nulls, b10_positive_control)
 
 BENCHMARKS = {"b1_data_path": b1_data_path, "b2_lp_trials": b2_lp_trials,

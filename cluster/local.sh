@@ -20,7 +20,7 @@ venv_bin=$here/.venv/bin
 export RAY_AUTH_MODE=token
 # Every node, agent, worker and job driver of this cluster stays on 127.0.0.1 (see ray_on_loopback.py).
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
-export PATH="$venv_bin:$PATH"  # jobs run `python -m search.cli` with the project's environment
+export PATH="$venv_bin:$PATH"  # jobs run `python -m fundus_search` with the project's environment
 
 die() { echo "cluster/local.sh: $*" >&2; exit 2; }
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from vocabulary import UserError
+from fundus_search.vocabulary import UserError
 
 
 class FoldError(UserError):

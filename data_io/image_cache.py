@@ -24,8 +24,8 @@ from filelock import FileLock
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
-from .manifest import BadFile, BadFilesError, Manifest, check_classes
-from .preprocess import Preprocessing, decode_image, preprocess_file
+from fundus_search.data_io.manifest import BadFile, BadFilesError, Manifest, check_classes
+from fundus_search.data_io.preprocess import Preprocessing, decode_image, preprocess_file
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ from typing import Callable
 
 import numpy as np
 
-from vocabulary import UserError
+from fundus_search.vocabulary import UserError
 
-from .cgi_hrdc import CGI_HRDC_CLASSES, CGI_HRDC_TASKS, GROUNDTRUTHS, IMAGES
-from .spec import DataSpec
-from .synthetic import ensure_synthetic_dataset
+from fundus_search.data_io.cgi_hrdc import CGI_HRDC_CLASSES, CGI_HRDC_TASKS, GROUNDTRUTHS, IMAGES
+from fundus_search.data_io.spec import DataSpec
+from fundus_search.data_io.synthetic import ensure_synthetic_dataset
 
 MAX_LISTED_BAD_FILES = 20
 

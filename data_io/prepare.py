@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .image_cache import ImageCache, load_or_build_image_cache
-from .manifest import build_manifest
-from .spec import DataSpec
+from fundus_search.data_io.image_cache import ImageCache, load_or_build_image_cache
+from fundus_search.data_io.manifest import build_manifest
+from fundus_search.data_io.spec import DataSpec
 
 
 def prepare_images(spec: DataSpec, *, num_workers: int | None = None) -> ImageCache:

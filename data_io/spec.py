@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .preprocess import Preprocessing
+from fundus_search.data_io.preprocess import Preprocessing
 
 CACHE_ENV = "FUNDUS_SEARCH_CACHE"
 

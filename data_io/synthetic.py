@@ -22,8 +22,8 @@ import numpy as np
 from filelock import FileLock
 from PIL import Image, ImageDraw, ImageFilter
 
-from .cgi_hrdc import CGI_HRDC_TASKS, GROUNDTRUTHS, IMAGES
-from .spec import SyntheticSpec
+from fundus_search.data_io.cgi_hrdc import CGI_HRDC_TASKS, GROUNDTRUTHS, IMAGES
+from fundus_search.data_io.spec import SyntheticSpec
 
 GENERATOR_VERSION = 2  # bump when the pixels for a given seed change (2: lesions visible at 32 px)
 _SUPERSAMPLE = 2  # draw at 2x and downsample: antialiased vessels for free

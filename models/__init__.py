@@ -1,10 +1,10 @@
 """Backbones, weight sources, the frozen-feature cache, LP / FT / LP-FT training and CPU timing."""
 
-from .backbones import BACKBONES, NORMALIZATIONS, Classifier, FeatureNet, build_backbone
-from .features import extract_features, feature_cache_key, load_or_extract_features
-from .inference import cpu_ms_per_image, cpu_ms_samples
-from .transfer import TRANSFER_STRATEGIES, Trainer, TrainSettings
-from .weights import WEIGHT_SOURCES, InitSpec, WeightsError, build_feature_net, weights_id
+from fundus_search.models.backbones import BACKBONES, NORMALIZATIONS, Classifier, FeatureNet, build_backbone
+from fundus_search.models.features import extract_features, feature_cache_key, load_or_extract_features
+from fundus_search.models.inference import cpu_ms_per_image, cpu_ms_samples
+from fundus_search.models.transfer import TRANSFER_STRATEGIES, Trainer, TrainSettings
+from fundus_search.models.weights import WEIGHT_SOURCES, InitSpec, WeightsError, build_feature_net, weights_id
 
 __all__ = [
     "BACKBONES", "NORMALIZATIONS", "Classifier", "FeatureNet", "build_backbone", "extract_features",

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from data_io import to_float
+from fundus_search.data_io import to_float
 
-from .backbones import FeatureNet
+from fundus_search.models.backbones import FeatureNet
 
 log = logging.getLogger(__name__)
 

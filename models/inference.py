@@ -7,7 +7,7 @@ import time
 import numpy as np
 import torch
 
-from data_io import Preprocessing, preprocess_image, to_float
+from fundus_search.data_io import Preprocessing, preprocess_image, to_float
 
 
 @torch.no_grad()

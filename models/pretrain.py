@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from data_io import augment, to_float
+from fundus_search.data_io import augment, to_float
 
-from .backbones import FeatureNet
-from .weights import FLAIR_PREFIX, FLAIR_PROJECTION_KEY
+from fundus_search.models.backbones import FeatureNet
+from fundus_search.models.weights import FLAIR_PREFIX, FLAIR_PROJECTION_KEY
 
 
 def pretrain(net: FeatureNet, images: np.ndarray, targets: np.ndarray, *, epochs: int, lr: float = 2e-3,

@@ -23,12 +23,12 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
-from data_io import Augmentation, augment, to_float
-from results.metrics import classification_metrics
-from vocabulary import FT, LP, LP_FT, TRAIN_LOSS, lp_warmup, val
+from fundus_search.data_io import Augmentation, augment, to_float
+from fundus_search.metrics import classification_metrics
+from fundus_search.vocabulary import FT, LP, LP_FT, TRAIN_LOSS, lp_warmup, val
 
-from .backbones import Classifier, FeatureNet, Head
-from .features import autocast
+from fundus_search.models.backbones import Classifier, FeatureNet, Head
+from fundus_search.models.features import autocast
 
 
 RESIDENT_SHARE = 0.25  # of free GPU memory that the uint8 image array may take to stay on the GPU

@@ -14,9 +14,9 @@ import torchvision
 from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors
 
-from vocabulary import UserError
+from fundus_search.vocabulary import UserError
 
-from .backbones import BACKBONES, FeatureNet, FlairProjection, build_backbone
+from fundus_search.models.backbones import BACKBONES, FeatureNet, FlairProjection, build_backbone
 
 FLAIR_PREFIX = "vision_model.model."
 FLAIR_PROJECTION_KEY = "vision_model.projection_head_vision.projection.weight"

@@ -15,9 +15,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from vocabulary import COMPLETED, FT, INIT, LP, LP_FT, RATES, STOPPED_EARLY, STRATEGY  # noqa: E402
+from fundus_search.vocabulary import COMPLETED, FT, INIT, LP, LP_FT, RATES, STOPPED_EARLY, STRATEGY  # noqa: E402
 
-from .metrics import classification_metrics, predict  # noqa: E402
+from fundus_search.metrics import classification_metrics, predict  # noqa: E402
 
 _STRATEGY_ORDER = (LP, FT, LP_FT)
 _WIDTH = 10  # inches: the report's column at 100 dpi

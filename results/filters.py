@@ -16,7 +16,7 @@ import operator
 
 import pandas as pd
 
-from vocabulary import UserError
+from fundus_search.vocabulary import UserError
 
 _COMPARE = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
             ast.Gt: operator.gt, ast.GtE: operator.ge}

@@ -20,7 +20,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vocabulary import EVALUATION_DIR, EVALUATION_FILE, SEARCH_FILE, UserError
+from fundus_search.vocabulary import EVALUATION_DIR, EVALUATION_FILE, SEARCH_FILE, UserError
 
 
 class FolderError(UserError):

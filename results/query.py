@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from vocabulary import AUC, AVERAGE, ERROR, F1, INIT, KAPPA, SPECIFICITY, STRATEGY, EPOCHS_FILE, TRIALS_FILE, UserError, best, val
+from fundus_search.vocabulary import AUC, AVERAGE, ERROR, F1, INIT, KAPPA, SPECIFICITY, STRATEGY, EPOCHS_FILE, TRIALS_FILE, UserError, best, val
 
-from .filters import FilterError, filter_rows
+from fundus_search.results.filters import FilterError, filter_rows
 
 
 class ResultsError(UserError):

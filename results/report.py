@@ -16,14 +16,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 
-from vocabulary import (CONFIG_FILE, EVALUATION_DIR, FT_LR, INIT, LP_EPOCHS, LP_LR, REPORT_FILE, SEARCH_FILE, STRATEGY,
+from fundus_search.vocabulary import (CONFIG_FILE, EVALUATION_DIR, FT_LR, INIT, LP_EPOCHS, LP_LR, REPORT_FILE, SEARCH_FILE, STRATEGY,
                         STUDY_FILE, TRIALS_FILE, WEIGHT_DECAY, UserError, best)
 
-from . import figures
-from .evaluation import evaluation_progress, evaluation_table, find_evaluation, load_comparisons, load_evaluation
-from .layout import EvaluationFolder, FolderError, SearchFolder, write_atomic
-from .query import ResultsError, load_epochs, load_trials
-from .tables import (GRID_CAPTION, cpu_sentence, evaluation_caption, evaluation_frame, grid_frame, protocol_sentence,
+from fundus_search.results import figures
+from fundus_search.results.answer import evaluation_progress, evaluation_table, find_evaluation, load_comparisons, load_evaluation
+from fundus_search.results.layout import EvaluationFolder, FolderError, SearchFolder, write_atomic
+from fundus_search.results.query import ResultsError, load_epochs, load_trials
+from fundus_search.results.tables import (GRID_CAPTION, cpu_sentence, evaluation_caption, evaluation_frame, grid_frame, protocol_sentence,
                      secondary_frame, test_split_sentences, verdict_sentences)
 
 SECTIONS = {"answer": "The answer", "diagnostics": "Out-of-fold diagnostics", "search": "How the search got there",

@@ -23,8 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
-from .layout import open_append, write_atomic
-from vocabulary import (BATCH_SIZE, EPOCHS_FILE, FOLD, FT_LR, INIT, LP_EPOCHS, LP_LR, METRICS, PARAMS, PREDICTIONS_FILE,
+from fundus_search.results.layout import open_append, write_atomic
+from fundus_search.vocabulary import (BATCH_SIZE, EPOCHS_FILE, FOLD, FT_LR, INIT, LP_EPOCHS, LP_LR, METRICS, PARAMS, PREDICTIONS_FILE,
                         REPEAT, ROW_LOG, RUNS_FILE, SEED, STRATEGY, TRAIN_LOSS, TRAIN_SEED, TRIALS_FILE, VAL_METRICS, WEIGHT_DECAY,
                         UserError, best, last, lp_warmup)
 
@@ -78,7 +78,7 @@ PREDICTIONS_SCHEMA = pa.schema(
 )
 
 # What a trial reports besides its epoch's columns: stored once per trial in trials.parquet
-# (`epochs_planned` as max_epochs). Anything else a trial reports is an error (see search.callbacks).
+# (`epochs_planned` as max_epochs). Anything else a trial reports is an error (see search.engine.callbacks).
 TRIAL_REPORT_KEYS = ("epochs_planned", "weights_id", "normalize", "dataset_fingerprint")
 # ... and, in an evaluation, on its last epoch: the scored rows and their P(positive).
 PREDICTION_REPORT_KEYS = ("scored_rows", "scored_probabilities", "n_train")

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from vocabulary import (AUC, AVERAGE, F1, FT, FT_LR, INIT, KAPPA, LP, LP_EPOCHS, LP_FT, LP_LR, PARAMS, SPECIFICITY,
+from fundus_search.vocabulary import (AUC, AVERAGE, F1, FT, FT_LR, INIT, KAPPA, LP, LP_EPOCHS, LP_FT, LP_LR, PARAMS, SPECIFICITY,
                         STRATEGY, WEIGHT_DECAY, best, held_out, val)
 
-from .query import DATASET, metric_column
-from .statistics import CALIBRATED_PROTOCOLS, scored_protocol
+from fundus_search.results.query import DATASET, metric_column
+from fundus_search.statistics import CALIBRATED_PROTOCOLS, scored_protocol
 
 _SHOWN_WITH_BEST = tuple(best(val(m)) for m in (KAPPA, F1, SPECIFICITY, AUC))
 

@@ -1,6 +1,6 @@
 """Errors of the search engine that are not about an input file (those live where the file is read)."""
 
-from vocabulary import UserError
+from fundus_search.vocabulary import UserError
 
 
 class SearchError(UserError):

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from data_io import SyntheticSpec
-from data_io.synthetic import write_cgi_hrdc
+from fundus_search.data_io import SyntheticSpec
+from fundus_search.data_io.synthetic import write_cgi_hrdc
 
 
 
@@ -55,9 +55,9 @@ def pretrained_flair(tmp_path_factory) -> Path:
     """
     import torch
 
-    from search.demo.corpora import generate_pretraining_corpus
-    from models import InitSpec, build_feature_net
-    from models.pretrain import pretrain, save_flair_checkpoint
+    from fundus_search.search.demo.corpora import generate_pretraining_corpus
+    from fundus_search.models import InitSpec, build_feature_net
+    from fundus_search.models.pretrain import pretrain, save_flair_checkpoint
 
     torch.set_num_threads(2)
     images, targets, _ = generate_pretraining_corpus(240, 48, seed=100)

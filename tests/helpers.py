@@ -11,9 +11,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from data_io.cgi_hrdc import CGI_HRDC_TASKS, GROUNDTRUTHS, IMAGES
-from results import ResultsStore
-from vocabulary import EPOCHS_FILE, TRIALS_FILE
+from fundus_search.data_io.cgi_hrdc import CGI_HRDC_TASKS, GROUNDTRUTHS, IMAGES
+from fundus_search.results import ResultsStore
+from fundus_search.vocabulary import EPOCHS_FILE, TRIALS_FILE
 
 
 def tiny_search_config(*, storage: Path, flair: Path | None = None, num_samples: int = 8, max_epochs: int = 3,
@@ -136,7 +136,7 @@ def evaluated_search(folder: Path) -> Path:
                 pass
     printed = (folder / "study.out").read_text()
     assert "best val_average per init x strategy" in printed, printed[-3000:]  # the search's screen came first
-    from search.cli import main  # report and table need no Ray: in this process
+    from fundus_search.search.cli.main import main  # report and table need no Ray: in this process
     assert main(["report", str(search), "-o", str(folder / "killed-report.html")]) == 0
     with contextlib.redirect_stdout(io.StringIO()) as table:
         assert main(["table", str(search), "--evaluation"]) == 0

@@ -98,7 +98,7 @@ def in_process(argv: list[str], env: dict | None = None) -> tuple[subprocess.Com
     import contextlib
     import io
 
-    from search.cli import main
+    from fundus_search.search.cli.main import main
     saved = {k: os.environ.get(k) for k in env or {}}
     os.environ.update(env or {})
     err, start = io.StringIO(), time.monotonic()

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from search.cli import main
+from fundus_search.search.cli.main import main
 from tests.helpers import write_results_dir
 
 

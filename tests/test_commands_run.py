@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search.cli import main
+from fundus_search.search.cli.main import main
 from tests.helpers import run_on_a_small_filesystem, tiny_search_config
 
 CLI = str(Path(sys.executable).parent / "fundus-search")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from search.cli import main
+from fundus_search.search.cli.main import main
 
 
 @pytest.mark.slow

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from results.evaluation import Planned, default_primary, evaluation_table, paired_comparisons
-from results.statistics import benjamini_hochberg, holm
-from results.tables import verdict_sentences
+from fundus_search.results.answer import Planned, default_primary, evaluation_table, paired_comparisons
+from fundus_search.statistics import benjamini_hochberg, holm
+from fundus_search.results.tables import verdict_sentences
 
 SOURCES = {"flair": "flair", "imagenet": "torchvision", "random": "random"}
 N, K, REPEATS, SEEDS = 60, 3, 2, 2
@@ -52,7 +52,7 @@ def test_seeds_are_averaged_within_each_fold_before_the_test():
     row = compare(runs, predictions).iloc[0]
     assert row["comparison"] == "lp: flair - imagenet" and row["family"] == "primary"
     assert row["n"] == K * REPEATS and row["seeds"] == SEEDS, "J is folds x repeats, not x seeds"
-    from results.evaluation import run_metrics
+    from fundus_search.results.answer import run_metrics
     scored = runs.merge(run_metrics(predictions), on="run_id")
     per_fold = scored.groupby(["init", "repeat", "fold"])["average"].mean()
     assert row["difference"] == pytest.approx((per_fold["flair"] - per_fold["imagenet"]).mean())
@@ -113,7 +113,7 @@ def test_the_calibrated_protocols_are_the_ones_benchmark_b9_measured():
     import json
     from pathlib import Path
 
-    from results.statistics import CALIBRATED_PROTOCOLS
+    from fundus_search.statistics import CALIBRATED_PROTOCOLS
     record = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / "b9_calibration.json").read_text())
     measured = {tuple(int(x) for x in name.split("x")) for name, figures in record["by_protocol"].items()
                 if figures["calibrated"]}

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from search.cli import main
-from search.config import load_config
+from fundus_search.search.cli.main import main
+from fundus_search.search.study.config import load_config
 
 
 @pytest.mark.parametrize("section,value,message", [
@@ -66,9 +66,9 @@ def test_a_model_wide_normalize_is_gone_and_says_so(write_config, capsys):
 
 
 def test_config_defaults_are_the_dataclasses_defaults():
-    from data_io import Augmentation, SyntheticSpec
-    from models import TrainSettings
-    from search.config import AugmentationConfig, SyntheticConfig, TrainingConfig
+    from fundus_search.data_io import Augmentation, SyntheticSpec
+    from fundus_search.models import TrainSettings
+    from fundus_search.search.study.config import AugmentationConfig, SyntheticConfig, TrainingConfig
     assert SyntheticConfig().model_dump() == SyntheticSpec().__dict__
     assert AugmentationConfig().model_dump() == Augmentation().__dict__
     training = TrainingConfig()

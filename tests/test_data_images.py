@@ -14,10 +14,10 @@ from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-import data_io.image_cache as image_cache
-from data_io import (Augmentation, DataSpec, Preprocessing, SyntheticSpec, augment, build_manifest,
+import fundus_search.data_io.image_cache as image_cache
+from fundus_search.data_io import (Augmentation, DataSpec, Preprocessing, SyntheticSpec, augment, build_manifest,
                      decode_image, fold_indices, load_or_build_image_cache, preprocess_file, to_float)
-from data_io.synthetic import generate_image, generate_labels
+from fundus_search.data_io.synthetic import generate_image, generate_labels
 
 
 def test_resize_keeps_aspect_and_zero_pads_bottom_right(tmp_path):
@@ -138,7 +138,7 @@ def test_two_concurrent_builders_yield_one_valid_cache(cgi_tree, tmp_path):
 
 
 def test_parallel_decode_equals_inline_decode(tmp_path):
-    from data_io.synthetic import write_cgi_hrdc
+    from fundus_search.data_io.synthetic import write_cgi_hrdc
     root = write_cgi_hrdc(SyntheticSpec(n=70, size=32, seed=1), tmp_path / "d")
     manifest = build_manifest(DataSpec(source="cgi-hrdc", root=root, task=2))
     inline = load_or_build_image_cache(manifest, Preprocessing(image_size=32), tmp_path / "a", num_workers=0)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_io import DataSpec, build_manifest
-from search.cli import main
+from fundus_search.data_io import DataSpec, build_manifest
+from fundus_search.search.cli.main import main
 from tests.helpers import image_dir, label_csv
 
 
@@ -184,8 +184,8 @@ def test_skip_bad_excludes_and_records_the_files(cgi_tree, write_config, capsys)
     rc, out, err = run_cli(capsys, "data", "cache", write_config(cgi_config(cgi_tree, skip_bad=True)))
     assert rc == 0, err
     assert "22 images" in out and "2 excluded" in out
-    from data_io import prepare_images
-    from search.config import load_config
+    from fundus_search.data_io import prepare_images
+    from fundus_search.search.study.config import load_config
     cache = prepare_images(load_config(write_config(cgi_config(cgi_tree, skip_bad=True), "again.yaml")).data.to_spec())
     excluded = {e["path"].rsplit("/", 1)[-1]: e["reason"] for e in cache.meta["excluded"]}
     assert excluded.keys() == {"00003.png", "00004.png"}
@@ -196,6 +196,6 @@ def test_skip_bad_excludes_and_records_the_files(cgi_tree, write_config, capsys)
 def test_debug_flag_shows_the_traceback(cgi_tree, write_config):
     cfg = cgi_config(cgi_tree)
     cfg["data"]["image_size"] = 0
-    from search.config import ConfigError
+    from fundus_search.search.study.config import ConfigError
     with pytest.raises(ConfigError):
         main(["--debug", "data", "check", str(write_config(cfg))])

@@ -10,10 +10,10 @@ import ray
 import torch
 import yaml
 
-from models import InitSpec, build_feature_net
-from models.weights import FLAIR_PREFIX, FLAIR_PROJECTION_KEY
-from search.cli import main
-from search.demo.weights import FLAIR_FILE, IMAGENET_FILE, make_demo_weights
+from fundus_search.models import InitSpec, build_feature_net
+from fundus_search.models.weights import FLAIR_PREFIX, FLAIR_PROJECTION_KEY
+from fundus_search.search.cli.main import main
+from fundus_search.search.demo.weights import FLAIR_FILE, IMAGENET_FILE, make_demo_weights
 
 pytestmark = pytest.mark.slow
 

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data_io import split_indices
-from results.evaluation import evaluation_table, load_evaluation, run_metrics
-from search.cli import main
+from fundus_search.data_io import split_indices
+from fundus_search.results.answer import evaluation_table, load_evaluation, run_metrics
+from fundus_search.search.cli.main import main
 from tests.helpers import EVALUATED_FOLDS as FOLDS
 from tests.helpers import EVALUATED_INITS as INITS
 from tests.helpers import EVALUATED_REPEATS as REPEATS
@@ -55,7 +55,7 @@ def test_one_run_per_configuration_repeat_fold_and_seed_and_per_seed_on_the_test
 
 
 def test_every_image_is_predicted_once_per_configuration_repeat_and_seed_in_its_held_out_fold(search, evaluation):
-    from search.config import load_config
+    from fundus_search.search.study.config import load_config
     config = load_config(search / "config.yaml")
     predictions = pd.read_parquet(evaluation / "predictions.parquet")
     labels, groups = _dataset(search)
@@ -80,7 +80,7 @@ def test_metrics_recomputed_from_the_predictions_equal_the_runs(evaluation):
 
 
 def test_the_test_split_shares_no_group_with_any_fold_or_the_search(search, evaluation):
-    from search.config import load_config
+    from fundus_search.search.study.config import load_config
     config = load_config(search / "config.yaml")
     labels, groups = _dataset(search)
     train, test = split_indices(labels, groups, folds=config.data.folds, fold=None, seed=config.data.seed,
@@ -96,8 +96,8 @@ def test_the_test_split_shares_no_group_with_any_fold_or_the_search(search, eval
 
 def _dataset(search: Path) -> tuple[np.ndarray, np.ndarray]:
     """Labels and groups of every row of the search's image array."""
-    from data_io import prepare_images
-    from search.config import load_config
+    from fundus_search.data_io import prepare_images
+    from fundus_search.search.study.config import load_config
     cache = prepare_images(load_config(search / "config.yaml").data.to_spec())
     return cache.labels, np.asarray(cache.groups)
 
@@ -200,7 +200,7 @@ def test_an_evaluation_stopped_before_ray_saved_anything_is_continued_by_the_com
 
     import yaml
 
-    from results.layout import EvaluationFolder, SearchFolder
+    from fundus_search.results.layout import EvaluationFolder, SearchFolder
     copy = _copy_of_the_search(search, tmp_path / "s")
     config = yaml.safe_load((copy / "config.yaml").read_text())
     config["search"]["space"].update(init=["random"], strategy=["lp"])  # 1 cell x (fold 0 + test split): 2 runs
@@ -224,7 +224,7 @@ def test_an_evaluation_stopped_before_ray_saved_anything_is_continued_by_the_com
 def test_a_second_evaluate_of_the_same_folder_is_one_line_and_writes_nothing(search, tmp_path, monkeypatch, capsys):
     """Two `evaluate`s race: the first to create the folder owns it; the second, having passed
     the same checks, finds it created when it claims it (simulated here, without Ray)."""
-    import search.evaluation as evaluation
+    import fundus_search.search.evaluate.retrain as evaluation
 
     copy = _copy_of_the_search(search, tmp_path / "s")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from results.metrics import THRESHOLD, classification_metrics, predict
+from fundus_search.metrics import THRESHOLD, classification_metrics, predict
 
 
 def _from_confusion(tn, fp, fn, tp):

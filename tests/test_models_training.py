@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from data_io import DataSpec, SyntheticSpec, fold_indices, prepare_images
-from models import WEIGHT_SOURCES, InitSpec, Trainer, TrainSettings, build_feature_net, load_or_extract_features
-from models.inference import cpu_ms_per_image
-from models.transfer import upload_uint8
-from results.metrics import classification_metrics
+from fundus_search.data_io import DataSpec, SyntheticSpec, fold_indices, prepare_images
+from fundus_search.models import WEIGHT_SOURCES, InitSpec, Trainer, TrainSettings, build_feature_net, load_or_extract_features
+from fundus_search.models.inference import cpu_ms_per_image
+from fundus_search.models.transfer import upload_uint8
+from fundus_search.metrics import classification_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -134,9 +134,9 @@ def test_lbfgs_head_reproduces_scikit_learn_probabilities(dataset, pretrained_fl
 
 
 def test_cpu_inference_time_grows_with_the_image():
-    from data_io import Preprocessing
-    from models import Classifier
-    from models.backbones import Head
+    from fundus_search.data_io import Preprocessing
+    from fundus_search.models import Classifier
+    from fundus_search.models.backbones import Head
     net = build_feature_net(InitSpec(source="random"), "resnet18")
     classifier = Classifier(net, Head(net.feature_dim, 2))
     image = np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8)
@@ -159,7 +159,7 @@ def test_upload_uint8_copies_a_read_only_memmap_exactly(tmp_path):
 # ---- edge cases ----
 
 def test_batches_never_hold_a_single_row():
-    from models.transfer import batch_slices
+    from fundus_search.models.transfer import batch_slices
     assert [(s.start, s.stop) for s in batch_slices(17, 8)] == [(0, 8), (8, 17)]
     assert [(s.start, s.stop) for s in batch_slices(16, 8)] == [(0, 8), (8, 16)]
     assert [(s.start, s.stop) for s in batch_slices(1, 8)] == [(0, 1)]
@@ -185,7 +185,7 @@ def test_linear_probe_standardises_with_the_exact_training_statistics(dataset, p
 
 
 def test_folds_count_groups_not_images():
-    from data_io import FoldError
+    from fundus_search.data_io import FoldError
     labels = np.array([0] * 10 + [1] * 10)
     groups = [f"n{i}" for i in range(10)] + ["a"] * 5 + ["b"] * 5  # class 1: 10 images, 2 file names
     with pytest.raises(FoldError, match="class 1 has only 2 groups"):
@@ -218,8 +218,8 @@ def small_dataset(tmp_path_factory):
 
 
 def test_the_strategy_registry_covers_the_vocabulary():
-    from models import TRANSFER_STRATEGIES
-    from vocabulary import STRATEGIES
+    from fundus_search.models import TRANSFER_STRATEGIES
+    from fundus_search.vocabulary import STRATEGIES
     assert tuple(TRANSFER_STRATEGIES) == STRATEGIES
 
 
@@ -227,7 +227,7 @@ def test_the_strategy_registry_covers_the_vocabulary():
 @pytest.mark.parametrize("source", sorted(WEIGHT_SOURCES))
 def test_every_source_and_strategy_trains_an_epoch_touching_only_what_it_should(source, strategy, source_inits,
                                                                                  small_dataset):
-    from models import extract_features
+    from fundus_search.models import extract_features
     cache, train_idx, val_idx = small_dataset
     init, built = source_inits[source], []
 

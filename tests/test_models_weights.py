@@ -10,8 +10,8 @@ import torch.nn.functional as F
 import torchvision
 from safetensors.torch import save_file
 
-from models import BACKBONES, WEIGHT_SOURCES, InitSpec, WeightsError, build_feature_net, weights_id
-from models.weights import FLAIR_PREFIX, FLAIR_PROJECTION_KEY
+from fundus_search.models import BACKBONES, WEIGHT_SOURCES, InitSpec, WeightsError, build_feature_net, weights_id
+from fundus_search.models.weights import FLAIR_PREFIX, FLAIR_PROJECTION_KEY
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,7 @@ def test_imagenet_normalisation_is_applied_inside_the_network():
 
 @pytest.mark.parametrize("name", sorted(WEIGHT_SOURCES))
 def test_every_weight_source_brings_a_known_normalisation(name):
-    from models import NORMALIZATIONS
+    from fundus_search.models import NORMALIZATIONS
     source = WEIGHT_SOURCES[name]
     assert source.normalize in NORMALIZATIONS, f"{name}: normalisation {source.normalize!r} is not registered"
     assert InitSpec(source=name).normalize == source.normalize

@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from results.evaluation import evaluation_table, load_evaluation
-from results.report import SECTIONS
-from search.cli import main
+from fundus_search.results.answer import evaluation_table, load_evaluation
+from fundus_search.results.report import SECTIONS
+from fundus_search.search.cli.main import main
 
 pytestmark = pytest.mark.slow
 

@@ -9,9 +9,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from results import EPOCHS_SCHEMA, TRIALS_SCHEMA, ResultsStore, init_strategy_table, load_trials
+from fundus_search.results import EPOCHS_SCHEMA, TRIALS_SCHEMA, ResultsStore, init_strategy_table, load_trials
 from tests.helpers import run_on_a_small_filesystem, write_results_dir
-from vocabulary import EPOCHS_FILE, PARAMS, VAL_METRICS, best
+from fundus_search.vocabulary import EPOCHS_FILE, PARAMS, VAL_METRICS, best
 
 
 @pytest.fixture
@@ -67,8 +67,8 @@ def test_table_picks_each_cells_best_trial(results_dir):
 _FILL_THE_STORE = """
 import json, os, sys
 import pandas as pd
-from results import ResultsStore, ResultsWriteError
-from vocabulary import EPOCHS_FILE
+from fundus_search.results import ResultsStore, ResultsWriteError
+from fundus_search.vocabulary import EPOCHS_FILE
 root = sys.argv[1]
 store = ResultsStore(root + "/s", search="s", flush_seconds=0)
 written = 0

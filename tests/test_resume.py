@@ -32,7 +32,7 @@ def _kill_group(pgid: int) -> None:
 
 _KILL_AFTER_SUGGESTION = """
 import os, signal, sys
-from search import searcher
+from fundus_search.search import searcher
 real_suggest, count = searcher.PruningOptunaSearch.suggest, []
 
 def suggest(self, trial_id):
@@ -43,7 +43,7 @@ def suggest(self, trial_id):
     return params
 
 searcher.PruningOptunaSearch.suggest = suggest
-from search.cli import main
+from fundus_search.search.cli.main import main
 sys.exit(main(sys.argv[2:]))
 """
 
@@ -79,7 +79,7 @@ def test_a_killed_driver_resumes_with_nothing_lost_or_twice_and_every_cell_run(t
     copy = tmp_path / "runs" / "window-copy"
     shutil.copytree(folder, copy, symlinks=True)
     shutil.rmtree(folder)
-    from search.cli import main  # refused before Ray starts: in this process
+    from fundus_search.search.cli.main import main  # refused before Ray starts: in this process
     assert main(["run", str(tmp_path / "c.yaml"), "--name", "window-copy"]) == 2
     err = capsys.readouterr().err
     assert f"`fundus-search resume {copy}`" in err, err
@@ -108,7 +108,7 @@ def test_a_killed_driver_resumes_with_nothing_lost_or_twice_and_every_cell_run(t
 def test_resume_refuses_a_folder_others_could_have_written(problem, tmp_path, capsys):
     import os
 
-    from search.cli import main
+    from fundus_search.search.cli.main import main
     folder = tmp_path / "search"
     folder.mkdir()
     (folder / "search.json").write_text("{}")

@@ -6,7 +6,7 @@ import pytest
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
-from search.scheduler import StratifiedASHA
+from fundus_search.search.engine.scheduler import StratifiedASHA
 
 
 def make_trial(trial_id: str, init: str, strategy: str = "ft") -> Trial:

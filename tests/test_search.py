@@ -17,9 +17,9 @@ import ray.cloudpickle
 from ray import tune
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from results import EPOCHS_SCHEMA, TRIALS_SCHEMA
-from search.trainable import train_trial
-from search.tuner import start_search
+from fundus_search.results import EPOCHS_SCHEMA, TRIALS_SCHEMA
+from fundus_search.search.engine.trainable import train_trial
+from fundus_search.search.engine.tuner import start_search
 from tests.helpers import tiny_search_config
 
 pytestmark = pytest.mark.slow
@@ -180,7 +180,7 @@ def _kill_the_worker(params, **kwargs):
 def test_failed_trials_carry_their_error_and_the_run_says_how_many(ray_2_cpus, pretrained_flair, tmp_path, capsys):
     import yaml
 
-    from search.commands.run import summarise
+    from fundus_search.search.cli.run import summarise
     config = tiny_search_config(storage=tmp_path / "runs", flair=pretrained_flair, num_samples=2, max_epochs=1,
                                 strategies=("lp",), scheduler={"type": "fifo"})
     config["storage"]["max_failures"] = 0
@@ -200,8 +200,8 @@ def test_failed_trials_carry_their_error_and_the_run_says_how_many(ray_2_cpus, p
 def test_a_killed_worker_is_an_error_with_a_message_and_all_failing_is_one_line(ray_2_cpus, tmp_path):
     import yaml
 
-    from vocabulary import UserError
-    from search.commands.run import summarise
+    from fundus_search.vocabulary import UserError
+    from fundus_search.search.cli.run import summarise
     config = tiny_search_config(storage=tmp_path / "runs", num_samples=2, max_epochs=1, strategies=("lp",),
                                 scheduler={"type": "fifo"})
     config["storage"]["max_failures"] = 0
@@ -225,7 +225,7 @@ def test_a_killed_worker_is_an_error_with_a_message_and_all_failing_is_one_line(
 def test_every_reported_key_has_a_column_and_an_unknown_key_is_an_error(search):
     from types import SimpleNamespace
 
-    from search.callbacks import epoch_row, unknown_report_keys
+    from fundus_search.search.engine.callbacks import epoch_row, unknown_report_keys
     reports = [json.loads(line) for trial_dir in search.glob("trial_*")
                for line in (trial_dir / "result.json").read_text().splitlines()]
     assert reports and all(unknown_report_keys(r) == [] for r in reports)
@@ -242,7 +242,7 @@ def test_trials_record_the_normalisation_their_weights_were_used_with(search):
 def test_a_trial_no_node_can_hold_is_refused_before_the_folder_is_written(ray_2_cpus, tmp_path):
     import yaml
 
-    from search.errors import SearchError
+    from fundus_search.search.errors import SearchError
     config = tiny_search_config(storage=tmp_path / "runs", num_samples=1)
     config["resources"]["cpus_per_trial"] = 64
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))

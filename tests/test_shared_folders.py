@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from results import ResultsStore, ResultsWriteError
-from results.layout import EvaluationFolder, SearchFolder, write_atomic
-from results.store import EVALUATION_TABLES
-from search.cli import main
+from fundus_search.results import ResultsStore, ResultsWriteError
+from fundus_search.results.layout import EvaluationFolder, SearchFolder, write_atomic
+from fundus_search.results.store import EVALUATION_TABLES
+from fundus_search.search.cli.main import main
 from tests.helpers import tiny_search_config, write_results_dir
 
 OTHER_UID = 65534  # `nobody`
@@ -177,7 +177,7 @@ def test_report_checks_the_stored_config_as_run_does_and_never_hangs(scheduler, 
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (search / "report.html").exists()
-    from results.report import write_report
-    from results.query import ResultsError
+    from fundus_search.results.report import write_report
+    from fundus_search.results.query import ResultsError
     with pytest.raises(ResultsError, match="not a config fundus-search wrote"):  # the library alone: no loop either
         write_report(search)

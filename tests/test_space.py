@@ -7,9 +7,9 @@ import math
 import optuna
 import pytest
 
-from search.config import Config
-from search.searcher import make_sampler
-from search.space import SearchSpace
+from fundus_search.search.study.config import Config
+from fundus_search.search.engine.searcher import make_sampler
+from fundus_search.search.study.space import SearchSpace
 
 
 def space_of(lp_solver: str = "adamw", **space) -> SearchSpace:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from results.metrics import classification_metrics
-from results.statistics import (average_from_counts, bayesian_correlated_ttest, benjamini_hochberg, bootstrap_spread,
+from fundus_search.metrics import classification_metrics
+from fundus_search.statistics import (average_from_counts, bayesian_correlated_ttest, benjamini_hochberg, bootstrap_spread,
                                 corrected_cv_ttest, holm)
 
 # 5 folds x 2 repeats of (seed-averaged) differences; a run trains on 400 images and scores 100

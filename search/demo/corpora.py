@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from data_io.preprocess import resize_and_pad
-from data_io.synthetic import draw_fundus
+from fundus_search.data_io.preprocess import resize_and_pad
+from fundus_search.data_io.synthetic import draw_fundus
 
 SHAPES = ("disc", "square", "triangle", "cross", "ring", "star")
 _SUPERSAMPLE = 2

@@ -23,11 +23,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from models import WEIGHT_SOURCES, FeatureNet, InitSpec, build_feature_net
-from models.pretrain import pretrain, save_flair_checkpoint
-from models.weights import file_sha256
+from fundus_search.models import WEIGHT_SOURCES, FeatureNet, InitSpec, build_feature_net
+from fundus_search.models.pretrain import pretrain, save_flair_checkpoint
+from fundus_search.models.weights import file_sha256
 
-from .corpora import generate_pretraining_corpus, generate_shapes_corpus
+from fundus_search.search.demo.corpora import generate_pretraining_corpus, generate_shapes_corpus
 
 IMAGENET_FILE, FLAIR_FILE, MANIFEST_FILE = "imagenet_standin_resnet18.pth", "flair_standin_resnet18.pth", "demo-weights.json"
 VERSION = 3  # bump when the recipe changes: cached files are then rebuilt (3: FLAIR learns the signs, from ImageNet)

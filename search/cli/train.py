@@ -1,0 +1,67 @@
+"""`fundus-search train`: one configuration without Ray, a line per epoch (the debugging path)."""
+
+from __future__ import annotations
+
+import argparse
+
+from fundus_search.vocabulary import (AUC, AVERAGE, F1, FT, FT_LR, KAPPA, LP, LP_EPOCHS, LP_FT, LP_LR, SPECIFICITY, STRATEGIES,
+                        TRAIN_LOSS, lp_warmup, val)
+
+from fundus_search.search.cli._args import UsageError, number_above
+
+_SHOWN = (TRAIN_LOSS, *(val(m) for m in (AVERAGE, KAPPA, F1, SPECIFICITY, AUC)))
+
+
+def add_parsers(commands: argparse._SubParsersAction) -> None:
+    train = commands.add_parser("train", help="train one configuration without Ray, printing each epoch")
+    train.add_argument("config")
+    train.add_argument("--init", required=True, help="a name from model.inits")
+    train.add_argument("--strategy", required=True, choices=STRATEGIES)
+    train.add_argument("--lp-lr", type=number_above(0), help="LP learning rate (lp, lp_ft)")
+    train.add_argument("--ft-lr", type=number_above(0), help="fine-tuning learning rate (ft, lp_ft)")
+    train.add_argument("--lp-epochs", type=number_above(1, int, inclusive=True), help="LP warm-up epochs (lp_ft)")
+    train.add_argument("--weight-decay", type=number_above(0, inclusive=True), default=1e-4)
+    train.add_argument("--batch-size", type=number_above(2, int, inclusive=True),
+                       help="default: first choice of search.space.batch_size")
+    train.add_argument("--fold", type=number_above(0, int, inclusive=True), help="default: data.fold")
+    train.add_argument("--epochs", type=number_above(1, int, inclusive=True),
+                       help="main-phase epochs; default: search.max_epochs")
+    train.add_argument("--seed", type=int, default=0)
+    train.set_defaults(handler=train_command)
+
+
+def check_params(params: dict, *, lbfgs: bool) -> None:
+    """Each strategy names the learning rates it uses, and only those."""
+    needed = {LP: [] if lbfgs else [LP_LR], FT: [FT_LR], LP_FT: [FT_LR, LP_EPOCHS] + ([] if lbfgs else [LP_LR])}
+    missing = [k for k in needed[params["strategy"]] if params.get(k) is None]
+    if missing:
+        flags = ", ".join("--" + k.replace("_", "-") for k in missing)
+        raise UsageError(f"--strategy {params['strategy']} needs {flags}")
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from fundus_search.data_io import prepare_images
+
+    from fundus_search.search.study.config import load_config
+    from fundus_search.search.engine.trial import DatasetInfo, make_trainer
+
+    config = load_config(args.config)
+    if args.init not in config.model.inits:
+        raise UsageError(f"--init: {args.init!r} is not in model.inits ({', '.join(config.model.inits)})")
+    params = {"init": args.init, "strategy": args.strategy, "lp_lr": args.lp_lr, "ft_lr": args.ft_lr,
+              "lp_epochs": args.lp_epochs, "weight_decay": args.weight_decay, "seed": args.seed,
+              "batch_size": args.batch_size or config.search.space.batch_size[0],
+              "fold": config.data.fold if args.fold is None else args.fold, "max_epochs": args.epochs}
+    check_params(params, lbfgs=config.training.lp_solver == "lbfgs")
+    spec = config.data.to_spec()
+    cache = prepare_images(spec)
+    trainer, provenance = make_trainer(config, params, cache.images, DatasetInfo.of(cache, spec.resolved_cache_dir()))
+    print(f"{args.init} / {args.strategy} on {len(cache)} images ({cache.images.shape[1]} px), fold "
+          f"{params['fold']}, weights {provenance['weights_id'][:12]} (normalize: {provenance['normalize']}), "
+          f"device {trainer.device}")
+    for metrics in trainer.epochs():
+        warmup = lp_warmup(val(AVERAGE))
+        warm = f"  (LP warm-up: {val(AVERAGE)} {metrics[warmup]:.3f})" if warmup in metrics else ""
+        shown = "  ".join(f"{k} {metrics[k]:.3f}" for k in _SHOWN)
+        print(f"epoch {metrics['epoch']:>3}  {shown}  {metrics['epoch_seconds']:.1f} s{warm}", flush=True)
+    return 0

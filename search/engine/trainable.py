@@ -1,0 +1,60 @@
+"""The Ray Tune trainable: a thin adapter from a trial config to `models.Trainer`.
+
+The only module that calls `tune.report` / `tune.get_checkpoint`. Every epoch reports every
+metric; every `storage.checkpoint_every`-th epoch (but never the last: the trial ends there) also
+saves a checkpoint, from which a retried or resumed trial continues exactly. An evaluation run
+(`keep_predictions`) also reports its last epoch's predictions.
+"""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+from ray import tune
+
+from fundus_search.search.study.config import Config
+from fundus_search.search.engine.trial import DatasetInfo, make_trainer
+
+STATE_FILE = "trainer.pt"
+
+
+def train_trial(params: dict, *, images: np.ndarray, info: DatasetInfo, config: Config) -> None:
+    """Train one configuration, reporting each main-phase epoch to Tune.
+
+    Args:
+        params: the trial config from the search space (see `search.space.SearchSpace`).
+        images: (N, S, S, 3) uint8 from the object store (zero-copy, read-only).
+        info: labels, groups and cache keys of `images`.
+        config: the validated search config.
+    """
+    torch.set_num_threads(max(1, int(config.resources.cpus_per_trial)))
+    trainer, provenance = make_trainer(config, params, images, info)
+    # host:node-id, unique even for several Ray nodes on one machine (cluster/local.sh)
+    node = f"{socket.gethostname()}:{ray.get_runtime_context().get_node_id()[:12]}"
+    checkpoint = tune.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            trainer.load_state_dict(torch.load(Path(folder) / STATE_FILE, weights_only=True))
+    for metrics in trainer.epochs():
+        last = metrics["epoch"] == trainer.main_epochs
+        scored = predictions(trainer) if last and params.get("keep_predictions") else {}
+        report = {**metrics, "epochs_planned": trainer.main_epochs, **provenance,
+                  "dataset_fingerprint": info.fingerprint, "node": node, **scored}
+        if last or metrics["epoch"] % config.storage.checkpoint_every:
+            tune.report(report)
+            continue
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(trainer.state_dict(), Path(folder) / STATE_FILE)
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def predictions(trainer) -> dict:
+    """The scored rows of the image array and their P(positive), for an evaluation's last epoch
+    (results.store.PREDICTION_REPORT_KEYS)."""
+    return {"scored_rows": trainer.val_idx.tolist(), "scored_probabilities": trainer.val_probabilities.tolist(),
+            "n_train": len(trainer.train_idx)}

@@ -1,0 +1,292 @@
+"""Build, run and resume a search: Ray Tune + Optuna TPE + stratified ASHA + the results callbacks."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import optuna
+import pandas as pd
+import ray
+import yaml
+from ray import tune
+from ray.tune.schedulers import TrialScheduler
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator
+
+from fundus_search.data_io import ImageCache, prepare_images
+from fundus_search.results.layout import SearchFolder, write_atomic
+from fundus_search.vocabulary import (CONFIG_FILE, EPOCHS_FILE, ROW_LOG, RUNNING, STUDY_FILE, TENSORBOARD_DIR, TRIALS_FILE,
+                        check_name)
+
+from fundus_search.search.engine.callbacks import ParquetCallback, ProgressCallback
+from fundus_search.search.study.config import Config, load_config
+from fundus_search.search.errors import SearchError
+from fundus_search.search.ops.folders import check_resources, check_storage, check_trusted, check_weights, provenance
+from fundus_search.search.ops.ray_session import check_address, connect
+from fundus_search.search.engine.scheduler import make_scheduler
+from fundus_search.search.engine.searcher import PruningOptunaSearch, make_searcher
+from fundus_search.search.study.space import SearchSpace
+from fundus_search.search.engine.tensorboard import TensorBoardCallback
+from fundus_search.search.engine.trainable import train_trial
+from fundus_search.search.engine.trial import DatasetInfo
+
+log = logging.getLogger(__name__)
+
+TUNER_STATE = "tuner.pkl"  # what Ray's Tuner writes first in an experiment folder
+
+
+@dataclass(frozen=True)
+class SearchPaths:
+    """Where one search keeps things. `results` may be s3://; `local` is always on this machine."""
+
+    name: str
+    results: str  # Ray experiment, Parquet files
+    local: Path  # config copy, Optuna study, TensorBoard runs, row log
+
+    @classmethod
+    def of(cls, config: Config, name: str) -> "SearchPaths":
+        results = f"{config.storage.path.rstrip('/')}/{name}"
+        remote = "://" in results
+        local = config.data.to_spec().resolved_cache_dir() / "runs" / name if remote else Path(results)
+        return cls(name=name, results=results, local=local)
+
+
+def default_name(config: Config) -> str:
+    """`<config name>-<YYYYmmdd-HHMMSS>`: every run starts a new search beside the old ones."""
+    return f"{config.name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def trial_dirname(trial) -> str:
+    """Short trial folder names; the readable names live in TensorBoard and Parquet."""
+    return f"trial_{trial.trial_id}"
+
+
+def trainable_with_resources(config: Config, cache: ImageCache, train_fn: Callable):
+    """`train_fn` with the image array shared through the object store and strategy-aware resources."""
+    info = DatasetInfo.of(cache, config.data.to_spec().resolved_cache_dir())
+    has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+    cpus, gpus = config.resources.cpus_per_trial, config.resources.gpus_per_trial
+
+    def resources(params: dict) -> tune.PlacementGroupFactory:
+        # Strategy-aware: an LP trial needs a slice of a GPU, an FT trial a whole one.
+        return tune.PlacementGroupFactory([{"CPU": cpus, "GPU": gpus.get(params["strategy"], 0) if has_gpus else 0}])
+
+    # The image array goes into the object store once; every trial on a node maps it zero-copy.
+    with_data = tune.with_parameters(train_fn, images=cache.images, info=info, config=config)
+    return tune.with_resources(with_data, resources)
+
+
+def search_algorithms(config: Config, *, study_name: str, db_path: Path | None,
+                      num_samples: int) -> tuple[PruningOptunaSearch, TrialScheduler]:
+    """The searcher (Optuna, persisted in `db_path`, or in memory if None) and the scheduler
+    that `config.search` asks for."""
+    s = config.search
+    space = SearchSpace(config)
+    cells = space.cell_points() if s.cover_cells else []
+    searcher = make_searcher(space, metric=s.metric, mode=s.mode, seed=s.seed, study_name=study_name,
+                             db_path=db_path, first_points=cells[:num_samples], sampler=s.sampler)
+    scheduler = make_scheduler(s.scheduler.type, stratify_by=tuple(s.scheduler.stratify_by), metric=s.metric,
+                               mode=s.mode, max_t=s.max_epochs, grace_period=s.scheduler.grace_period,
+                               reduction_factor=s.scheduler.reduction_factor)
+    return searcher, scheduler
+
+
+def build_tuner(config: Config, paths: SearchPaths, cache: ImageCache, *, num_samples: int,
+                train_fn: Callable = train_trial, extra_callbacks: tuple = ()) -> tune.Tuner:
+    """The Tuner of a new search (Ray must be connected); `extra_callbacks` are added to ours."""
+    s = config.search
+    searcher, scheduler = search_algorithms(config, study_name=paths.name, db_path=paths.local / STUDY_FILE,
+                                            num_samples=num_samples)
+    meta = provenance(config, cache.meta["fingerprint"])
+    remote = "://" in paths.results
+    callbacks = [
+        ParquetCallback(paths.results, search=paths.name, metric=s.metric, mode=s.mode, metadata=meta,
+                        log_path=paths.local / ROW_LOG if remote else None),
+        TensorBoardCallback(str(paths.local / TENSORBOARD_DIR)),
+        ProgressCallback(metric=s.metric, mode=s.mode, total=num_samples),
+        *extra_callbacks,
+    ]
+    # Ray's experiment is the search folder itself (or its remote location)
+    storage, name = (config.storage.path, paths.name) if remote else (str(paths.local.parent), paths.local.name)
+    return make_tuner(trainable_with_resources(config, cache, train_fn), config, name=name, storage_path=storage,
+                      search_alg=searcher, scheduler=scheduler, num_samples=num_samples, callbacks=callbacks)
+
+
+def make_tuner(trainable, config: Config, *, name: str, storage_path: str, search_alg, scheduler, num_samples: int,
+               callbacks: list) -> tune.Tuner:
+    """The Tuner a search and an evaluation share: concurrency from the resources, reused
+    workers, retries from the last checkpoint, one checkpoint kept per trial."""
+    concurrent = config.resources.max_concurrent_trials or max(
+        1, int(ray.cluster_resources().get("CPU", 1) // config.resources.cpus_per_trial))
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(num_samples=num_samples, search_alg=search_alg, scheduler=scheduler,
+                                    max_concurrent_trials=concurrent, trial_dirname_creator=trial_dirname,
+                                    # a new trial reuses a finished trial's worker process (same
+                                    # resources): no torch import and array fetch per trial (B4)
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage_path, callbacks=callbacks, verbose=0,
+            failure_config=tune.FailureConfig(max_failures=config.storage.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+
+
+def start_search(config_path: Path, *, name: str | None = None, num_samples: int | None = None,
+                 address: str | None = None, train_fn: Callable = train_trial,
+                 extra_callbacks: tuple = (), study: dict | None = None) -> tuple[SearchPaths, tune.ResultGrid]:
+    """Validate everything, then write the search folder, then run the search.
+
+    `train_fn` is the function each trial runs (tests inject failures by wrapping it);
+    `extra_callbacks` are more Ray Tune callbacks (the benchmarks time trials with one);
+    `study` is what `fundus-search study` does after the search, kept in search.json so that
+    `resume` can finish it.
+
+    Raises:
+        UserError (ConfigError, ManifestError, WeightsError, SearchError, ClusterError): nothing was written.
+    """
+    config = load_config(config_path)
+    if name is not None:
+        try:
+            check_name(name)
+        except ValueError as exc:
+            raise SearchError(f"search name: {exc}") from None
+    paths = SearchPaths.of(config, name or default_name(config))
+    if "://" not in paths.results and Path(paths.results).exists():
+        raise SearchError(f"search folder {paths.results} already exists; pick another name or "
+                         f"`fundus-search resume {paths.results}`")
+    check_storage(paths.results)
+    if address:
+        check_address(address)  # seconds, not minutes, and before the images are decoded
+    check_weights(config)
+    cache = prepare_images(config.data.to_spec())  # validates every image before anything is written
+    total = num_samples or config.search.num_samples
+    connect(address)  # a wrong address fails here, before the search folder exists
+    check_resources(config)
+    try:
+        paths.local.mkdir(parents=True)
+    except FileExistsError:
+        raise SearchError(f"search folder {paths.local} was just created by another command; pick another name") \
+            from None
+    write_atomic(paths.local / CONFIG_FILE, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    remote = paths.results if "://" in paths.results else None
+    SearchFolder(path=paths.local, name=paths.name, num_samples=total, remote=remote, study=study).write()
+    return paths, _fit(config, paths, cache, total, train_fn, extra_callbacks)
+
+
+def _fit(config: Config, paths: SearchPaths, cache: ImageCache, total: int, train_fn: Callable,
+         extra_callbacks: tuple = ()) -> tune.ResultGrid:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate/group TPE
+        tuner = build_tuner(config, paths, cache, num_samples=total, train_fn=train_fn,
+                            extra_callbacks=extra_callbacks)
+    return tuner.fit()
+
+
+def search_ended(folder: SearchFolder) -> bool:
+    """Whether the search ran to its end: trials.parquet, rewritten last as the search ends,
+    holds `num_samples` trials and none still running."""
+    trials = folder.path / TRIALS_FILE
+    if not trials.is_file():
+        return False
+    status = pd.read_parquet(trials, columns=["status"])["status"]
+    return len(status) >= folder.num_samples and not (status == RUNNING).any()
+
+
+def ray_saved_state(folder: Path) -> bool:
+    """Whether Ray's experiment in `folder` has saved its state (what `Tuner.restore` continues
+    from): `experiment_state-*.json`, written as the run starts and every few seconds after."""
+    return any(folder.glob("experiment_state-*.json"))
+
+
+def resume_search(results_dir: Path, *, address: str | None = None,
+                  train_fn: Callable = train_trial) -> tuple[SearchPaths, tune.ResultGrid]:
+    """Continue an interrupted search to its full num_samples (same experiment, same trials),
+    from `results_dir` and into it, wherever the folder was first written.
+
+    Raises:
+        SearchError: `results_dir` is not a search folder, holds no Ray state, or others could
+            have written something in it.
+    """
+    folder = SearchFolder.open(check_trusted(results_dir) if Path(results_dir).is_dir() else results_dir)
+    if folder.remote is None:
+        check_ray_state(folder.path)
+    config = load_config(folder.path / CONFIG_FILE)
+    paths = SearchPaths(name=folder.name, results=folder.results, local=folder.path)
+    cache = prepare_images(config.data.to_spec())
+    connect(address)
+    check_resources(config)
+    if folder.remote is None and not ray_saved_state(folder.path):
+        # stopped between writing the folder and Ray's first snapshot: nothing to continue, so it
+        # starts again here (what was begun before is Ray's and Optuna's first seconds, dropped)
+        log.info("%s: Ray saved no state before the search stopped; starting it again in this folder", folder.path)
+        discard_unsaved(folder.path, (STUDY_FILE, ROW_LOG, TRIALS_FILE, EPOCHS_FILE, TENSORBOARD_DIR))
+        return paths, _fit(config, paths, cache, folder.num_samples, train_fn)
+    tuner = restore_tuner(paths.results, trainable_with_resources(config, cache, train_fn), local=folder.path)
+    return paths, tuner.fit()
+
+
+def discard_unsaved(folder: Path, names: tuple[str, ...]) -> None:
+    """Remove Ray's Tuner file and `names` from `folder`, whose Ray saved no state: what they
+    hold is the first seconds of a run that starts again."""
+    for name in (TUNER_STATE, *names):
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def check_ray_state(folder: Path) -> None:
+    """Ray's state in `folder` is either absent (nothing was saved: start again) or whole.
+
+    Raises:
+        SearchError: a saved experiment state without the Tuner it belongs to.
+    """
+    if ray_saved_state(folder) and not (folder / TUNER_STATE).is_file():
+        raise SearchError(f"{folder}: Ray's experiment state is incomplete (no {TUNER_STATE}); this folder was "
+                          "not left so by fundus-search, so it is not resumed")
+
+
+def restore_tuner(experiment: str, trainable, *, local: Path) -> tune.Tuner:
+    """Ray's `Tuner.restore` of `experiment`, with everything writing into it and `local`.
+
+    Ray re-points the trials it restores at the folder it restores from; three things it
+    restores from its pickles still hold the paths of the folder's first location (a copy would
+    write into its original, a moved folder would fail): our callbacks and searcher, each told
+    the folder by `relocate`, and the experiment Tune's search generator makes new trials in,
+    re-pointed by `_RelocatedSearch`.
+    """
+    tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    internal = tuner._local_tuner  # where Ray keeps the unpickled RunConfig and TuneConfig
+    tune_config = internal._tune_config
+    for part in [*(internal.get_run_config().callbacks or []), tune_config.search_alg]:
+        if hasattr(part, "relocate"):
+            part.relocate(local / STUDY_FILE if isinstance(part, PruningOptunaSearch) else local)
+    if "://" not in experiment:
+        # the wrapping Tune would do (tune.run): the concurrency limit, then the generator
+        searcher = tune_config.search_alg
+        if tune_config.max_concurrent_trials:
+            searcher = ConcurrencyLimiter(searcher, max_concurrent=tune_config.max_concurrent_trials)
+        tune_config.search_alg, tune_config.max_concurrent_trials = _RelocatedSearch(searcher, Path(experiment)), None
+    return tuner
+
+
+class _RelocatedSearch(SearchGenerator):
+    """Tune's SearchGenerator, whose restored experiment makes new trials in `folder`: the saved
+    one names the folder the experiment was first written in (Ray restores it as saved)."""
+
+    def __init__(self, searcher, folder: Path):
+        super().__init__(searcher)
+        self.folder = folder
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        storage = self._experiment.spec["storage"]  # the one new trials get (and experiment.storage)
+        storage.storage_fs_path, storage.experiment_dir_name = self.folder.parent.as_posix(), self.folder.name

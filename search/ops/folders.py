@@ -1,0 +1,147 @@
+"""Checks on the folders, files and weights a search or an evaluation reads and writes, made
+before anything is written; and the provenance written with their results."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import platform
+import stat
+import subprocess
+import tempfile
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+import yaml
+
+from fundus_search.models import build_feature_net
+
+from fundus_search.search.study.config import Config
+from fundus_search.search.errors import SearchError
+
+
+def check_weights(config: Config) -> None:
+    """Load every init's weights once, on the CPU, strictly: a missing, unsafe or mismatched file
+    fails here, before anything is written, not inside every trial."""
+    for name in config.inits:
+        build_feature_net(config.model.init_spec(name), config.model.backbone, seed=0, where=f"model.inits.{name}")
+
+
+def check_storage(results: str) -> None:
+    """A local results folder can be created and written: probe with a temporary file in the
+    nearest folder that exists (nothing is left behind).
+
+    Raises:
+        SearchError: naming the folder and the OS error.
+    """
+    if "://" in results:
+        return
+    folder = Path(results)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        if not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise SearchError(f"storage.path: cannot write results under {folder} ([Errno {exc.errno}] {exc.strerror}); "
+                         "choose a writable folder") from exc
+
+
+def check_trusted(folder: Path) -> Path:
+    """Refuse to resume `folder` unless this user alone could have written everything in it.
+
+    Resuming unpickles Ray's experiment state (`tuner.pkl`, `experiment_state-*.json`, the
+    searcher's state) and loads trial checkpoints, so every entry under the folder is checked,
+    at any depth, without following links: a symlink is refused (it could lead to anyone's
+    file), and so is an entry owned by another user or writable by others.
+
+    Returns:
+        the folder, resolved (what is checked is what is restored).
+
+    Raises:
+        SearchError: naming the first untrusted path.
+    """
+    folder = Path(os.path.realpath(folder))
+    _check_entry(folder, folder)
+    for dirpath, dirnames, filenames in os.walk(folder):  # never descends into a linked folder
+        for name in sorted(dirnames + filenames):
+            _check_entry(Path(dirpath) / name, folder)
+    return folder
+
+
+def _check_entry(path: Path, folder: Path) -> None:
+    info = path.lstat()
+    if stat.S_ISLNK(info.st_mode):
+        raise SearchError(f"{path}: a symlink (to {os.readlink(path)}); resuming unpickles files from this folder, "
+                         "so it follows no link: remove the link, or resume a folder without links")
+    if info.st_uid != os.getuid():
+        raise SearchError(f"{path}: owned by user id {info.st_uid}, not you; resuming unpickles files from this "
+                         "folder, so only folders you wrote are resumed (a copy of another user's folder still holds "
+                         "their pickles); `report`, `table` and `best` read it safely")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise SearchError(f"{path}: writable by other users (mode {stat.filemode(info.st_mode)}); resuming "
+                         f"unpickles files from this folder: `chmod -R go-w {folder}` if you trust its contents")
+
+
+def check_resources(config: Config) -> None:
+    """A trial's resource request fits on at least one node of the connected Ray: Ray would
+    otherwise wait for such a node for ever.
+
+    Raises:
+        SearchError: naming the request and the largest node.
+    """
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    cpus = max((n.get("CPU", 0) for n in nodes), default=0)
+    gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+    want = config.resources.cpus_per_trial
+    if want > cpus:
+        raise SearchError(f"resources.cpus_per_trial: {want:g} CPUs per trial, but the largest node of the Ray "
+                          f"cluster has {cpus:g}; ask for at most {cpus:g}")
+    if gpus:  # without GPUs every trial runs on CPUs (search.engine.tuner.trainable_with_resources)
+        strategies = set(config.search.space.strategy)
+        over = {s: g for s, g in config.resources.gpus_per_trial.items() if s in strategies and g > gpus}
+        if over:
+            raise SearchError(f"resources.gpus_per_trial: {over} GPUs per trial, but the largest node of the Ray "
+                              f"cluster has {gpus:g}; ask for at most {gpus:g}")
+
+
+def provenance(config: Config, fingerprint: str) -> dict[str, str]:
+    """Parquet metadata: the resolved config, package versions, git commit, dataset fingerprint."""
+    packages = ("fundus-search", "ray", "optuna", "torch", "torchvision", "pyarrow", "numpy")
+    versions = {p: _version(p) for p in packages}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        commit = None
+    return {"config": yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False),
+            "versions": json.dumps(versions), "git_commit": commit or "unknown", "dataset_fingerprint": fingerprint,
+            "machine": machine()}
+
+
+def machine() -> str:
+    """`AMD EPYC (2 cores, 23 GiB), GPUs: none` for the driver's machine."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    memory = ""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        kib = int(next(line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal")))
+        memory = f", {kib / 2**20:.0f} GiB"
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return f"{cpu} ({os.cpu_count()} cores{memory}), GPUs: {', '.join(gpus) or 'none'}"
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib_metadata.version(package)
+    except importlib_metadata.PackageNotFoundError:
+        return "unknown"
