@@ -61,10 +61,16 @@ def summarize(comparisons: pd.DataFrame) -> dict:
     verdict = verdict_sentences(comparisons)  # one sentence per primary row, in their order
     return {
         "verdict": verdict,
-        "primary": {r.comparison: {"difference": round(float(r.difference), 4), "ci": [r.ci_low, r.ci_high],
-                                   "p_adjusted": r.p_adjusted, "excludes_0": bool(r.ci_low > 0),
-                                   "ahead": sentence.endswith(f"{r.name_a} ahead")}
-                    for r, sentence in zip(primary.itertuples(), verdict)},
+        "primary": {
+            r.comparison: {
+                "difference": round(float(r.difference), 4),
+                "ci": [r.ci_low, r.ci_high],
+                "p_adjusted": r.p_adjusted,
+                "excludes_0": bool(r.ci_low > 0),
+                "ahead": sentence.endswith(f"{r.name_a} ahead"),
+            }
+            for r, sentence in zip(primary.itertuples(), verdict, strict=True)
+        },
         "secondary_q_below_0.05": sorted(secondary.loc[secondary["p_adjusted"] < 0.05, "comparison"]),
     }
 
@@ -84,22 +90,31 @@ def run(tiny: bool = False) -> dict:
             with contextlib.redirect_stdout(io.StringIO()):
                 paths, _ = start_search(study_config(folder, seed, weights, tiny=tiny), name=f"seed{seed}")
                 evaluation = start_evaluation(Path(paths.results), request)
-            studies[seed] = {**summarize(pd.read_parquet(evaluation / COMPARISONS_FILE)),
-                             "seconds": round(time.perf_counter() - began, 1)}
+            studies[seed] = {
+                **summarize(pd.read_parquet(evaluation / COMPARISONS_FILE)),
+                "seconds": round(time.perf_counter() - began, 1),
+            }
             print(f"seed {seed}:", *studies[seed]["verdict"], sep="\n  ", flush=True)
     comparisons = sorted({c for s in studies.values() for c in s["primary"]})
     figures = {
         "studies": len(studies),
         "ahead": {c: sum(s["primary"].get(c, {}).get("ahead", False) for s in studies.values()) for c in comparisons},
-        "interval_excludes_0": {c: sum(s["primary"].get(c, {}).get("excludes_0", False) for s in studies.values())
-                                for c in comparisons},
-        "secondary_q_below_0.05": {c: sum(c in s["secondary_q_below_0.05"] for s in studies.values())
-                                   for c in sorted({c for s in studies.values() for c in s["secondary_q_below_0.05"]})},
+        "interval_excludes_0": {
+            c: sum(s["primary"].get(c, {}).get("excludes_0", False) for s in studies.values()) for c in comparisons
+        },
+        "secondary_q_below_0.05": {
+            c: sum(c in s["secondary_q_below_0.05"] for s in studies.values())
+            for c in sorted({c for s in studies.values() for c in s["secondary_q_below_0.05"]})
+        },
         "by_seed": studies,
         "seconds": time.perf_counter() - start,
     }
-    return write("b10_positive_control", figures, tiny=tiny,
-                 target="the demo's primary comparisons read 'flair ahead' in most of 5 data seeds")
+    return write(
+        "b10_positive_control",
+        figures,
+        tiny=tiny,
+        target="the demo's primary comparisons read 'flair ahead' in most of 5 data seeds",
+    )
 
 
 if __name__ == "__main__":

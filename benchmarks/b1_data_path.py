@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from functools import partial
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,7 +19,14 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from fundus_search.data_io import DataSpec, augment, build_manifest, default_cache_dir, load_or_build_image_cache, to_float
+from fundus_search.data_io import (
+    DataSpec,
+    augment,
+    build_manifest,
+    default_cache_dir,
+    load_or_build_image_cache,
+    to_float,
+)
 from fundus_search.data_io.preprocess import Preprocessing
 from fundus_search.data_io.synthetic import generate_image
 
@@ -54,11 +62,16 @@ def camera_dataset(n: int, width: int, height: int) -> Path:
 class NaiveDataset(torch.utils.data.Dataset):
     def __init__(self, paths: list[Path], size: int):
         self.paths = paths
-        self.transform = v2.Compose([
-            v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Resize((size, size), antialias=True),
-            v2.RandomHorizontalFlip(), v2.RandomAffine(degrees=10, scale=(0.9, 1.1)),
-            v2.ColorJitter(brightness=0.2, contrast=0.2),
-        ])
+        self.transform = v2.Compose(
+            [
+                v2.ToImage(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Resize((size, size), antialias=True),
+                v2.RandomHorizontalFlip(),
+                v2.RandomAffine(degrees=10, scale=(0.9, 1.1)),
+                v2.ColorJitter(brightness=0.2, contrast=0.2),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -78,8 +91,10 @@ def cached_epoch(images: np.ndarray | torch.Tensor, generator: torch.Generator, 
     """Batches of the cache, augmented where `images` lives (a GPU tensor: as models.Trainer does)."""
     order = torch.randperm(len(images), generator=generator)
     for start in range(0, len(order), BATCH):
-        idx = order[start:start + BATCH]
-        batch = images[idx.to(images.device)] if isinstance(images, torch.Tensor) else torch.from_numpy(images[idx.numpy()])
+        idx = order[start : start + BATCH]
+        batch = (
+            images[idx.to(images.device)] if isinstance(images, torch.Tensor) else torch.from_numpy(images[idx.numpy()])
+        )
         batch = to_float(batch)
         if augmented:
             augment(batch, generator)
@@ -98,30 +113,37 @@ def run(tiny: bool = False, sizes: tuple[int, ...] | None = None) -> dict:
     torch.set_num_threads(2)
     for size in sizes:
         with tempfile.TemporaryDirectory() as fresh:  # the one-time decode, timed on an empty cache
-            build = timed(lambda: load_or_build_image_cache(manifest, Preprocessing(image_size=size), Path(fresh)), 1)
+            build = timed(partial(load_or_build_image_cache, manifest, Preprocessing(image_size=size), Path(fresh)), 1)
         cache = load_or_build_image_cache(manifest, Preprocessing(image_size=size), default_cache_dir() / "bench")
         images = np.asarray(cache.images)
         generator = torch.Generator().manual_seed(0)
-        ours = timed(lambda: cached_epoch(images, generator), repeats)
-        delivery = timed(lambda: cached_epoch(images, generator, augmented=False), repeats)
-        naive = timed(lambda: naive_epoch(paths, size), repeats)
+        ours = timed(partial(cached_epoch, images, generator), repeats)
+        delivery = timed(partial(cached_epoch, images, generator, augmented=False), repeats)
+        naive = timed(partial(naive_epoch, paths, size), repeats)
         figures["sizes"][str(size)] = {
-            "naive_epoch_seconds": naive, "cached_epoch_seconds": ours,
-            "naive_images_per_second": n / median(naive), "cached_images_per_second": n / median(ours),
-            "speedup": median(naive) / median(ours), "one_time_cache_build_seconds": build[0],
+            "naive_epoch_seconds": naive,
+            "cached_epoch_seconds": ours,
+            "naive_images_per_second": n / median(naive),
+            "cached_images_per_second": n / median(ours),
+            "speedup": median(naive) / median(ours),
+            "one_time_cache_build_seconds": build[0],
             # where the cached path spends its time: batches alone, without the CPU augmentation
             "cached_without_augmentation_images_per_second": n / median(delivery),
         }
         if torch.cuda.is_available():  # the cache uploaded once, augmentation on the GPU (models.Trainer's path)
             on_gpu = torch.from_numpy(images).cuda()
             cached_epoch(on_gpu, generator)  # warm-up
-            gpu = timed(lambda: cached_epoch(on_gpu, generator), repeats)
-            figures["sizes"][str(size)].update({"cached_gpu_epoch_seconds": gpu,
-                                                "cached_gpu_images_per_second": n / median(gpu),
-                                                "speedup_gpu": median(naive) / median(gpu)})
+            gpu = timed(partial(cached_epoch, on_gpu, generator), repeats)
+            figures["sizes"][str(size)].update(
+                {
+                    "cached_gpu_epoch_seconds": gpu,
+                    "cached_gpu_images_per_second": n / median(gpu),
+                    "speedup_gpu": median(naive) / median(gpu),
+                }
+            )
     figures["speedup_min"] = min(s["speedup"] for s in figures["sizes"].values())
     return write("b1_data_path", figures, target="cached >= 20x naive images/s", tiny=tiny)
 
 
 if __name__ == "__main__":
-    main(run, __doc__, ('speedup_min', 'sizes'))
+    main(run, __doc__, ("speedup_min", "sizes"))

@@ -42,9 +42,19 @@ GRID: dict[str, dict[str, list]] = {
     "lp_ft": {"lp_lr": [1e-3, 1e-2, 1e-1], "ft_lr": [1e-5, 1e-4, 1e-3], "lp_epochs": [2, 8]},
 }
 TINY_GRID: dict[str, dict[str, list]] = {"lp": {"lp_lr": [1e-3, 1e-1]}, "ft": {"ft_lr": [1e-4, 1e-3]}}
-SCHEMA = pa.schema([("config_id", pa.int32()), ("init", pa.string()), ("strategy", pa.string()),
-                    ("lp_lr", pa.float64()), ("ft_lr", pa.float64()), ("lp_epochs", pa.int32()),
-                    ("epoch", pa.int32()), ("val_average", pa.float64()), ("epoch_seconds", pa.float64())])
+SCHEMA = pa.schema(
+    [
+        ("config_id", pa.int32()),
+        ("init", pa.string()),
+        ("strategy", pa.string()),
+        ("lp_lr", pa.float64()),
+        ("ft_lr", pa.float64()),
+        ("lp_epochs", pa.int32()),
+        ("epoch", pa.int32()),
+        ("val_average", pa.float64()),
+        ("epoch_seconds", pa.float64()),
+    ]
+)
 
 
 def grid_points(inits: list[str], grid: dict[str, dict[str, list]]) -> list[dict]:
@@ -53,20 +63,28 @@ def grid_points(inits: list[str], grid: dict[str, dict[str, list]]) -> list[dict
     for init in inits:
         for strategy, values in grid.items():
             for combo in itertools.product(*values.values()):
-                points.append({"init": init, "strategy": strategy, **{k: None for k in HYPER},
-                               **dict(zip(values, combo))})
+                fixed = {"init": init, "strategy": strategy, **{k: None for k in HYPER}}
+                points.append({**fixed, **dict(zip(values, combo, strict=True))})
     return points
 
 
 def tiny_config(cache_dir: Path) -> Config:
     """Seconds-long stand-in of the demo for `--tiny`: random init only, 32 px, 48 images."""
-    return Config.model_validate({
-        "name": "b3-tiny",
-        "data": {"source": "synthetic", "synthetic": {"n": 48, "size": 32}, "image_size": 32, "folds": 3,
-                 "crop_foreground": False, "cache_dir": str(cache_dir)},
-        "model": {"backbone": "resnet18", "inits": {"random": {"source": "random"}}},
-        "search": {"space": {"batch_size": [16]}},
-    })
+    return Config.model_validate(
+        {
+            "name": "b3-tiny",
+            "data": {
+                "source": "synthetic",
+                "synthetic": {"n": 48, "size": 32},
+                "image_size": 32,
+                "folds": 3,
+                "crop_foreground": False,
+                "cache_dir": str(cache_dir),
+            },
+            "model": {"backbone": "resnet18", "inits": {"random": {"source": "random"}}},
+            "search": {"space": {"batch_size": [16]}},
+        }
+    )
 
 
 def build_table(path: Path, *, tiny: bool = False) -> pa.Table:
@@ -83,19 +101,43 @@ def build_table(path: Path, *, tiny: bool = False) -> pa.Table:
     rows, start = [], time.perf_counter()
     points = grid_points(list(config.inits), grid)
     for config_id, point in enumerate(points):
-        params = {**point, "weight_decay": WEIGHT_DECAY, "batch_size": config.search.space.batch_size[0],
-                  "seed": trial_seed(0, config_id), "fold": config.data.fold, "max_epochs": max_epochs}
+        params = {
+            **point,
+            "weight_decay": WEIGHT_DECAY,
+            "batch_size": config.search.space.batch_size[0],
+            "seed": trial_seed(0, config_id),
+            "fold": config.data.fold,
+            "max_epochs": max_epochs,
+        }
         trainer, _ = make_trainer(config, params, cache.images, info)
         for metrics in trainer.epochs():
-            rows.append({"config_id": config_id, **point, "epoch": metrics["epoch"],
-                         "val_average": metrics["val_average"], "epoch_seconds": metrics["epoch_seconds"]})
-        print(f"[{config_id + 1}/{len(points)}] {point['init']}/{point['strategy']} "
-              f"{ {k: point[k] for k in HYPER if point[k] is not None} }: best val_average "
-              f"{max(r['val_average'] for r in rows if r['config_id'] == config_id):.3f} "
-              f"({time.perf_counter() - start:.0f} s)", flush=True)
-    meta = {"max_epochs": max_epochs, "weight_decay": WEIGHT_DECAY, "grid": grid, "inits": list(config.inits),
-            "config": config.model_dump(mode="json"), "seconds": round(time.perf_counter() - start, 1),
-            "machine": machine(), "versions": versions(), "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            rows.append(
+                {
+                    "config_id": config_id,
+                    **point,
+                    "epoch": metrics["epoch"],
+                    "val_average": metrics["val_average"],
+                    "epoch_seconds": metrics["epoch_seconds"],
+                }
+            )
+        print(
+            f"[{config_id + 1}/{len(points)}] {point['init']}/{point['strategy']} "
+            f"{ {k: point[k] for k in HYPER if point[k] is not None} }: best val_average "
+            f"{max(r['val_average'] for r in rows if r['config_id'] == config_id):.3f} "
+            f"({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
+    meta = {
+        "max_epochs": max_epochs,
+        "weight_decay": WEIGHT_DECAY,
+        "grid": grid,
+        "inits": list(config.inits),
+        "config": config.model_dump(mode="json"),
+        "seconds": round(time.perf_counter() - start, 1),
+        "machine": machine(),
+        "versions": versions(),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     table = pa.Table.from_pylist(rows, schema=SCHEMA).replace_schema_metadata({"b3": json.dumps(meta)})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -107,8 +149,10 @@ def build_table(path: Path, *, tiny: bool = False) -> pa.Table:
 def read_table(path: Path = TABLE) -> tuple[pa.Table, dict]:
     """The curves and the recipe they were computed with."""
     if not path.exists():
-        raise SystemExit(f"{path}: no curve table; compute it with `.venv/bin/python -m benchmarks.b3_curves` "
-                         f"(about 25 minutes on 2 cores)")
+        raise SystemExit(
+            f"{path}: no curve table; compute it with `.venv/bin/python -m benchmarks.b3_curves` "
+            f"(about 25 minutes on 2 cores)"
+        )
     table = pq.read_table(path)
     return table, json.loads(table.schema.metadata[b"b3"])
 

@@ -35,6 +35,7 @@ class Curves:
 
     def nearest(self, params: dict) -> int:
         """The grid point of params' cell closest to params, in summed |log ratio|."""
+
         def distance(config_id: int) -> float:
             point = self.points[config_id]
             return sum(abs(math.log(params[k]) - math.log(point[k])) for k in HYPER if point[k] is not None)

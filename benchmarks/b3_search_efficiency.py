@@ -79,11 +79,21 @@ def search_config(meta: dict, method: str, seed: int, num_samples: int) -> Confi
     """
     grid = meta["grid"]
     bounds = {k: [v for values in grid.values() for v in values.get(k, [])] for k in HYPER}
-    search = {**meta["config"]["search"], **METHODS[method], "seed": seed, "num_samples": num_samples,
-              "max_epochs": meta["max_epochs"], "cover_cells": True}
+    search = {
+        **meta["config"]["search"],
+        **METHODS[method],
+        "seed": seed,
+        "num_samples": num_samples,
+        "max_epochs": meta["max_epochs"],
+        "cover_cells": True,
+    }
     search["scheduler"] = {**meta["config"]["search"]["scheduler"], **METHODS[method]["scheduler"]}
-    search["space"] = {**search["space"], "strategy": list(grid), "weight_decay": meta["weight_decay"],
-                       **{k: {"choices": sorted(set(v))} for k, v in bounds.items() if v}}
+    search["space"] = {
+        **search["space"],
+        "strategy": list(grid),
+        "weight_decay": meta["weight_decay"],
+        **{k: {"choices": sorted(set(v))} for k, v in bounds.items() if v},
+    }
     return Config.model_validate({**meta["config"], "search": search})
 
 
@@ -96,8 +106,13 @@ def one_search(curves: Curves, meta: dict, method: str, seed: int, num_samples: 
     stop = TargetReached(curves.grid_best - TOLERANCE) if config.search.scheduler.type == "fifo" else None
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(replay_trial, curves=curves), {"cpu": 1}),
-        tune_config=tune.TuneConfig(num_samples=num_samples, search_alg=searcher, scheduler=scheduler,
-                                    max_concurrent_trials=CONCURRENT, reuse_actors=True),
+        tune_config=tune.TuneConfig(
+            num_samples=num_samples,
+            search_alg=searcher,
+            scheduler=scheduler,
+            max_concurrent_trials=CONCURRENT,
+            reuse_actors=True,
+        ),
         run_config=tune.RunConfig(name=name, storage_path=str(folder), callbacks=[reports], stop=stop, verbose=0),
     )
     tuner.fit()
@@ -123,14 +138,23 @@ def summarize(curves: Curves, rows: list[Row], max_epochs: int) -> dict:
     by_cell: dict[str, list[str]] = defaultdict(list)
     for trial_id, config_id in config_of.items():
         by_cell["/".join((curves.points[config_id]["init"], curves.points[config_id]["strategy"]))].append(trial_id)
-    survived = {cell: last_epoch[max(trials, key=lambda t: curves.best(config_of[t]))] >= max_epochs
-                for cell, trials in sorted(by_cell.items())}
-    return {"epochs_to_target": None if hit is None else hit + 1,
-            "seconds_to_target": None if hit is None else float(seconds[hit]),
-            "epochs_to_looser_target": {str(t): None if (h := first_at_least(running, curves.grid_best - t)) is None
-                                        else h + 1 for t in LOOSER},
-            "best_at_quarter_grid": float(running[quarter]), "epochs": len(rows), "seconds": float(seconds[-1]),
-            "trials": len(config_of), "best": float(running[-1]), "cell_best_survived": survived}
+    survived = {
+        cell: last_epoch[max(trials, key=lambda t: curves.best(config_of[t]))] >= max_epochs
+        for cell, trials in sorted(by_cell.items())
+    }
+    return {
+        "epochs_to_target": None if hit is None else hit + 1,
+        "seconds_to_target": None if hit is None else float(seconds[hit]),
+        "epochs_to_looser_target": {
+            str(t): None if (h := first_at_least(running, curves.grid_best - t)) is None else h + 1 for t in LOOSER
+        },
+        "best_at_quarter_grid": float(running[quarter]),
+        "epochs": len(rows),
+        "seconds": float(seconds[-1]),
+        "trials": len(config_of),
+        "best": float(running[-1]),
+        "cell_best_survived": survived,
+    }
 
 
 def median_or_none(values: list) -> float | None:
@@ -153,10 +177,15 @@ def method_figures(curves: Curves, results: list[dict], *, prunes: bool) -> dict
         "seconds_to_target_median": seconds,
         "fraction_of_grid_seconds": None if seconds is None else seconds / curves.grid_seconds,
         "reached_target": f"{sum(r['epochs_to_target'] is not None for r in results)}/{len(results)}",
-        "looser_targets": {t: {"fraction_of_grid_epochs": None if (e := median_or_none(
-            [r["epochs_to_looser_target"][t] for r in results])) is None else e / curves.grid_epochs,
-            "reached_target": f"{sum(r['epochs_to_looser_target'][t] is not None for r in results)}/{len(results)}"}
-            for t in map(str, LOOSER)},
+        "looser_targets": {
+            t: {
+                "fraction_of_grid_epochs": None
+                if (e := median_or_none([r["epochs_to_looser_target"][t] for r in results])) is None
+                else e / curves.grid_epochs,
+                "reached_target": f"{sum(r['epochs_to_looser_target'][t] is not None for r in results)}/{len(results)}",
+            }
+            for t in map(str, LOOSER)
+        },
         "best_at_quarter_grid_median": median([r["best_at_quarter_grid"] for r in results]),
         "epochs_median": median([r["epochs"] for r in results]),
         "cell_best_survival": sum(every) / len(every) if every and prunes else None,
@@ -172,22 +201,37 @@ def run(tiny: bool = False) -> dict:
         curves = Curves(table.to_pylist())
         seeds, num_samples = (1, 4) if tiny else (SEEDS, len(curves.points))
         with local_ray(num_cpus=CONCURRENT):
-            runs = {method: [one_search(curves, meta, method, seed, num_samples, Path(tmp)) for seed in range(seeds)]
-                    for method in METHODS}
-    figures = {"table": str(TABLE.relative_to(TABLE.parents[2])) if not tiny else "tiny",
-               "grid_points": len(curves.points), "grid_epochs": curves.grid_epochs,
-               "grid_seconds": curves.grid_seconds, "grid_best": curves.grid_best,
-               "grid_points_within": {str(t): sum(curves.best(c) >= curves.grid_best - t for c in curves.points)
-                                      for t in (TOLERANCE, *LOOSER)},
-               "tolerance": TOLERANCE, "max_epochs": meta["max_epochs"], "num_samples": num_samples, "seeds": seeds,
-               "concurrent_trials": CONCURRENT, "table_recipe": {k: meta[k] for k in ("grid", "weight_decay", "seconds")
-                                                                 if k in meta},
-               "methods": {method: method_figures(curves, results, prunes=METHODS[method]["scheduler"]["type"] == "asha")
-                           for method, results in runs.items()},
-               "runs": runs}
-    figures["tpe_stratified_asha_fraction_of_grid"] = figures["methods"]["tpe_stratified_asha"]["fraction_of_grid_epochs"]
-    return write("b3_search_efficiency", figures, target="TPE + stratified ASHA <= 25% of the grid's epochs to target",
-                 tiny=tiny)
+            runs = {
+                method: [one_search(curves, meta, method, seed, num_samples, Path(tmp)) for seed in range(seeds)]
+                for method in METHODS
+            }
+    figures = {
+        "table": str(TABLE.relative_to(TABLE.parents[2])) if not tiny else "tiny",
+        "grid_points": len(curves.points),
+        "grid_epochs": curves.grid_epochs,
+        "grid_seconds": curves.grid_seconds,
+        "grid_best": curves.grid_best,
+        "grid_points_within": {
+            str(t): sum(curves.best(c) >= curves.grid_best - t for c in curves.points) for t in (TOLERANCE, *LOOSER)
+        },
+        "tolerance": TOLERANCE,
+        "max_epochs": meta["max_epochs"],
+        "num_samples": num_samples,
+        "seeds": seeds,
+        "concurrent_trials": CONCURRENT,
+        "table_recipe": {k: meta[k] for k in ("grid", "weight_decay", "seconds") if k in meta},
+        "methods": {
+            method: method_figures(curves, results, prunes=METHODS[method]["scheduler"]["type"] == "asha")
+            for method, results in runs.items()
+        },
+        "runs": runs,
+    }
+    figures["tpe_stratified_asha_fraction_of_grid"] = figures["methods"]["tpe_stratified_asha"][
+        "fraction_of_grid_epochs"
+    ]
+    return write(
+        "b3_search_efficiency", figures, target="TPE + stratified ASHA <= 25% of the grid's epochs to target", tiny=tiny
+    )
 
 
 if __name__ == "__main__":

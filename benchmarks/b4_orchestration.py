@@ -37,8 +37,14 @@ def burn_trial(params, *, images, info, config) -> None:
         start = time.perf_counter()
         burn(per_report)
         # the search stores epoch_seconds: the work of this report
-        tune.report({"epoch": epoch, "val_average": 0.5, "epochs_planned": REPORTS,
-                     "epoch_seconds": time.perf_counter() - start})
+        tune.report(
+            {
+                "epoch": epoch,
+                "val_average": 0.5,
+                "epochs_planned": REPORTS,
+                "epoch_seconds": time.perf_counter() - start,
+            }
+        )
 
 
 class Timing(tune.Callback):
@@ -58,8 +64,13 @@ def search_config(folder: Path, trials: int, work_s: float) -> Path:
         "name": "b4",
         "data": {"source": "synthetic", "synthetic": {"n": 20, "size": 32}, "image_size": 32, "folds": 2},
         "model": {"backbone": "resnet18", "inits": {"random": {"source": "random"}}},
-        "search": {"num_samples": trials, "max_epochs": REPORTS, "cover_cells": False, "scheduler": {"type": "fifo"},
-                   "space": {"strategy": ["ft"], "batch_size": [16]}},
+        "search": {
+            "num_samples": trials,
+            "max_epochs": REPORTS,
+            "cover_cells": False,
+            "scheduler": {"type": "fifo"},
+            "space": {"strategy": ["ft"], "batch_size": [16]},
+        },
         "resources": {"cpus_per_trial": 1},
         "storage": {"path": str(folder / "runs")},
     }
@@ -75,14 +86,20 @@ def one_search(folder: Path, trials: int, work_s: float, index: int) -> dict:
         burn_trial({**params, "work_s": work_s}, **kwargs)
 
     start = time.monotonic()
-    start_search(search_config(folder, trials, work_s), name=f"b4-{index}", train_fn=trial_fn,
-                 extra_callbacks=(timing,))
+    start_search(
+        search_config(folder, trials, work_s), name=f"b4-{index}", train_fn=trial_fn, extra_callbacks=(timing,)
+    )
     wall = time.monotonic() - start
     cpus = ray.cluster_resources()["CPU"]
     compute = sum(timing.compute.values())
     latency = [first - timing.started[t] - compute_before for t, (first, compute_before) in timing.first.items()]
-    return {"wall_seconds": wall, "cpus": cpus, "compute_seconds": compute, "overhead": wall * cpus / compute - 1,
-            "first_report_latency_seconds": latency}
+    return {
+        "wall_seconds": wall,
+        "cpus": cpus,
+        "compute_seconds": compute,
+        "overhead": wall * cpus / compute - 1,
+        "first_report_latency_seconds": latency,
+    }
 
 
 def run(tiny: bool = False) -> dict:
@@ -90,11 +107,15 @@ def run(tiny: bool = False) -> dict:
     with local_ray(), tempfile.TemporaryDirectory() as tmp:
         runs = [one_search(Path(tmp), trials, work_s, i) for i in range(repeats)]
     latencies = [x for r in runs for x in r["first_report_latency_seconds"]]
-    figures = {"trials": trials, "work_seconds_per_trial": work_s, "repeats": runs,
-               "overhead_median": median([r["overhead"] for r in runs]),
-               "first_report_latency_median_seconds": median(latencies)}
+    figures = {
+        "trials": trials,
+        "work_seconds_per_trial": work_s,
+        "repeats": runs,
+        "overhead_median": median([r["overhead"] for r in runs]),
+        "first_report_latency_median_seconds": median(latencies),
+    }
     return write("b4_orchestration", figures, target="overhead <= 15%", tiny=tiny)
 
 
 if __name__ == "__main__":
-    main(run, __doc__, ('overhead_median', 'first_report_latency_median_seconds'))
+    main(run, __doc__, ("overhead_median", "first_report_latency_median_seconds"))

@@ -36,7 +36,7 @@ def trial(params: dict, *, images: np.ndarray | None = None, path: str | None = 
     model = Classifier(net, Head(net.feature_dim, 2))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     for step in range(3):
-        x = to_float(torch.from_numpy(images[step * 8:(step + 1) * 8]))
+        x = to_float(torch.from_numpy(images[step * 8 : (step + 1) * 8]))
         loss = F.cross_entropy(model(x), torch.zeros(len(x), dtype=torch.long))
         optimizer.zero_grad()
         loss.backward()
@@ -56,18 +56,27 @@ def search(trials: int, **data) -> list[int]:
     """Private bytes of each of `trials` concurrent trials; the array comes via with_parameters or a path."""
     trainable = tune.with_resources(tune.with_parameters(trial, **data), {"CPU": 1})
     with tempfile.TemporaryDirectory() as storage:
-        grid = tune.Tuner(trainable, param_space={},
-                          tune_config=tune.TuneConfig(num_samples=trials, max_concurrent_trials=trials,
-                                                      reuse_actors=False),
-                          run_config=tune.RunConfig(storage_path=storage, verbose=0)).fit()
+        grid = tune.Tuner(
+            trainable,
+            param_space={},
+            tune_config=tune.TuneConfig(num_samples=trials, max_concurrent_trials=trials, reuse_actors=False),
+            run_config=tune.RunConfig(storage_path=storage, verbose=0),
+        ).fit()
     return [result.metrics["private_bytes"] for result in grid]
 
 
 def run(tiny: bool = False) -> dict:
     n, size, repeats = (64, 64, 1) if tiny else (6000, 256, REPEATS)
     array = n * size * size * 3
-    figures = {"images": n, "image_size": size, "array_bytes": array, "repeats": repeats,
-               "single_bytes": [], "shared_two_bytes": [], "own_copy_two_bytes": []}
+    figures = {
+        "images": n,
+        "image_size": size,
+        "array_bytes": array,
+        "repeats": repeats,
+        "single_bytes": [],
+        "shared_two_bytes": [],
+        "own_copy_two_bytes": [],
+    }
     with local_ray(object_store_memory=max(2 * array, 300 * 1024**2)), tempfile.TemporaryDirectory() as tmp:
         images = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
         path = Path(tmp) / "images.npy"
@@ -83,4 +92,4 @@ def run(tiny: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    main(run, __doc__, ('shared_two_over_single', 'own_copy_two_over_single'))
+    main(run, __doc__, ("shared_two_over_single", "own_copy_two_over_single"))

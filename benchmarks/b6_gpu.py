@@ -58,15 +58,20 @@ def run(tiny: bool = False) -> dict:
         kept = results_dir() / "b6_gpu.json"
         previous = json.loads(kept.read_text()) if kept.exists() and not tiny else {"skipped": True}
         if not previous.get("skipped"):  # figures from a GPU machine: keep them
-            print(f"b6_gpu: skipped (no CUDA device); {kept} keeps the figures of {previous['when']} "
-                  f"on {previous['machine']['gpu']}")
+            print(
+                f"b6_gpu: skipped (no CUDA device); {kept} keeps the figures of {previous['when']} "
+                f"on {previous['machine']['gpu']}"
+            )
             return {**previous, "skipped": f"no CUDA device (figures of {previous['when']} kept)"}
         print("b6_gpu: skipped (no CUDA device)")
         return write("b6_gpu", {"skipped": "no CUDA device"}, target="report only", tiny=tiny)
     size, batch, steps = (64, 4, 3) if tiny else (512, 32, 20)
     figures = {"image_size": size, "batch": batch, "results": {}}
-    for suffix, compiled, cudnn_benchmark in (("", False, False), ("_compiled", True, False),
-                                              ("_cudnn_benchmark", False, True)):
+    for suffix, compiled, cudnn_benchmark in (
+        ("", False, False),
+        ("_compiled", True, False),
+        ("_cudnn_benchmark", False, True),
+    ):
         torch.backends.cudnn.benchmark = cudnn_benchmark
         try:
             figures["results"].update(step_figures(size, batch, steps, compiled=compiled, suffix=suffix))
@@ -94,10 +99,14 @@ def step_figures(size: int, batch: int, steps: int, *, compiled: bool, suffix: s
         warmup = time.perf_counter() - start
         times = measure(runner, x, y, train=train, steps=steps)
         per_step = median(times)
-        out[name] = {"step_seconds": times, "images_per_second": batch / per_step,
-                     "tflops": flops(model, x, y, train) / per_step / 1e12,
-                     "epoch_seconds_570_images": EPOCH_IMAGES / (batch / per_step),
-                     "warmup_seconds": warmup, "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
+        out[name] = {
+            "step_seconds": times,
+            "images_per_second": batch / per_step,
+            "tflops": flops(model, x, y, train) / per_step / 1e12,
+            "epoch_seconds_570_images": EPOCH_IMAGES / (batch / per_step),
+            "warmup_seconds": warmup,
+            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30,
+        }
     return out
 
 
@@ -113,14 +122,24 @@ def trainer_figures(tiny: bool, device: str = "cuda") -> dict:
 
     trainer = {}
     for resident in (False, True):  # batches copied from host memory vs indexed on the GPU
-        settings = TrainSettings(strategy="ft", max_epochs=epochs, ft_lr=1e-4, batch_size=32, device=device,
-                                 images_on_device=resident)
-        fit = Trainer(settings, images=images, labels=labels, train_idx=train_idx, val_idx=val_idx,
-                      build_net=build, load_features=lambda: None)
+        settings = TrainSettings(
+            strategy="ft", max_epochs=epochs, ft_lr=1e-4, batch_size=32, device=device, images_on_device=resident
+        )
+        fit = Trainer(
+            settings,
+            images=images,
+            labels=labels,
+            train_idx=train_idx,
+            val_idx=val_idx,
+            build_net=build,
+            load_features=lambda: None,
+        )
         seconds = [m["epoch_seconds"] for m in fit.epochs()][1:]  # the first pays cuDNN's warm-up
         trainer["images_on_gpu" if resident else "images_from_host"] = {
-            "ft_epoch_seconds": seconds, "ft_epoch_seconds_median": median(seconds),
-            "ft_images_per_second_incl_validation": len(train_idx) / median(seconds)}
+            "ft_epoch_seconds": seconds,
+            "ft_epoch_seconds_median": median(seconds),
+            "ft_images_per_second_incl_validation": len(train_idx) / median(seconds),
+        }
     net = build()
     extract_features(net, images[:64], device=device)  # warm-up
     extract = []
@@ -128,10 +147,20 @@ def trainer_figures(tiny: bool, device: str = "cuda") -> dict:
         start = time.perf_counter()
         extract_features(net, images, device=device)  # returns host memory: synchronised
         extract.append(time.perf_counter() - start)
-    host, gpu = trainer["images_from_host"]["ft_epoch_seconds_median"], trainer["images_on_gpu"]["ft_epoch_seconds_median"]
-    return {"images": n, "image_size": size, "train_images": len(train_idx), **trainer,
-            "ft_epoch_seconds_median": gpu, "images_on_gpu_speedup": host / gpu,
-            "extract_seconds": extract, "extract_images_per_second": n / median(extract)}
+    host, gpu = (
+        trainer["images_from_host"]["ft_epoch_seconds_median"],
+        trainer["images_on_gpu"]["ft_epoch_seconds_median"],
+    )
+    return {
+        "images": n,
+        "image_size": size,
+        "train_images": len(train_idx),
+        **trainer,
+        "ft_epoch_seconds_median": gpu,
+        "images_on_gpu_speedup": host / gpu,
+        "extract_seconds": extract,
+        "extract_images_per_second": n / median(extract),
+    }
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ VARIANTS = {  # overrides of b7_search.yaml; the first is the behaviour issue 15
 
 # ---- part 1: one checkpoint through Ray's storage ----
 
+
 def trainer_state(backbone: str) -> dict:
     """A fine-tuning trial's checkpoint: network, head and AdamW state after one step."""
     net = build_feature_net(InitSpec(source="random"), backbone)
@@ -75,18 +76,31 @@ def checkpoint_search(folder: Path, backbone: str, reports: int, pairs: int) -> 
                 if checkpoint:
                     torch.save(state, Path(tmp) / "trainer.pt")
                 saved = time.perf_counter()
-                tune.report({"epoch": epoch, "val_average": 0.5, "epochs_planned": reports},
-                            checkpoint=tune.Checkpoint.from_directory(tmp) if checkpoint else None)
+                tune.report(
+                    {"epoch": epoch, "val_average": 0.5, "epochs_planned": reports},
+                    checkpoint=tune.Checkpoint.from_directory(tmp) if checkpoint else None,
+                )
             with log.open("a") as out:
-                out.write(json.dumps({"checkpoint": checkpoint, "save_s": saved - start,
-                                      "report_s": time.perf_counter() - saved}) + "\n")
+                out.write(
+                    json.dumps(
+                        {"checkpoint": checkpoint, "save_s": saved - start, "report_s": time.perf_counter() - saved}
+                    )
+                    + "\n"
+                )
 
     config = {
-        "name": "b7", "data": {"source": "synthetic", "synthetic": {"n": 20, "size": 32}, "image_size": 32, "folds": 2},
+        "name": "b7",
+        "data": {"source": "synthetic", "synthetic": {"n": 20, "size": 32}, "image_size": 32, "folds": 2},
         "model": {"backbone": "resnet18", "inits": {"random": {"source": "random"}}},
-        "search": {"num_samples": 2 * pairs, "max_epochs": reports, "cover_cells": False, "scheduler": {"type": "fifo"},
-                   "space": {"strategy": ["ft"], "batch_size": [16]}},
-        "resources": {"cpus_per_trial": 1, "max_concurrent_trials": 1}, "storage": {"path": str(folder / "runs")},
+        "search": {
+            "num_samples": 2 * pairs,
+            "max_epochs": reports,
+            "cover_cells": False,
+            "scheduler": {"type": "fifo"},
+            "space": {"strategy": ["ft"], "batch_size": [16]},
+        },
+        "resources": {"cpus_per_trial": 1, "max_concurrent_trials": 1},
+        "storage": {"path": str(folder / "runs")},
     }
     path = folder / f"b7-{backbone}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -102,10 +116,13 @@ def checkpoint_costs(tiny: bool) -> dict:
             times = checkpoint_search(Path(tmp), backbone, reports=2 if tiny else REPORTS, pairs=1 if tiny else 2)
             with_ckpt = [r["save_s"] + r["report_s"] for r in times if r["checkpoint"]]
             bare = median([r["report_s"] for r in times if not r["checkpoint"]])
-            out[backbone] = {"checkpoint_mb": state_mb, "report_with_checkpoint_seconds": median(with_ckpt),
-                             "report_without_checkpoint_seconds": bare,
-                             "save_seconds": median([r["save_s"] for r in times if r["checkpoint"]]),
-                             "checkpoint_seconds": median(with_ckpt) - bare}
+            out[backbone] = {
+                "checkpoint_mb": state_mb,
+                "report_with_checkpoint_seconds": median(with_ckpt),
+                "report_without_checkpoint_seconds": bare,
+                "save_seconds": median([r["save_s"] for r in times if r["checkpoint"]]),
+                "checkpoint_seconds": median(with_ckpt) - bare,
+            }
     return out
 
 
@@ -120,6 +137,7 @@ def _state_bytes(state) -> int:
 
 
 # ---- part 2: the search on a GPU ----
+
 
 class GpuSampler:
     """`nvidia-smi` utilisation (%) and memory (MiB) of GPU 0 every `period` s, in a thread."""
@@ -138,7 +156,7 @@ class GpuSampler:
                 pass
             self._stop.wait(self.period)
 
-    def __enter__(self) -> "GpuSampler":
+    def __enter__(self) -> GpuSampler:
         self._thread.start()
         return self
 
@@ -150,8 +168,11 @@ class GpuSampler:
         inside = [(u, m) for t, u, m in self.samples if start <= t <= end]
         if not inside:
             return {"gpu_utilisation_mean": None, "gpu_memory_peak_mib": None, "samples": 0}
-        return {"gpu_utilisation_mean": float(np.mean([u for u, _ in inside])),
-                "gpu_memory_peak_mib": max(m for _, m in self.samples), "samples": len(inside)}
+        return {
+            "gpu_utilisation_mean": float(np.mean([u for u, _ in inside])),
+            "gpu_memory_peak_mib": max(m for _, m in self.samples),
+            "samples": len(inside),
+        }
 
 
 class EpochClock(tune.Callback):
@@ -188,8 +209,14 @@ def search_config(folder: Path, weights: dict[str, Path], overrides: dict, tiny:
     config["data"]["cache_dir"] = str(folder / "cache")
     config["storage"]["path"] = str(folder / "runs")
     if tiny:
-        config = merge(config, {"data": {"synthetic": {"n": 60}, "image_size": 128}, "model": {"backbone": "resnet50"},
-                                "search": {"num_samples": 9, "max_epochs": 2, "scheduler": {"grace_period": 1}}})
+        config = merge(
+            config,
+            {
+                "data": {"synthetic": {"n": 60}, "image_size": 128},
+                "model": {"backbone": "resnet50"},
+                "search": {"num_samples": 9, "max_epochs": 2, "scheduler": {"grace_period": 1}},
+            },
+        )
     path = folder / "b7.yaml"
     path.write_text(yaml.safe_dump(merge(config, overrides)))
     return path
@@ -208,12 +235,18 @@ def gpu_search(folder: Path, weights: dict[str, Path], name: str, overrides: dic
     # between two epoch reports of a trial, what the epochs themselves did not take: report + checkpoint
     gaps = epochs.groupby("trial_id")["time_total_s"].diff() - epochs["epoch_seconds"]
     span = clock.last - clock.first
-    return {"wall_seconds": wall, "first_epoch_seconds": clock.first - start, "trial_span_seconds": span,
-            "epochs": len(epochs), "ft_epochs": len(ft), "ft_epoch_seconds_median": float(ft["epoch_seconds"].median()),
-            "ft_images_per_second_per_trial_median": float(ft["images_per_second"].median()),
-            "ft_images_per_second_aggregate": ft_images / span,
-            "seconds_between_epochs_outside_them": float(gaps.sum()),
-            **gpu.during(clock.first, clock.last)}
+    return {
+        "wall_seconds": wall,
+        "first_epoch_seconds": clock.first - start,
+        "trial_span_seconds": span,
+        "epochs": len(epochs),
+        "ft_epochs": len(ft),
+        "ft_epoch_seconds_median": float(ft["epoch_seconds"].median()),
+        "ft_images_per_second_per_trial_median": float(ft["images_per_second"].median()),
+        "ft_images_per_second_aggregate": ft_images / span,
+        "seconds_between_epochs_outside_them": float(gaps.sum()),
+        **gpu.during(clock.first, clock.last),
+    }
 
 
 def run(tiny: bool = False) -> dict:
@@ -231,16 +264,24 @@ def run(tiny: bool = False) -> dict:
         else:
             with tempfile.TemporaryDirectory() as tmp:
                 weights = make_weights(Path(tmp))
-                variants = {name: gpu_search(Path(tmp), weights, f"b7-{name}", overrides, tiny)
-                            for name, overrides in VARIANTS.items()}
+                variants = {
+                    name: gpu_search(Path(tmp), weights, f"b7-{name}", overrides, tiny)
+                    for name, overrides in VARIANTS.items()
+                }
             first, last = variants[next(iter(VARIANTS))], variants[list(VARIANTS)[-1]]
-            figures["search"] = {"machine": machine(), "variants": variants,
-                                 "wall_speedup": first["wall_seconds"] / last["wall_seconds"],
-                                 "ft_throughput_ratio": last["ft_images_per_second_aggregate"]
-                                 / first["ft_images_per_second_aggregate"]}
-    return write("b7_gpu_search", figures, tiny=tiny,
-                 target="one H100/H200: search <= 75 s wall, <= 15 s to the first epoch, >= 85% GPU utilisation, "
-                        ">= 1,100 FT img/s aggregate")
+            figures["search"] = {
+                "machine": machine(),
+                "variants": variants,
+                "wall_speedup": first["wall_seconds"] / last["wall_seconds"],
+                "ft_throughput_ratio": last["ft_images_per_second_aggregate"] / first["ft_images_per_second_aggregate"],
+            }
+    return write(
+        "b7_gpu_search",
+        figures,
+        tiny=tiny,
+        target="one H100/H200: search <= 75 s wall, <= 15 s to the first epoch, >= 85% GPU utilisation, "
+        ">= 1,100 FT img/s aggregate",
+    )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,13 @@ def search_folder(folder: Path, cache: Path, *, tiny: bool) -> Path:
     """A finished search, as `run` would leave it, with two configurations to evaluate."""
     config = {
         "name": "b8",
-        "data": {"source": "synthetic", "synthetic": {"n": 40 if tiny else 120, "size": 48}, "image_size": 32 if tiny else 48,
-                 "folds": 3, "cache_dir": str(cache)},
+        "data": {
+            "source": "synthetic",
+            "synthetic": {"n": 40 if tiny else 120, "size": 48},
+            "image_size": 32 if tiny else 48,
+            "folds": 3,
+            "cache_dir": str(cache),
+        },
         "model": {"backbone": "resnet18", "inits": {"random": {"source": "random"}}},
         "training": {"device": "cpu", "eval_batch_size": 64},
         "search": {"max_epochs": 3, "space": {"strategy": ["lp", "ft"], "batch_size": [16]}},
@@ -44,14 +49,40 @@ def search_folder(folder: Path, cache: Path, *, tiny: bool) -> Path:
     search.mkdir(parents=True)
     (search / CONFIG_FILE).write_text(yaml.safe_dump(config))
     (search / SEARCH_FILE).write_text('{"name": "b8", "num_samples": 2}')
-    trials = pd.DataFrame([
-        {"search": "b8", "trial_id": "lp", "optuna_number": 0, "status": "completed", "init": "random", "strategy": "lp",
-         "lp_lr": 1e-3, "weight_decay": 1e-4, "batch_size": 16, "seed": 0, "fold": 0, "best_epoch": 3,
-         "best_val_average": 0.5},
-        {"search": "b8", "trial_id": "ft", "optuna_number": 1, "status": "completed", "init": "random", "strategy": "ft",
-         "ft_lr": 1e-4, "weight_decay": 1e-4, "batch_size": 16, "seed": 1, "fold": 0, "best_epoch": 3,
-         "best_val_average": 0.5},
-    ])
+    trials = pd.DataFrame(
+        [
+            {
+                "search": "b8",
+                "trial_id": "lp",
+                "optuna_number": 0,
+                "status": "completed",
+                "init": "random",
+                "strategy": "lp",
+                "lp_lr": 1e-3,
+                "weight_decay": 1e-4,
+                "batch_size": 16,
+                "seed": 0,
+                "fold": 0,
+                "best_epoch": 3,
+                "best_val_average": 0.5,
+            },
+            {
+                "search": "b8",
+                "trial_id": "ft",
+                "optuna_number": 1,
+                "status": "completed",
+                "init": "random",
+                "strategy": "ft",
+                "ft_lr": 1e-4,
+                "weight_decay": 1e-4,
+                "batch_size": 16,
+                "seed": 1,
+                "fold": 0,
+                "best_epoch": 3,
+                "best_val_average": 0.5,
+            },
+        ]
+    )
     trials.reindex(columns=TRIALS_SCHEMA.names).to_parquet(search / TRIALS_FILE)
     return search
 
@@ -60,22 +91,32 @@ def one_evaluation(folder: Path, index: int, *, tiny: bool) -> dict:
     search = search_folder(folder / f"repeat{index}", folder / "cache", tiny=tiny)
     prepare_images(load_config(search / CONFIG_FILE).data.to_spec())  # decoding is not orchestration
     start = time.monotonic()
-    evaluation = start_evaluation(search, EvaluationRequest(seeds=1 if tiny else 2, repeats=1,
-                                                            folds=(0,) if tiny else None))
+    evaluation = start_evaluation(
+        search, EvaluationRequest(seeds=1 if tiny else 2, repeats=1, folds=(0,) if tiny else None)
+    )
     wall = time.monotonic() - start
     runs = pd.read_parquet(evaluation / RUNS_FILE)
     cpus = ray.cluster_resources()["CPU"]
     work = float(runs["wall_seconds"].sum())
-    return {"wall_seconds": wall, "cpus": cpus, "runs": len(runs), "run_seconds": work,
-            "epoch_seconds": float(runs["train_seconds"].sum()), "overhead": wall * cpus / work - 1}
+    return {
+        "wall_seconds": wall,
+        "cpus": cpus,
+        "runs": len(runs),
+        "run_seconds": work,
+        "epoch_seconds": float(runs["train_seconds"].sum()),
+        "overhead": wall * cpus / work - 1,
+    }
 
 
 def run(tiny: bool = False) -> dict:
     repeats = 1 if tiny else REPEATS
     with local_ray(), tempfile.TemporaryDirectory() as tmp:
         measured = [one_evaluation(Path(tmp), i, tiny=tiny) for i in range(repeats)]
-    figures = {"repeats": measured, "overhead_median": median([r["overhead"] for r in measured]),
-               "runs_per_evaluation": measured[0]["runs"]}
+    figures = {
+        "repeats": measured,
+        "overhead_median": median([r["overhead"] for r in measured]),
+        "runs_per_evaluation": measured[0]["runs"],
+    }
     return write("b8_evaluation", figures, target="overhead <= 15%", tiny=tiny)
 
 

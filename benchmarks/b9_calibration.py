@@ -64,8 +64,13 @@ def arm_runs(y, z, folds, mu, sigma_train, seeds, rng) -> np.ndarray:
         for f in range(k):
             val, train = fold == f, fold != f
             shift = BETA * pull[train].mean() * np.sqrt(train.sum())
-            logits = (mu * (2 * y[val] - 1) + NOISE_IMAGE * z[val] + NOISE_RUN * rng.standard_normal((seeds, val.sum()))
-                      + shift + sigma_train * rng.standard_normal((seeds, 1)))
+            logits = (
+                mu * (2 * y[val] - 1)
+                + NOISE_IMAGE * z[val]
+                + NOISE_RUN * rng.standard_normal((seeds, val.sum()))
+                + shift
+                + sigma_train * rng.standard_normal((seeds, 1))
+            )
             out[r, f] = average_of_predictions(y[val], logits >= 0, axis=-1)
     return out
 
@@ -84,7 +89,9 @@ def mu_for_gain(mu: float, gain: float, sigma_train: float) -> float:
     low, high = mu, mu + 3.0
     for _ in range(30):
         mid = (low + high) / 2
-        low, high = (mid, high) if expected_average(mid, sigma_train, np.random.default_rng(0)) - base < gain else (low, mid)
+        low, high = (
+            (mid, high) if expected_average(mid, sigma_train, np.random.default_rng(0)) - base < gain else (low, mid)
+        )
     return (low + high) / 2
 
 
@@ -97,8 +104,18 @@ def one_comparison(a: np.ndarray, b: np.ndarray, n_train: float, n_test: float) 
     return {"p": test.p_value, "bayes": max(better, worse) if test.reason is None else np.nan, "p_old": old.p_value}
 
 
-def scenario(*, n: int, k: int, repeats: int, seeds: int, mu: float, sigma_train: float, studies: int,
-             gain: float = 0.0, seed: int = 0) -> dict:
+def scenario(
+    *,
+    n: int,
+    k: int,
+    repeats: int,
+    seeds: int,
+    mu: float,
+    sigma_train: float,
+    studies: int,
+    gain: float = 0.0,
+    seed: int = 0,
+) -> dict:
     rng = np.random.default_rng([seed, n, k, repeats, seeds, int(mu * 100), int(sigma_train * 100), int(gain * 1000)])
     mu_a = mu_for_gain(mu, gain, sigma_train) if gain else mu
     n_test = n / k
@@ -107,9 +124,15 @@ def scenario(*, n: int, k: int, repeats: int, seeds: int, mu: float, sigma_train
         y = (rng.random(n) < POSITIVE).astype(int)
         z = rng.standard_normal(n)
         folds = partitions(y, k, repeats, rng)
-        family = [one_comparison(arm_runs(y, z, folds, mu_a, sigma_train, seeds, rng),
-                                 arm_runs(y, z, folds, mu, sigma_train, seeds, rng), n - n_test, n_test)
-                  for _ in STRATEGIES]
+        family = [
+            one_comparison(
+                arm_runs(y, z, folds, mu_a, sigma_train, seeds, rng),
+                arm_runs(y, z, folds, mu, sigma_train, seeds, rng),
+                n - n_test,
+                n_test,
+            )
+            for _ in STRATEGIES
+        ]
         results.append(family)
     p = np.array([[c["p"] for c in f] for f in results])
     bayes = np.array([[c["bayes"] for c in f] for f in results])
@@ -117,15 +140,23 @@ def scenario(*, n: int, k: int, repeats: int, seeds: int, mu: float, sigma_train
     holm_p = np.array([holm(row) for row in p])
     rate = "false_positive_rate" if not gain else "power"
     return {
-        "n": n, "k": k, "repeats": repeats, "seeds": seeds, "mu": mu, "sigma_train": sigma_train, "gain": gain,
-        "studies": studies, "comparisons": int(np.isfinite(p).sum()),
+        "n": n,
+        "k": k,
+        "repeats": repeats,
+        "seeds": seeds,
+        "mu": mu,
+        "sigma_train": sigma_train,
+        "gain": gain,
+        "studies": studies,
+        "comparisons": int(np.isfinite(p).sum()),
         "undefined_share": float(np.mean(~np.isfinite(p))),
         rate: _rate(p < 0.05, p),
         f"bayesian_{rate}": _rate(bayes > 0.95, bayes),
         f"seeds_as_repeats_{rate}": _rate(p_old < 0.05, p_old) if seeds > 1 else None,
         "family_wise_error_rate" if not gain else "holm_power": _rate(
             np.nan_to_num(holm_p, nan=1.0).min(axis=1) < 0.05 if not gain else holm_p < 0.05,
-            np.ones(len(p)) if not gain else holm_p),
+            np.ones(len(p)) if not gain else holm_p,
+        ),
     }
 
 
@@ -134,15 +165,19 @@ def _rate(hits: np.ndarray, values: np.ndarray) -> dict:
     defined = np.isfinite(values)
     count, total = int(np.sum(hits & defined)), int(defined.sum())
     interval = stats.binomtest(count, total).proportion_ci() if total else None
-    return {"rate": count / total if total else None, "count": count, "of": total,
-            "ci95": [interval.low, interval.high] if interval else None}
+    return {
+        "rate": count / total if total else None,
+        "count": count,
+        "of": total,
+        "ci95": [interval.low, interval.high] if interval else None,
+    }
 
 
 def check_against_paired_comparisons(studies: int = 5) -> float:
     """Largest |p| difference between the fast path and `paired_comparisons` on tables."""
     rng = np.random.default_rng(7)
     worst = 0.0
-    for study in range(studies):
+    for _ in range(studies):
         n, k, repeats, seeds = 120, 3, 2, 2
         y = (rng.random(n) < POSITIVE).astype(int)
         z = rng.standard_normal(n)
@@ -156,19 +191,42 @@ def check_against_paired_comparisons(studies: int = 5) -> float:
                     val = np.flatnonzero(fold == f)
                     train = fold != f
                     for s in range(seeds):
-                        logits = (0.9 * (2 * y[val] - 1) + NOISE_IMAGE * z[val] + NOISE_RUN * rng.standard_normal(len(val))
-                                  + BETA * pull[train].mean() * np.sqrt(train.sum()) + 0.3 * rng.standard_normal())
+                        logits = (
+                            0.9 * (2 * y[val] - 1)
+                            + NOISE_IMAGE * z[val]
+                            + NOISE_RUN * rng.standard_normal(len(val))
+                            + BETA * pull[train].mean() * np.sqrt(train.sum())
+                            + 0.3 * rng.standard_normal()
+                        )
                         prob = 1 / (1 + np.exp(-logits))
                         averages[arm][r, f, s] = average_of_predictions(y[val], prob >= 0.5)
                         run_id = f"{arm}-lp-1-r{r}-f{f}-s{s}"
-                        runs.append({"run_id": run_id, "config_id": f"{arm}-lp-1", "init": arm, "strategy": "lp",
-                                     "rank": 1, "split": "cv", "repeat": r, "fold": f, "seed": s,
-                                     "n_train": int(train.sum()), "n_scored": len(val)})
-                        predictions += [{"run_id": run_id, "row": int(i), "label": int(y[i]), "seed": s,
-                                         "prob_positive": float(p)} for i, p in zip(val, prob)]
-        table = paired_comparisons(pd.DataFrame(runs), pd.DataFrame(predictions),
-                                   {"flair": "flair", "imagenet": "torchvision"},
-                                   primary=[Planned("lp", "flair", "imagenet")], rope=ROPE)
+                        runs.append(
+                            {
+                                "run_id": run_id,
+                                "config_id": f"{arm}-lp-1",
+                                "init": arm,
+                                "strategy": "lp",
+                                "rank": 1,
+                                "split": "cv",
+                                "repeat": r,
+                                "fold": f,
+                                "seed": s,
+                                "n_train": int(train.sum()),
+                                "n_scored": len(val),
+                            }
+                        )
+                        predictions += [
+                            {"run_id": run_id, "row": int(i), "label": int(y[i]), "seed": s, "prob_positive": float(p)}
+                            for i, p in zip(val, prob, strict=True)
+                        ]
+        table = paired_comparisons(
+            pd.DataFrame(runs),
+            pd.DataFrame(predictions),
+            {"flair": "flair", "imagenet": "torchvision"},
+            primary=[Planned("lp", "flair", "imagenet")],
+            rope=ROPE,
+        )
         fast = one_comparison(averages["flair"], averages["imagenet"], n - n / k, n / k)["p"]
         worst = max(worst, abs(float(table.loc[table["split"] == "cv", "p_value"].iloc[0]) - fast))
     return worst
@@ -176,6 +234,7 @@ def check_against_paired_comparisons(studies: int = 5) -> float:
 
 def summarise(null: list[dict]) -> dict:
     """The worst rates over all scenarios, and per protocol (k, repeats, seeds): which are calibrated."""
+
     def worst(rows, key):
         rates = [r[key]["rate"] for r in rows if r.get(key) and r[key]["rate"] is not None]
         return max(rates, default=None)
@@ -183,40 +242,75 @@ def summarise(null: list[dict]) -> dict:
     protocols = {}
     for row in null:
         protocols.setdefault(f"{row['k']}x{row['repeats']}x{row['seeds']}", []).append(row)
-    by_protocol = {name: {"max_false_positive_rate": worst(rows, "false_positive_rate"),
-                          "max_bayesian_false_positive_rate": worst(rows, "bayesian_false_positive_rate"),
-                          "max_family_wise_error_rate": worst(rows, "family_wise_error_rate")}
-                   for name, rows in protocols.items()}
+    by_protocol = {
+        name: {
+            "max_false_positive_rate": worst(rows, "false_positive_rate"),
+            "max_bayesian_false_positive_rate": worst(rows, "bayesian_false_positive_rate"),
+            "max_family_wise_error_rate": worst(rows, "family_wise_error_rate"),
+        }
+        for name, rows in protocols.items()
+    }
     for figures in by_protocol.values():
-        figures["calibrated"] = figures["max_false_positive_rate"] <= 0.05 and figures["max_family_wise_error_rate"] <= 0.05
-    return {"max_false_positive_rate": worst(null, "false_positive_rate"),
-            "max_bayesian_false_positive_rate": worst(null, "bayesian_false_positive_rate"),
-            "max_family_wise_error_rate": worst(null, "family_wise_error_rate"),
-            "max_seeds_as_repeats_false_positive_rate": worst(null, "seeds_as_repeats_false_positive_rate"),
-            "by_protocol": by_protocol}
+        figures["calibrated"] = (
+            figures["max_false_positive_rate"] <= 0.05 and figures["max_family_wise_error_rate"] <= 0.05
+        )
+    return {
+        "max_false_positive_rate": worst(null, "false_positive_rate"),
+        "max_bayesian_false_positive_rate": worst(null, "bayesian_false_positive_rate"),
+        "max_family_wise_error_rate": worst(null, "family_wise_error_rate"),
+        "max_seeds_as_repeats_false_positive_rate": worst(null, "seeds_as_repeats_false_positive_rate"),
+        "by_protocol": by_protocol,
+    }
 
 
 def run(tiny: bool = False) -> dict:
     start = time.perf_counter()
     studies = 40 if tiny else 1000
     protocols = [(3, 1, 1), (3, 2, 1), (5, 1, 1), (5, 2, 1), (5, 1, 3)] if not tiny else [(3, 2, 1), (3, 1, 2)]
-    null = [scenario(n=n, k=k, repeats=r, seeds=s, mu=mu, sigma_train=sigma, studies=studies)
-            for n in ((240, 712) if not tiny else (120,)) for k, r, s in protocols
-            for mu in (0.9, 0.0) for sigma in ((0.1, 1.0) if not tiny else (0.5,))]
-    power = [scenario(n=n, k=k, repeats=r, seeds=1, mu=0.9, sigma_train=sigma, studies=studies // 2, gain=gain)
-             for n in ((240, 712) if not tiny else (120,)) for k, r in ((3, 2), (5, 2)) for sigma in (0.1, 0.5)
-             for gain in (0.03, 0.05)] if not tiny else []
+    null = [
+        scenario(n=n, k=k, repeats=r, seeds=s, mu=mu, sigma_train=sigma, studies=studies)
+        for n in ((240, 712) if not tiny else (120,))
+        for k, r, s in protocols
+        for mu in (0.9, 0.0)
+        for sigma in ((0.1, 1.0) if not tiny else (0.5,))
+    ]
+    power = (
+        [
+            scenario(n=n, k=k, repeats=r, seeds=1, mu=0.9, sigma_train=sigma, studies=studies // 2, gain=gain)
+            for n in ((240, 712) if not tiny else (120,))
+            for k, r in ((3, 2), (5, 2))
+            for sigma in (0.1, 0.5)
+            for gain in (0.03, 0.05)
+        ]
+        if not tiny
+        else []
+    )
     figures = {
-        "null_studies_per_scenario": studies, "scenarios": null, "power": power, **summarise(null),
+        "null_studies_per_scenario": studies,
+        "scenarios": null,
+        "power": power,
+        **summarise(null),
         "fast_path_vs_paired_comparisons_max_p_difference": check_against_paired_comparisons(2 if tiny else 5),
         "seconds": time.perf_counter() - start,
     }
-    return write("b9_calibration", figures, tiny=tiny,
-                 target="every printed test's false_positive_rate <= 0.05 and family_wise_error_rate <= 0.05 on "
-                        "simulated null studies; power reported at gains of 0.03 and 0.05 average")
+    return write(
+        "b9_calibration",
+        figures,
+        tiny=tiny,
+        target="every printed test's false_positive_rate <= 0.05 and family_wise_error_rate <= 0.05 on "
+        "simulated null studies; power reported at gains of 0.03 and 0.05 average",
+    )
 
 
 if __name__ == "__main__":
-    main(run, __doc__, ("max_false_positive_rate", "max_family_wise_error_rate",
-                        "max_seeds_as_repeats_false_positive_rate", "fast_path_vs_paired_comparisons_max_p_difference",
-                        "seconds"))
+    main(
+        run,
+        __doc__,
+        (
+            "max_false_positive_rate",
+            "max_family_wise_error_rate",
+            "max_seeds_as_repeats_false_positive_rate",
+            "fast_path_vs_paired_comparisons_max_p_difference",
+            "seconds",
+        ),
+    )

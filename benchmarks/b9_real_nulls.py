@@ -67,14 +67,29 @@ def study_config(folder: Path, study: int, *, tiny: bool) -> Path:
     torch.save(permuted_twin(base, study), folder / "twin_b.pth")
     config = {
         "name": f"null{study}",
-        "data": {"source": "synthetic", "synthetic": {"n": 48 if tiny else 120, "size": 32, "seed": 100 + study,
-                                                      "difficulty": 0.3},
-                 "image_size": 32, "folds": 3, "seed": study, "cache_dir": str(folder / "cache")},
-        "model": {"backbone": "resnet18", "inits": {"twin_a": {"source": "torchvision", "path": "twin_a.pth"},
-                                                    "twin_b": {"source": "torchvision", "path": "twin_b.pth"}}},
+        "data": {
+            "source": "synthetic",
+            "synthetic": {"n": 48 if tiny else 120, "size": 32, "seed": 100 + study, "difficulty": 0.3},
+            "image_size": 32,
+            "folds": 3,
+            "seed": study,
+            "cache_dir": str(folder / "cache"),
+        },
+        "model": {
+            "backbone": "resnet18",
+            "inits": {
+                "twin_a": {"source": "torchvision", "path": "twin_a.pth"},
+                "twin_b": {"source": "torchvision", "path": "twin_b.pth"},
+            },
+        },
         "training": {"device": "cpu", "eval_batch_size": 64},
-        "search": {"num_samples": 2 if tiny else 4, "max_epochs": 2, "seed": study, "scheduler": {"type": "fifo"},
-                   "space": {"strategy": ["lp"] if tiny else ["lp", "ft"], "batch_size": [16]}},
+        "search": {
+            "num_samples": 2 if tiny else 4,
+            "max_epochs": 2,
+            "seed": study,
+            "scheduler": {"type": "fifo"},
+            "space": {"strategy": ["lp"] if tiny else ["lp", "ft"], "batch_size": [16]},
+        },
         "resources": {"cpus_per_trial": 1, "max_concurrent_trials": 2},
         "storage": {"path": str(folder / "runs"), "max_failures": 1},
     }
@@ -95,8 +110,12 @@ def one_study(folder: Path, study: int, *, tiny: bool) -> pd.DataFrame:
 
 def _rate(count: int, total: int) -> dict:
     interval = stats.binomtest(count, total).proportion_ci() if total else None
-    return {"rate": count / total if total else None, "count": count, "of": total,
-            "ci95": [interval.low, interval.high] if interval else None}
+    return {
+        "rate": count / total if total else None,
+        "count": count,
+        "of": total,
+        "ci95": [interval.low, interval.high] if interval else None,
+    }
 
 
 def run(tiny: bool = False) -> dict:
@@ -114,9 +133,12 @@ def run(tiny: bool = False) -> dict:
     per_study = table.groupby("study")["p_adjusted"].min()
     findings = (table["p_adjusted"] < 0.05) & table["flags"].isna() & table["calibrated"]  # read as "ahead"
     figures = {
-        "studies": studies, "comparisons": len(table), "undefined": int((~defined).sum()),
+        "studies": studies,
+        "comparisons": len(table),
+        "undefined": int((~defined).sum()),
         "protocol": {"folds": 3, "repeats": EvaluationConfig().repeats, "seeds": EvaluationConfig().seeds}
-        if not tiny else {"folds": 2, "repeats": 1, "seeds": 1},
+        if not tiny
+        else {"folds": 2, "repeats": 1, "seeds": 1},
         "false_positive_rate": _rate(int((table["p_value"] < 0.05).sum()), int(defined.sum())),
         "holm_false_positive_rate": _rate(int((table["p_adjusted"] < 0.05).sum()), int(defined.sum())),
         "bayesian_false_positive_rate": _rate(int((bayes & defined).sum()), int(defined.sum())),
@@ -128,8 +150,12 @@ def run(tiny: bool = False) -> dict:
         "flagged": [isinstance(f, str) for f in table["flags"]],
         "seconds": time.perf_counter() - start,
     }
-    return write("b9_real_nulls", figures, tiny=tiny,
-                 target="each false-positive rate's 95% interval overlaps 0.05 (20 null studies, real evaluate)")
+    return write(
+        "b9_real_nulls",
+        figures,
+        tiny=tiny,
+        target="each false-positive rate's 95% interval overlaps 0.05 (20 null studies, real evaluate)",
+    )
 
 
 if __name__ == "__main__":

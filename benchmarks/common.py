@@ -11,7 +11,7 @@ import statistics
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 RESULTS = Path(__file__).parent / "results"
 RESULTS_ENV = "FUNDUS_BENCH_RESULTS"  # another folder for the JSON (the tests' tiny runs use a temporary one)
@@ -23,10 +23,8 @@ def machine() -> dict:
     import torch
 
     cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as info:
+        cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version()}
 
@@ -88,8 +86,15 @@ def results_dir() -> Path:
 
 def write(name: str, figures: dict, *, target: str, tiny: bool) -> dict:
     """<results_dir>/<name>.json with the machine, versions, raw figures and the target."""
-    record = {"benchmark": name, "target": target, "tiny": tiny, "machine": machine(), "versions": versions(),
-              "when": time.strftime("%Y-%m-%dT%H:%M:%S"), **figures}
+    record = {
+        "benchmark": name,
+        "target": target,
+        "tiny": tiny,
+        "machine": machine(),
+        "versions": versions(),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **figures,
+    }
     folder = results_dir()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / (f"{name}.tiny.json" if tiny else f"{name}.json")

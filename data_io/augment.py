@@ -51,8 +51,9 @@ def augment(images: torch.Tensor, generator: torch.Generator, spec: Augmentation
     flip = torch.where(u[:, 2] < spec.flip, -1.0, 1.0)
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     zero = torch.zeros_like(cos)
-    theta = torch.stack([torch.stack([cos * flip, -sin, zero], 1),
-                         torch.stack([sin * flip, cos, zero], 1)], 1)  # (B, 2, 3)
+    theta = torch.stack(
+        [torch.stack([cos * flip, -sin, zero], 1), torch.stack([sin * flip, cos, zero], 1)], 1
+    )  # (B, 2, 3)
     grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
     out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     brightness = (1 + (u[:, 3] * 2 - 1) * spec.brightness).view(b, 1, 1, 1)

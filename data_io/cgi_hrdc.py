@@ -8,7 +8,8 @@ tasks, so folds group by file name. The layout under the data root:
     1-Hypertensive Classification/1-Images/1-Training Set/<id>.png
     1-Hypertensive Classification/2-Groundtruths/HRDC Hypertensive Classification Training Labels.csv
     2-Hypertensive Retinopathy Classification/1-Images/1-Training Set/<id>.png
-    2-Hypertensive Retinopathy Classification/2-Groundtruths/HRDC Hypertensive Retinopathy Classification Training Labels.csv
+    2-Hypertensive Retinopathy Classification/2-Groundtruths/
+        HRDC Hypertensive Retinopathy Classification Training Labels.csv
 
 The label CSVs have the columns (Image, Hypertensive) and (Image, Hypertensive Retinopathy).
 """
@@ -19,8 +20,11 @@ GROUNDTRUTHS = "2-Groundtruths"
 # task -> (folder, label CSV, label column)
 CGI_HRDC_TASKS = {
     1: ("1-Hypertensive Classification", "HRDC Hypertensive Classification Training Labels.csv", "Hypertensive"),
-    2: ("2-Hypertensive Retinopathy Classification", "HRDC Hypertensive Retinopathy Classification Training Labels.csv",
-        "Hypertensive Retinopathy"),
+    2: (
+        "2-Hypertensive Retinopathy Classification",
+        "HRDC Hypertensive Retinopathy Classification Training Labels.csv",
+        "Hypertensive Retinopathy",
+    ),
 }
 CGI_HRDC_CLASSES = {
     1: ("no hypertensive", "hypertensive"),

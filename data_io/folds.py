@@ -49,8 +49,10 @@ def fold_indices(
     per_class = {int(c): len(np.unique(groups[labels == c])) for c in np.unique(labels)}
     fewest = min(per_class, key=per_class.get)
     if per_class[fewest] < folds:
-        raise FoldError(f"data.folds: class {fewest} has only {per_class[fewest]} groups (distinct file names), "
-                        f"fewer than folds={folds}; lower data.folds")
+        raise FoldError(
+            f"data.folds: class {fewest} has only {per_class[fewest]} groups (distinct file names), "
+            f"fewer than folds={folds}; lower data.folds"
+        )
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=partition_seed(seed, repeat))
     train, val = list(splitter.split(np.zeros(len(labels)), labels, groups))[fold]
     return np.sort(train).astype(np.int64), np.sort(val).astype(np.int64)
@@ -90,8 +92,16 @@ def held_out_indices(labels: np.ndarray, groups: Sequence[str], *, fraction: flo
     return np.flatnonzero(np.isin(group_of, chosen)).astype(np.int64)
 
 
-def split_indices(labels: np.ndarray, groups: Sequence[str], *, folds: int, fold: int | None, seed: int,
-                  test_fraction: float = 0.0, repeat: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(
+    labels: np.ndarray,
+    groups: Sequence[str],
+    *,
+    folds: int,
+    fold: int | None,
+    seed: int,
+    test_fraction: float = 0.0,
+    repeat: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
     """Train and scored rows of one run: fold `fold` of partition `repeat` of the k-fold over the
     rows outside the test split, or, with `fold=None`, every row outside the test split against
     the test split.
@@ -108,6 +118,7 @@ def split_indices(labels: np.ndarray, groups: Sequence[str], *, folds: int, fold
         if not len(test):
             raise FoldError("data.test_fraction: no test split to score on (it is 0); set it, e.g. 0.2")
         return rest, test
-    train, val = fold_indices(np.asarray(labels)[rest], np.asarray(groups)[rest], folds=folds, fold=fold, seed=seed,
-                              repeat=repeat)
+    train, val = fold_indices(
+        np.asarray(labels)[rest], np.asarray(groups)[rest], folds=folds, fold=fold, seed=seed, repeat=repeat
+    )
     return rest[train], rest[val]

@@ -17,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from filelock import FileLock
@@ -63,8 +63,9 @@ def fingerprint_manifest(manifest: Manifest) -> str:
 
 
 def cache_key(fingerprint: str, preprocessing: Preprocessing) -> str:
-    payload = json.dumps({"fingerprint": fingerprint, "preprocessing": preprocessing.to_dict(),
-                          "format": CACHE_FORMAT}, sort_keys=True)
+    payload = json.dumps(
+        {"fingerprint": fingerprint, "preprocessing": preprocessing.to_dict(), "format": CACHE_FORMAT}, sort_keys=True
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
@@ -103,9 +104,16 @@ def load_or_build_image_cache(
 def _load(folder: Path, key: str) -> ImageCache:
     meta = json.loads((folder / f"{key}.json").read_text())
     images = np.load(folder / f"{key}.npy", mmap_mode="r")
-    return ImageCache(images=images, labels=np.asarray(meta["labels"], dtype=np.int64),
-                      groups=meta["groups"], paths=meta["paths"], classes=tuple(meta["classes"]),
-                      key=key, path=folder / f"{key}.npy", meta=meta)
+    return ImageCache(
+        images=images,
+        labels=np.asarray(meta["labels"], dtype=np.int64),
+        groups=meta["groups"],
+        paths=meta["paths"],
+        classes=tuple(meta["classes"]),
+        key=key,
+        path=folder / f"{key}.npy",
+        meta=meta,
+    )
 
 
 def _build(manifest, preprocessing, folder, key, fingerprint, skip_bad, num_workers) -> None:
@@ -114,8 +122,10 @@ def _build(manifest, preprocessing, folder, key, fingerprint, skip_bad, num_work
     size = preprocessing.image_size
     open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(manifest), size, size, 3)).flush()
     try:
-        jobs = [(str(tmp), [str(manifest.absolute(i)) for i in chunk], list(chunk), preprocessing)
-                for chunk in _chunks(range(len(manifest)))]
+        jobs = [
+            (str(tmp), [str(manifest.absolute(i)) for i in chunk], list(chunk), preprocessing)
+            for chunk in _chunks(range(len(manifest)))
+        ]
         errors = [err for result in _map(_decode_into, jobs, num_workers, "decoding") for err in result]
         bad = [BadFile(manifest.paths[i], reason) for i, reason in errors]
         if bad and not skip_bad:
@@ -127,12 +137,19 @@ def _build(manifest, preprocessing, folder, key, fingerprint, skip_bad, num_work
     finally:
         tmp.unlink(missing_ok=True)
     meta = {
-        "key": key, "fingerprint": fingerprint, "preprocessing": preprocessing.to_dict(),
-        "root": str(manifest.root), "classes": list(manifest.classes),
-        "paths": manifest.paths, "labels": manifest.labels.tolist(), "groups": manifest.groups,
+        "key": key,
+        "fingerprint": fingerprint,
+        "preprocessing": preprocessing.to_dict(),
+        "root": str(manifest.root),
+        "classes": list(manifest.classes),
+        "paths": manifest.paths,
+        "labels": manifest.labels.tolist(),
+        "groups": manifest.groups,
         "excluded": [{"path": b.path, "reason": b.reason} for b in manifest.excluded],
-        "shape": [len(manifest), size, size, 3], "format": CACHE_FORMAT,
-        "build_seconds": round(time.perf_counter() - start, 3), "built_at": time.time(),
+        "shape": [len(manifest), size, size, 3],
+        "format": CACHE_FORMAT,
+        "build_seconds": round(time.perf_counter() - start, 3),
+        "built_at": time.time(),
     }
     tmp_meta = folder / f"{key}.{os.getpid()}.tmp.json"
     tmp_meta.write_text(json.dumps(meta))
@@ -164,7 +181,7 @@ def _decode_into(job) -> list[tuple[int, str]]:
     tmp, files, rows, preprocessing = job
     out = np.load(tmp, mmap_mode="r+")
     errors = []
-    for path, row in zip(files, rows):
+    for path, row in zip(files, rows, strict=True):
         try:
             out[row] = preprocess_file(path, preprocessing)
         except (OSError, ValueError, SyntaxError) as exc:  # Pillow's decode errors
@@ -184,7 +201,7 @@ def _scan(files: list[str]) -> list[tuple[int, int] | str]:
 
 
 def _chunks(indices: range) -> Iterable[range]:
-    return (indices[i:i + _CHUNK] for i in range(0, len(indices), _CHUNK))
+    return (indices[i : i + _CHUNK] for i in range(0, len(indices), _CHUNK))
 
 
 def _map(fn: Callable, jobs: list, num_workers: int | None, desc: str) -> list:

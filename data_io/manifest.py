@@ -6,7 +6,7 @@ import ast
 import csv
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from fundus_search.data_io.spec import DataSpec
 from fundus_search.data_io.synthetic import ensure_synthetic_dataset
 
 MAX_LISTED_BAD_FILES = 20
+
 
 class ManifestError(UserError):
     """The dataset cannot be read as configured; the message says what to fix."""
@@ -59,9 +60,9 @@ class Manifest:
 
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=len(self.classes))
-        return {name: int(c) for name, c in zip(self.classes, counts)}
+        return {name: int(c) for name, c in zip(self.classes, counts, strict=True)}
 
-    def without(self, bad: list[BadFile]) -> "Manifest":
+    def without(self, bad: list[BadFile]) -> Manifest:
         """A copy without the given files, which are recorded as excluded."""
         drop = {b.path for b in bad}
         keep = [i for i, p in enumerate(self.paths) if p not in drop]
@@ -88,9 +89,7 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
         columns = [c.strip() for c in (reader.fieldnames or [])]
         missing = [c for c in required if c not in columns]
         if missing:
-            raise ManifestError(
-                f"data.csv: {path} lacks column(s) {missing} (has {columns}); add them"
-            )
+            raise ManifestError(f"data.csv: {path} lacks column(s) {missing} (has {columns}); add them")
         return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
 
 
@@ -99,9 +98,7 @@ def _cgi_hrdc_rows(spec: DataSpec) -> tuple[Path, tuple[str, ...], list[_Row]]:
     task_root = spec.root / folder
     image_dir = task_root.joinpath(*IMAGES)
     if not image_dir.is_dir():
-        raise ManifestError(
-            f"data.root: no folder {image_dir}; point data.root at the folder holding '{folder}/'"
-        )
+        raise ManifestError(f"data.root: no folder {image_dir}; point data.root at the folder holding '{folder}/'")
     if not any(image_dir.iterdir()):
         raise ManifestError(f"data.root: no images in {image_dir}; put the training PNGs there")
     rows: list[_Row] = []

@@ -15,6 +15,9 @@ def prepare_images(spec: DataSpec, *, num_workers: int | None = None) -> ImageCa
     """
     manifest = build_manifest(spec)
     return load_or_build_image_cache(
-        manifest, spec.preprocessing, spec.resolved_cache_dir(),
-        skip_bad=spec.skip_bad, num_workers=num_workers,
+        manifest,
+        spec.preprocessing,
+        spec.resolved_cache_dir(),
+        skip_bad=spec.skip_bad,
+        num_workers=num_workers,
     )

@@ -67,7 +67,9 @@ def fundus_mask(image: np.ndarray) -> np.ndarray | None:
     the image's corners, holes filled. None when no region covers _MIN_DISC_SHARE of the image."""
     h, w = image.shape[:2]
     k = max(1, round(min(h, w) * _CORNER_SHARE))
-    corners = np.concatenate([c.reshape(-1, 3) for c in (image[:k, :k], image[:k, -k:], image[-k:, :k], image[-k:, -k:])])
+    corners = np.concatenate(
+        [c.reshape(-1, 3) for c in (image[:k, :k], image[:k, -k:], image[-k:, :k], image[-k:, -k:])]
+    )
     surround = np.median(corners, axis=0)  # (3,)
     differs = np.abs(image.astype(np.int16) - surround.astype(np.int16)).max(axis=2) > _SURROUND_DIFFERENCE
     labels, count = ndimage.label(differs)

@@ -45,11 +45,14 @@ def _background(rng: np.random.Generator, side: int) -> tuple[np.ndarray, np.nda
     texture = rng.random((6, 6)).astype(np.float32)
     texture = np.asarray(Image.fromarray(texture).resize((side, side), Image.Resampling.BICUBIC))
     tint = rng.uniform(0.85, 1.1)  # pigmentation differs between eyes
-    field = np.stack([
-        (0.80 - 0.30 * r2) * tint,
-        (0.36 - 0.18 * r2) * tint * rng.uniform(0.85, 1.15),
-        np.full_like(r2, 0.10 + 0.04 * rng.random()),
-    ], axis=2) + 0.06 * (texture[:, :, None] - 0.5)
+    field = np.stack(
+        [
+            (0.80 - 0.30 * r2) * tint,
+            (0.36 - 0.18 * r2) * tint * rng.uniform(0.85, 1.15),
+            np.full_like(r2, 0.10 + 0.04 * rng.random()),
+        ],
+        axis=2,
+    ) + 0.06 * (texture[:, :, None] - 0.5)
     mask = r2 <= 0.92**2
     return np.clip(field, 0, 1), mask
 
@@ -71,8 +74,16 @@ def _grow_vessel(rng, start, angle, width, length, depth, step, out) -> None:
     out.append((np.asarray(points), width))
     if depth > 0 and width > 1.2:
         for turn in (-1, 1):
-            _grow_vessel(rng, points[-1], angle + turn * rng.uniform(0.3, 0.7), width * 0.72,
-                         length * rng.uniform(0.6, 0.9), depth - 1, step, out)
+            _grow_vessel(
+                rng,
+                points[-1],
+                angle + turn * rng.uniform(0.3, 0.7),
+                width * 0.72,
+                length * rng.uniform(0.6, 0.9),
+                depth - 1,
+                step,
+                out,
+            )
 
 
 def _vessel_tree(rng, disc, macula, vein_width, avr, side) -> tuple[list, list]:
@@ -131,7 +142,9 @@ def draw_fundus(rng: np.random.Generator, size: int, s: float, difficulty: float
     vein_width = side * rng.uniform(0.020, 0.026)
     veins, arteries = _vessel_tree(rng, disc, macula, vein_width, float(np.clip(avr, 0.3, 0.9)), side)
     for pts, width in veins:
-        draw.line([tuple(p) for p in pts], fill=_rgb(_VEIN_COLOR, brightness), width=max(1, round(width)), joint="curve")
+        draw.line(
+            [tuple(p) for p in pts], fill=_rgb(_VEIN_COLOR, brightness), width=max(1, round(width)), joint="curve"
+        )
     # AV nicking: the vein vanishes on both sides of an artery crossing it.
     crossings = _crossings(veins, arteries, min_gap=side * 0.05)[: rng.poisson(4 * s)]
     for p in crossings:
@@ -139,30 +152,46 @@ def draw_fundus(rng: np.random.Generator, size: int, s: float, difficulty: float
         x, y = int(np.clip(p[0], 0, side - 1)), int(np.clip(p[1], 0, side - 1))
         draw.ellipse([p[0] - r, p[1] - r, p[0] + r, p[1] + r], fill=_rgb(field[y, x], brightness))
     for pts, width in arteries:
-        draw.line([tuple(p) for p in pts], fill=_rgb(_ARTERY_COLOR, brightness), width=max(1, round(width)), joint="curve")
+        draw.line(
+            [tuple(p) for p in pts], fill=_rgb(_ARTERY_COLOR, brightness), width=max(1, round(width)), joint="curve"
+        )
 
-    draw.ellipse([disc[0] - side * 0.055, disc[1] - side * 0.065, disc[0] + side * 0.055, disc[1] + side * 0.065],
-                 fill=_rgb((1.0, 0.88, 0.62), brightness))
+    draw.ellipse(
+        [disc[0] - side * 0.055, disc[1] - side * 0.065, disc[0] + side * 0.055, disc[1] + side * 0.065],
+        fill=_rgb((1.0, 0.88, 0.62), brightness),
+    )
     haemorrhages, cotton_wool = rng.random() < 0.9 * s, rng.random() < 0.7 * s
     if haemorrhages:  # flame haemorrhages: elongated, dark red, near the vessels
         for _ in range(rng.integers(3, 7)):
             pts, _w = veins[rng.integers(len(veins))]
             center = pts[rng.integers(len(pts))] + rng.normal(0, side * 0.02, 2)
-            _draw_ellipse(draw, center, side * rng.uniform(0.05, 0.08), side * 0.03, rng.uniform(0, np.pi),
-                          _rgb((0.24, 0.02, 0.02), brightness))
+            _draw_ellipse(
+                draw,
+                center,
+                side * rng.uniform(0.05, 0.08),
+                side * 0.03,
+                rng.uniform(0, np.pi),
+                _rgb((0.24, 0.02, 0.02), brightness),
+            )
     if cotton_wool:  # cotton-wool spots: pale, fluffy
         for _ in range(rng.integers(1, 4)):
             center = np.array([c, c]) + rng.normal(0, side * 0.18, 2)
-            _draw_ellipse(draw, center, side * 0.035, side * 0.026, rng.uniform(0, np.pi),
-                          _rgb((0.95, 0.88, 0.72), brightness))
+            _draw_ellipse(
+                draw, center, side * 0.035, side * 0.026, rng.uniform(0, np.pi), _rgb((0.95, 0.88, 0.72), brightness)
+            )
 
     image = image.filter(ImageFilter.GaussianBlur(radius=0.8 * _SUPERSAMPLE))
     pixels = np.asarray(image).copy()
     pixels[~mask] = 0
     noise = rng.normal(0, 3, pixels.shape)
     pixels = np.clip(pixels + noise * mask[:, :, None], 0, 255).astype(np.uint8)
-    attributes = {"right_eye": int(eye > 0), "haemorrhages": int(haemorrhages), "cotton_wool": int(cotton_wool),
-                  "avr": float(avr), "nicks": len(crossings)}
+    attributes = {
+        "right_eye": int(eye > 0),
+        "haemorrhages": int(haemorrhages),
+        "cotton_wool": int(cotton_wool),
+        "avr": float(avr),
+        "nicks": len(crossings),
+    }
     return np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BOX)), attributes
 
 

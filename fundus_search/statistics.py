@@ -43,10 +43,14 @@ def scored_protocol(protocol: dict) -> tuple[int, int, int] | None:
     return protocol["k"], protocol["repeats"], protocol["seeds"]
 
 
-TTEST_ASSUMES = ("the (repeat, fold) differences, seeds averaged within each fold, are about normal; their "
-                 "variance is inflated by 1/J + n_test/n_train for overlapping training sets (Nadeau & Bengio 2003)")
-BOOTSTRAP_ASSUMES = ("descriptive: resamples the test images for these trained models; retraining would move the "
-                     "difference more, so this is no test")
+TTEST_ASSUMES = (
+    "the (repeat, fold) differences, seeds averaged within each fold, are about normal; their "
+    "variance is inflated by 1/J + n_test/n_train for overlapping training sets (Nadeau & Bengio 2003)"
+)
+BOOTSTRAP_ASSUMES = (
+    "descriptive: resamples the test images for these trained models; retraining would move the "
+    "difference more, so this is no test"
+)
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,7 @@ class TTest:
     reason: str | None = None  # why the p-value is undefined, if it is
 
 
-def corrected_cv_ttest(differences: np.ndarray, *, n_train: float, n_test: float,
-                       confidence: float = 0.95) -> TTest:
+def corrected_cv_ttest(differences: np.ndarray, *, n_train: float, n_test: float, confidence: float = 0.95) -> TTest:
     """The corrected repeated k-fold t-test of J paired (repeat, fold) differences.
 
     Args:
@@ -80,12 +83,28 @@ def corrected_cv_ttest(differences: np.ndarray, *, n_train: float, n_test: float
     j = len(d)
     mean = float(d.mean()) if j else float("nan")
     if j < 2:
-        return TTest(mean, float("nan"), float("nan"), float("nan"), j, 0, float("nan"),
-                     reason=f"needs at least 2 (repeat, fold) differences (got {j})")
+        return TTest(
+            mean,
+            float("nan"),
+            float("nan"),
+            float("nan"),
+            j,
+            0,
+            float("nan"),
+            reason=f"needs at least 2 (repeat, fold) differences (got {j})",
+        )
     variance = d.var(ddof=1)
     if not variance > 1e-12:
-        return TTest(mean, float("nan"), float("nan"), float("nan"), j, j - 1, 0.0,
-                     reason=f"the {j} differences are all {mean:+.3f}: no variance to test against")
+        return TTest(
+            mean,
+            float("nan"),
+            float("nan"),
+            float("nan"),
+            j,
+            j - 1,
+            0.0,
+            reason=f"the {j} differences are all {mean:+.3f}: no variance to test against",
+        )
     se = float(np.sqrt((1 / j + n_test / n_train) * variance))
     df = j - 1
     half = stats.t.ppf(0.5 + confidence / 2, df) * se
@@ -160,8 +179,15 @@ class Spread:
     n: int  # images
 
 
-def bootstrap_spread(y: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, *, resamples: int = 2000,
-                     seed: int = 0, confidence: float = 0.95) -> Spread:
+def bootstrap_spread(
+    y: np.ndarray,
+    probs_a: np.ndarray,
+    probs_b: np.ndarray,
+    *,
+    resamples: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> Spread:
     """Paired percentile bootstrap over images (`scipy.stats.bootstrap`) of the challenge average of
     A minus B, each the mean over its seeds: descriptive (the models are held fixed).
 
@@ -174,12 +200,22 @@ def bootstrap_spread(y: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, *,
     seeds_a = len(pred_a)
 
     def difference(y, *preds, axis=-1):
-        means = [np.mean([average_of_predictions(y, p, axis) for p in group], axis=0)
-                 for group in (preds[:seeds_a], preds[seeds_a:])]
+        means = [
+            np.mean([average_of_predictions(y, p, axis) for p in group], axis=0)
+            for group in (preds[:seeds_a], preds[seeds_a:])
+        ]
         return means[0] - means[1]
 
     observed = float(difference(y, *pred_a, *pred_b))
-    result = stats.bootstrap((y, *pred_a, *pred_b), difference, paired=True, vectorized=True, n_resamples=resamples,
-                             confidence_level=confidence, method="percentile", random_state=seed)
+    result = stats.bootstrap(
+        (y, *pred_a, *pred_b),
+        difference,
+        paired=True,
+        vectorized=True,
+        n_resamples=resamples,
+        confidence_level=confidence,
+        method="percentile",
+        random_state=seed,
+    )
     low, high = result.confidence_interval
     return Spread(observed, float(low), float(high), len(y))

@@ -39,7 +39,16 @@ STRATEGIES = (LP, FT, LP_FT)
 
 # ---- searched parameters: the search-space keys, in table order ----
 INIT, STRATEGY, LP_LR, FT_LR, LP_EPOCHS, WEIGHT_DECAY, BATCH_SIZE, SEED, FOLD = (
-    "init", "strategy", "lp_lr", "ft_lr", "lp_epochs", "weight_decay", "batch_size", "seed", "fold")
+    "init",
+    "strategy",
+    "lp_lr",
+    "ft_lr",
+    "lp_epochs",
+    "weight_decay",
+    "batch_size",
+    "seed",
+    "fold",
+)
 PARAMS = (INIT, STRATEGY, LP_LR, FT_LR, LP_EPOCHS, WEIGHT_DECAY, BATCH_SIZE, SEED, FOLD)
 REPEAT = "repeat"  # an evaluation run's partition of the repeated k-fold (0: the search's)
 TRAIN_SEED = "train_seed"  # an evaluation run's training seed, when it is not its `seed` (see search.evaluate.retrain)
@@ -48,7 +57,14 @@ RATES = (LP_LR, FT_LR, WEIGHT_DECAY)  # searched on a log scale
 
 # ---- metrics (CGI-HRDC challenge: average = mean(kappa, F1 of the positive class, specificity)) ----
 KAPPA, F1, SPECIFICITY, AVERAGE, AUC, ACCURACY, SENSITIVITY = (
-    "kappa", "f1", "specificity", "average", "auc", "accuracy", "sensitivity")
+    "kappa",
+    "f1",
+    "specificity",
+    "average",
+    "auc",
+    "accuracy",
+    "sensitivity",
+)
 METRICS = (KAPPA, F1, SPECIFICITY, AVERAGE, AUC, ACCURACY, SENSITIVITY)
 CHALLENGE_METRICS = (KAPPA, F1, SPECIFICITY, AVERAGE)  # the challenge's columns, at the decision rule
 TRAIN_LOSS = "train_loss"

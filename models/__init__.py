@@ -7,7 +7,22 @@ from fundus_search.models.transfer import TRANSFER_STRATEGIES, Trainer, TrainSet
 from fundus_search.models.weights import WEIGHT_SOURCES, InitSpec, WeightsError, build_feature_net, weights_id
 
 __all__ = [
-    "BACKBONES", "NORMALIZATIONS", "Classifier", "FeatureNet", "build_backbone", "extract_features",
-    "feature_cache_key", "load_or_extract_features", "cpu_ms_per_image", "cpu_ms_samples", "TRANSFER_STRATEGIES", "Trainer",
-    "TrainSettings", "WEIGHT_SOURCES", "InitSpec", "WeightsError", "build_feature_net", "weights_id",
+    "BACKBONES",
+    "NORMALIZATIONS",
+    "Classifier",
+    "FeatureNet",
+    "build_backbone",
+    "extract_features",
+    "feature_cache_key",
+    "load_or_extract_features",
+    "cpu_ms_per_image",
+    "cpu_ms_samples",
+    "TRANSFER_STRATEGIES",
+    "Trainer",
+    "TrainSettings",
+    "WEIGHT_SOURCES",
+    "InitSpec",
+    "WeightsError",
+    "build_feature_net",
+    "weights_id",
 ]

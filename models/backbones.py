@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -72,8 +72,9 @@ class FlairProjection(nn.Module):
 class FeatureNet(nn.Module):
     """images (B, 3, S, S) in [0, 1] -> features (B, feature_dim): normalise, backbone, projection."""
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, *, normalize: str = "none",
-                 projection: nn.Module | None = None):
+    def __init__(
+        self, backbone: nn.Module, feature_dim: int, *, normalize: str = "none", projection: nn.Module | None = None
+    ):
         super().__init__()
         self.normalize = Normalize(normalize)
         self.backbone = backbone

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -26,8 +26,9 @@ def autocast(device: torch.device):
 
 
 @torch.no_grad()
-def extract_features(net: FeatureNet, images: np.ndarray, *, batch_size: int = 64,
-                     device: torch.device | str = "cpu") -> np.ndarray:
+def extract_features(
+    net: FeatureNet, images: np.ndarray, *, batch_size: int = 64, device: torch.device | str = "cpu"
+) -> np.ndarray:
     """Features of every image with the backbone frozen in eval mode, no augmentation.
 
     Args:
@@ -43,20 +44,37 @@ def extract_features(net: FeatureNet, images: np.ndarray, *, batch_size: int = 6
         net = net.to(memory_format=torch.channels_last)
     out = np.empty((len(images), net.feature_dim), dtype=np.float32)
     for start in range(0, len(images), batch_size):
-        batch = to_float(torch.from_numpy(np.array(images[start:start + batch_size])).to(device))  # copy: memmap is read-only
+        batch = to_float(
+            torch.from_numpy(np.array(images[start : start + batch_size])).to(device)
+        )  # copy: memmap is read-only
         with autocast(device):
-            out[start:start + len(batch)] = net(batch).float().cpu().numpy()
+            out[start : start + len(batch)] = net(batch).float().cpu().numpy()
     return out
 
 
 def feature_cache_key(*, weights_id: str, backbone: str, projection: bool, normalize: str, image_cache_key: str) -> str:
-    payload = json.dumps({"weights": weights_id, "backbone": backbone, "projection": projection,
-                          "normalize": normalize, "images": image_cache_key}, sort_keys=True)
+    payload = json.dumps(
+        {
+            "weights": weights_id,
+            "backbone": backbone,
+            "projection": projection,
+            "normalize": normalize,
+            "images": image_cache_key,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
-def load_or_extract_features(key: str, cache_dir: Path, build_net: Callable[[], FeatureNet], images: np.ndarray,
-                             *, batch_size: int = 64, device: torch.device | str = "cpu") -> np.ndarray:
+def load_or_extract_features(
+    key: str,
+    cache_dir: Path,
+    build_net: Callable[[], FeatureNet],
+    images: np.ndarray,
+    *,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
     """Cached features for `key`, extracting them (with `build_net()`) only on a miss.
 
     Safe when several trials ask at once: the first extracts under a file lock, the others

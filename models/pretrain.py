@@ -20,8 +20,16 @@ from fundus_search.models.backbones import FeatureNet
 from fundus_search.models.weights import FLAIR_PREFIX, FLAIR_PROJECTION_KEY
 
 
-def pretrain(net: FeatureNet, images: np.ndarray, targets: np.ndarray, *, epochs: int, lr: float = 2e-3,
-             batch_size: int = 32, seed: int = 0) -> list[float]:
+def pretrain(
+    net: FeatureNet,
+    images: np.ndarray,
+    targets: np.ndarray,
+    *,
+    epochs: int,
+    lr: float = 2e-3,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> list[float]:
     """Train `net` in place on multi-label targets with a throwaway linear head (BCE loss).
 
     Args:
@@ -42,7 +50,7 @@ def pretrain(net: FeatureNet, images: np.ndarray, targets: np.ndarray, *, epochs
         order = torch.randperm(len(images), generator=generator).numpy()
         total = 0.0
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             x = augment(to_float(torch.from_numpy(images[idx])), generator)
             loss = F.binary_cross_entropy_with_logits(model(x), y_all[idx])
             optimizer.zero_grad(set_to_none=True)
@@ -61,7 +69,9 @@ def save_flair_checkpoint(net: FeatureNet, path: Path, *, projection_dim: int = 
     """
     generator = torch.Generator().manual_seed(seed)
     state = {FLAIR_PREFIX + k: v.detach().clone().contiguous() for k, v in net.backbone.state_dict().items()}
-    state[FLAIR_PROJECTION_KEY] = torch.randn(projection_dim, net.feature_dim, generator=generator) / net.feature_dim**0.5
+    state[FLAIR_PROJECTION_KEY] = (
+        torch.randn(projection_dim, net.feature_dim, generator=generator) / net.feature_dim**0.5
+    )
     state["text_model.model.embeddings.word_embeddings.weight"] = torch.zeros(8, 16)
     state["text_model.projection_head_text.projection.weight"] = torch.zeros(projection_dim, 16)
     state["logit_scale"] = torch.tensor(np.log(1 / 0.07), dtype=torch.float32)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ def upload_uint8(images: np.ndarray, device: torch.device, chunk: int = 128) -> 
     """Copy a (possibly read-only, memory-mapped) uint8 array to `device` in chunks."""
     out = torch.empty(images.shape, dtype=torch.uint8, device=device)
     for start in range(0, len(images), chunk):
-        out[start:start + chunk] = torch.from_numpy(np.array(images[start:start + chunk]))
+        out[start : start + chunk] = torch.from_numpy(np.array(images[start : start + chunk]))
     return out
 
 
@@ -48,7 +48,7 @@ def batch_slices(n: int, batch_size: int) -> list[slice]:
     starts = list(range(0, n, batch_size))
     if len(starts) > 1 and n - starts[-1] == 1:
         starts.pop()
-    return [slice(start, end) for start, end in zip(starts, starts[1:] + [n])]
+    return [slice(start, end) for start, end in zip(starts, starts[1:] + [n], strict=True)]
 
 
 @dataclass(frozen=True)
@@ -111,9 +111,17 @@ class Trainer:
         load_features: (N, D) float32 frozen features of every image (called for LP only).
     """
 
-    def __init__(self, settings: TrainSettings, *, images: np.ndarray, labels: np.ndarray,
-                 train_idx: np.ndarray, val_idx: np.ndarray, build_net: Callable[[], FeatureNet],
-                 load_features: Callable[[], np.ndarray]):
+    def __init__(
+        self,
+        settings: TrainSettings,
+        *,
+        images: np.ndarray,
+        labels: np.ndarray,
+        train_idx: np.ndarray,
+        val_idx: np.ndarray,
+        build_net: Callable[[], FeatureNet],
+        load_features: Callable[[], np.ndarray],
+    ):
         self.settings = settings
         self.strategy = TRANSFER_STRATEGIES[settings.strategy]
         self.device = torch.device(settings.device)
@@ -155,9 +163,15 @@ class Trainer:
             metrics = self._validate()
             self.epoch += 1
             seconds = time.perf_counter() - start
-            yield {"epoch": self.epoch, "phase": self.strategy.main, TRAIN_LOSS: train_loss,
-                   **metrics, "epoch_seconds": seconds, "images_per_second": len(self.train_idx) / seconds,
-                   **warmup_metrics}
+            yield {
+                "epoch": self.epoch,
+                "phase": self.strategy.main,
+                TRAIN_LOSS: train_loss,
+                **metrics,
+                "epoch_seconds": seconds,
+                "images_per_second": len(self.train_idx) / seconds,
+                **warmup_metrics,
+            }
             warmup_metrics = {}
 
     # ---- phases ----
@@ -177,7 +191,9 @@ class Trainer:
             return Head(dim, self.num_classes).to(self.device)
 
     def _lp_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.head.parameters(), lr=self.settings.lp_lr, weight_decay=self.settings.weight_decay)
+        return torch.optim.AdamW(
+            self.head.parameters(), lr=self.settings.lp_lr, weight_decay=self.settings.weight_decay
+        )
 
     def _warm_up(self) -> dict[str, float]:
         """LP on cached features for `lp_epochs` (one L-BFGS fit with that solver); `lp_val_*` metrics."""
@@ -208,16 +224,25 @@ class Trainer:
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         s = self.settings
-        self.optimizer = torch.optim.AdamW([
-            {"params": self.model.features.parameters(), "lr": s.ft_lr},
-            {"params": self.model.head.parameters(), "lr": s.ft_lr * s.head_lr_mult},
-        ], weight_decay=s.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": self.model.features.parameters(), "lr": s.ft_lr},
+                {"params": self.model.head.parameters(), "lr": s.ft_lr * s.head_lr_mult},
+            ],
+            weight_decay=s.weight_decay,
+        )
         self.head = self.model.head
 
     # ---- the shared step ----
 
-    def _train_pass(self, model: nn.Module, rows: Callable[[np.ndarray, bool], torch.Tensor], *,
-                    clip: float | None, optimizer: torch.optim.Optimizer | None = None) -> float:
+    def _train_pass(
+        self,
+        model: nn.Module,
+        rows: Callable[[np.ndarray, bool], torch.Tensor],
+        *,
+        clip: float | None,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> float:
         """One shuffled pass over the training rows with class-balanced cross-entropy."""
         optimizer = optimizer or self.optimizer
         model.train()
@@ -296,7 +321,7 @@ class Trainer:
         model.eval()
         probs = []
         for start in range(0, len(self.val_idx), self.settings.eval_batch_size):
-            idx = self.val_idx[start:start + self.settings.eval_batch_size]
+            idx = self.val_idx[start : start + self.settings.eval_batch_size]
             with autocast(self.device):
                 probs.append(torch.softmax(model(rows(idx, False)).float(), dim=1)[:, 1].cpu())
         y = self.labels[torch.as_tensor(self.val_idx)].cpu().numpy()

@@ -7,7 +7,7 @@ import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torchvision
@@ -84,14 +84,20 @@ def read_state_dict(path: Path, where: str) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as exc:
         code = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), None)
         if code:  # the weights-only unpickler met a reference to a callable: loading would run it
-            raise WeightsError(f"{where}: refused {path}: it is not a plain weights file and would run code "
-                               f"on load ({code}); export a state dict or safetensors instead") from exc
-        raise WeightsError(f"{where}: {path} is not a PyTorch checkpoint (unreadable pickle data); "
-                           "pass a .pth state dict or a .safetensors file") from exc
+            raise WeightsError(
+                f"{where}: refused {path}: it is not a plain weights file and would run code "
+                f"on load ({code}); export a state dict or safetensors instead"
+            ) from exc
+        raise WeightsError(
+            f"{where}: {path} is not a PyTorch checkpoint (unreadable pickle data); "
+            "pass a .pth state dict or a .safetensors file"
+        ) from exc
     except (RuntimeError, EOFError, KeyError, ValueError, IndexError) as exc:  # zip or pickle framing
-        raise WeightsError(f"{where}: {path} is not a PyTorch checkpoint ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0] if str(exc) else ''}); pass a .pth state dict or a "
-                           ".safetensors file") from exc
+        raise WeightsError(
+            f"{where}: {path} is not a PyTorch checkpoint ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); pass a .pth state dict or a "
+            ".safetensors file"
+        ) from exc
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -106,26 +112,37 @@ def _guess_resnet(state: dict[str, torch.Tensor]) -> str | None:
         return None
     blocks = len({k.split(".")[1] for k in state if k.startswith("layer3.")})
     bottleneck = "layer1.0.conv3.weight" in state
-    return {(False, 2): "resnet18", (False, 6): "resnet34", (True, 6): "resnet50",
-            (True, 23): "resnet101", (True, 36): "resnet152"}.get((bottleneck, blocks))
+    return {
+        (False, 2): "resnet18",
+        (False, 6): "resnet34",
+        (True, 6): "resnet50",
+        (True, 23): "resnet101",
+        (True, 36): "resnet152",
+    }.get((bottleneck, blocks))
 
 
 def load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], backbone: str, where: str) -> None:
     """`load_state_dict(strict=True)` with a one-line error naming what does not fit."""
     guessed = _guess_resnet(state)
     if guessed and guessed != backbone:
-        raise WeightsError(f"{where}: checkpoint is a {guessed} but model.backbone is {backbone}; "
-                           f"set model.backbone: {guessed} or use {backbone} weights")
+        raise WeightsError(
+            f"{where}: checkpoint is a {guessed} but model.backbone is {backbone}; "
+            f"set model.backbone: {guessed} or use {backbone} weights"
+        )
     expected = model.state_dict()
     for key, tensor in state.items():
         if key in expected and expected[key].shape != tensor.shape:
-            raise WeightsError(f"{where}: shape mismatch at {key}: checkpoint {tuple(tensor.shape)}, "
-                               f"{backbone} expects {tuple(expected[key].shape)}")
+            raise WeightsError(
+                f"{where}: shape mismatch at {key}: checkpoint {tuple(tensor.shape)}, "
+                f"{backbone} expects {tuple(expected[key].shape)}"
+            )
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise WeightsError(f"{where}: checkpoint does not fit {backbone}: missing {missing[:3]}, "
-                           f"unexpected {unexpected[:3]}; check model.backbone and the file")
+        raise WeightsError(
+            f"{where}: checkpoint does not fit {backbone}: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}; check model.backbone and the file"
+        )
     model.load_state_dict(state, strict=True)
 
 
@@ -140,12 +157,16 @@ def torchvision_weights_file(init: InitSpec, backbone: str, where: str) -> Path:
         weights = torchvision.models.get_weight(f"{enum_name}.{init.weights}")
     except (KeyError, AttributeError, ValueError):
         valid = [w.name for w in torchvision.models.get_model_weights(backbone)]
-        raise WeightsError(f"{where}.weights: {init.weights!r} is not a {enum_name} member; use one of {valid}") from None
+        raise WeightsError(
+            f"{where}.weights: {init.weights!r} is not a {enum_name} member; use one of {valid}"
+        ) from None
     name = Path(weights.url).name
     folder = Path(torch.hub.get_dir()) / "checkpoints"
     if not (folder / name).is_file():
-        raise WeightsError(f"{where}: {name} not found in {folder}; this tool never downloads: copy it there "
-                           f"(from {weights.url}) or set {where}.path")
+        raise WeightsError(
+            f"{where}: {name} not found in {folder}; this tool never downloads: copy it there "
+            f"(from {weights.url}) or set {where}.path"
+        )
     return folder / name
 
 
@@ -154,7 +175,9 @@ def flair_weights_file(init: InitSpec, backbone: str, where: str) -> Path:
     if path is not None and path.is_dir():
         found = [path / n for n in FLAIR_FILE_NAMES if (path / n).is_file()]
         if not found:
-            raise WeightsError(f"{where}.path: {path} holds none of {list(FLAIR_FILE_NAMES)}; put the FLAIR weights there")
+            raise WeightsError(
+                f"{where}.path: {path} holds none of {list(FLAIR_FILE_NAMES)}; put the FLAIR weights there"
+            )
         path = found[0]
     if path is None or not path.is_file():
         raise WeightsError(f"{where}.path: no such file {path}; put the FLAIR weights there or fix the path")
@@ -171,7 +194,7 @@ def _build_torchvision(init: InitSpec, backbone: str, where: str, seed: int) -> 
 
 def _build_flair(init: InitSpec, backbone: str, where: str, seed: int) -> FeatureNet:
     state = read_state_dict(flair_weights_file(init, backbone, where), where)
-    vision = {k[len(FLAIR_PREFIX):]: v for k, v in state.items() if k.startswith(FLAIR_PREFIX)}
+    vision = {k[len(FLAIR_PREFIX) :]: v for k, v in state.items() if k.startswith(FLAIR_PREFIX)}
     if not vision:
         raise WeightsError(f"{where}: no '{FLAIR_PREFIX}*' keys in the checkpoint; is it a FLAIR checkpoint?")
     model = build_backbone(backbone)
@@ -182,8 +205,10 @@ def _build_flair(init: InitSpec, backbone: str, where: str, seed: int) -> Featur
             raise WeightsError(f"{where}: projection: true but {FLAIR_PROJECTION_KEY} is not in the checkpoint")
         weight = state[FLAIR_PROJECTION_KEY]  # (512, 2048)
         if weight.shape[1] != dim:
-            raise WeightsError(f"{where}: shape mismatch at {FLAIR_PROJECTION_KEY}: checkpoint "
-                               f"{tuple(weight.shape)}, {backbone} gives {dim}-d features")
+            raise WeightsError(
+                f"{where}: shape mismatch at {FLAIR_PROJECTION_KEY}: checkpoint "
+                f"{tuple(weight.shape)}, {backbone} gives {dim}-d features"
+            )
         projection = FlairProjection(dim, weight.shape[0])
         projection.projection.weight.data.copy_(weight)
         dim = weight.shape[0]

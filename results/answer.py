@@ -15,15 +15,40 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fundus_search.vocabulary import (AUC, AVERAGE, CHALLENGE_METRICS, COMPARISONS_FILE, COMPLETED, EVALUATION_DIR, EVALUATION_FILE,
-                        FT, INIT, LP, LP_FT, PREDICTIONS_FILE, REPEAT, RUNS_FILE, SEARCH_FILE, STRATEGY, held_out)
+from fundus_search.vocabulary import (
+    AUC,
+    AVERAGE,
+    CHALLENGE_METRICS,
+    COMPARISONS_FILE,
+    COMPLETED,
+    EVALUATION_DIR,
+    EVALUATION_FILE,
+    FT,
+    INIT,
+    LP,
+    LP_FT,
+    PREDICTIONS_FILE,
+    REPEAT,
+    RUNS_FILE,
+    SEARCH_FILE,
+    STRATEGY,
+    held_out,
+)
 
 from fundus_search.metrics import classification_metrics, predict
 from fundus_search.results.layout import EvaluationFolder, SearchFolder, write_atomic
 from fundus_search.results.query import ResultsError, read_parquet
 from fundus_search.results.store import EVALUATION_TABLES, current_table
-from fundus_search.statistics import (BOOTSTRAP_ASSUMES, CALIBRATED_PROTOCOLS, TTEST_ASSUMES, bayesian_correlated_ttest, benjamini_hochberg,
-                         bootstrap_spread, corrected_cv_ttest, holm)
+from fundus_search.statistics import (
+    BOOTSTRAP_ASSUMES,
+    CALIBRATED_PROTOCOLS,
+    TTEST_ASSUMES,
+    bayesian_correlated_ttest,
+    benjamini_hochberg,
+    bootstrap_spread,
+    corrected_cv_ttest,
+    holm,
+)
 from fundus_search.results.tables import describe_params
 
 CV, TEST = "cv", "test"  # the two splits a run scores
@@ -43,12 +68,16 @@ def find_evaluation(path: str | Path, name: str | None = None) -> Path:
     if name is None and (path / EVALUATION_FILE).is_file():
         return EvaluationFolder.open(path).path
     if not (path / SEARCH_FILE).is_file():
-        raise ResultsError(f"{path}: neither a search nor an evaluation folder; pass a folder `fundus-search run` "
-                           "or `fundus-search evaluate` printed")
+        raise ResultsError(
+            f"{path}: neither a search nor an evaluation folder; pass a folder `fundus-search run` "
+            "or `fundus-search evaluate` printed"
+        )
     search = SearchFolder.open(path)
     if not (path / (name or EVALUATION_DIR) / EVALUATION_FILE).is_file():
-        raise ResultsError(f"{path}: no evaluation {name or EVALUATION_DIR!r} here; run "
-                           f"`fundus-search evaluate {path}{f' --name {name}' if name else ''}` first")
+        raise ResultsError(
+            f"{path}: no evaluation {name or EVALUATION_DIR!r} here; run "
+            f"`fundus-search evaluate {path}{f' --name {name}' if name else ''}` first"
+        )
     return search.evaluation(name or EVALUATION_DIR).path
 
 
@@ -65,8 +94,10 @@ def _current(folder: Path, name: str) -> pd.DataFrame:
     try:
         return current_table(folder, name, EVALUATION_TABLES).to_pandas()
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-        raise ResultsError(f"{Path(folder) / name}: not readable ({str(exc).splitlines()[0][:200]}); "
-                           f"continue the evaluation with `fundus-search resume {folder}`") from None
+        raise ResultsError(
+            f"{Path(folder) / name}: not readable ({str(exc).splitlines()[0][:200]}); "
+            f"continue the evaluation with `fundus-search resume {folder}`"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -105,10 +136,16 @@ def evaluation_progress(folder: Path) -> Progress:
     for run in meta.planned:
         if run["run_id"] not in done:
             repeat = f"repeat {run[REPEAT]} " if run.get(REPEAT) else ""
-            where = f"{repeat}fold {run['fold']} seed {run['seed']}" if run["split"] == CV else f"test seed {run['seed']}"
+            where = (
+                f"{repeat}fold {run['fold']} seed {run['seed']}" if run["split"] == CV else f"test seed {run['seed']}"
+            )
             missing.setdefault(run["config_id"], []).append(where)
-    return Progress(planned=meta.runs, finished=len(done), failed=failed,
-                    missing=tuple(f"{config}: {', '.join(where)}" for config, where in missing.items()))
+    return Progress(
+        planned=meta.runs,
+        finished=len(done),
+        failed=failed,
+        missing=tuple(f"{config}: {', '.join(where)}" for config, where in missing.items()),
+    )
 
 
 def run_metrics(predictions: pd.DataFrame) -> pd.DataFrame:
@@ -117,8 +154,10 @@ def run_metrics(predictions: pd.DataFrame) -> pd.DataFrame:
     rows = {}
     for run, p in predictions.groupby("run_id"):
         probs = p["prob_positive"].to_numpy()
-        rows[run] = {**classification_metrics(p["label"].to_numpy(), probs),
-                     "single_class": len(np.unique(predict(probs))) == 1}
+        rows[run] = {
+            **classification_metrics(p["label"].to_numpy(), probs),
+            "single_class": len(np.unique(predict(probs))) == 1,
+        }
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("run_id").reset_index()
 
 
@@ -153,18 +192,30 @@ def evaluation_table(runs: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFr
     rows = []
     for config_id, group in scored.groupby("config_id", sort=False):
         first = group.iloc[0]
-        row = {"config_id": config_id, INIT: first[INIT], STRATEGY: first[STRATEGY], "rank": int(first["rank"]),
-               "config": describe_params(first), "epochs": int(first["epochs"]), "search_score": first["search_score"]}
+        row = {
+            "config_id": config_id,
+            INIT: first[INIT],
+            STRATEGY: first[STRATEGY],
+            "rank": int(first["rank"]),
+            "config": describe_params(first),
+            "epochs": int(first["epochs"]),
+            "search_score": first["search_score"],
+        }
         cv = group[group["split"] == CV]
         if len(cv):
             folds = per_fold(cv, list(CHALLENGE_METRICS))
             for m in CHALLENGE_METRICS:
                 row[f"{m}_mean"], row[f"{m}_std"] = folds[m].mean(), folds[m].std(ddof=1)
-            interval = corrected_cv_ttest(folds[AVERAGE].to_numpy(), n_train=cv["n_train"].mean(),
-                                          n_test=cv["n_scored"].mean())
+            interval = corrected_cv_ttest(
+                folds[AVERAGE].to_numpy(), n_train=cv["n_train"].mean(), n_test=cv["n_scored"].mean()
+            )
             row[f"{AVERAGE}_ci_low"], row[f"{AVERAGE}_ci_high"] = interval.ci_low, interval.ci_high
             row["oof_auc"] = _pooled_auc(predictions[predictions["run_id"].isin(cv["run_id"])])
-            row["folds"], row["repeats"], row["seeds"] = cv["fold"].nunique(), cv[REPEAT].nunique(), cv["seed"].nunique()
+            row["folds"], row["repeats"], row["seeds"] = (
+                cv["fold"].nunique(),
+                cv[REPEAT].nunique(),
+                cv["seed"].nunique(),
+            )
             row["runs"], row["single_class_runs"] = len(cv), int(cv["single_class"].sum())
             row["optimism"] = row["search_score"] - row[f"{AVERAGE}_mean"]
         test = group[group["split"] == TEST]
@@ -180,8 +231,10 @@ def _pooled_auc(predictions: pd.DataFrame) -> float:
     """AUC of all out-of-fold predictions of one repeat and seed at once, averaged over those."""
     if REPEAT not in predictions:
         predictions = predictions.assign(**{REPEAT: 0})
-    per_pass = [classification_metrics(p["label"].to_numpy(), p["prob_positive"].to_numpy())[AUC]
-                for _, p in predictions.groupby([predictions[REPEAT].fillna(0), "seed"])]
+    per_pass = [
+        classification_metrics(p["label"].to_numpy(), p["prob_positive"].to_numpy())[AUC]
+        for _, p in predictions.groupby([predictions[REPEAT].fillna(0), "seed"])
+    ]
     return float(np.mean(per_pass))
 
 
@@ -205,7 +258,7 @@ class Planned:
         return (self.within, self.a), (self.within, self.b)
 
     @classmethod
-    def parse(cls, text: str) -> "Planned":
+    def parse(cls, text: str) -> Planned:
         """`lp: flair - imagenet` or `flair: lp_ft - ft`.
 
         Raises:
@@ -214,8 +267,10 @@ class Planned:
         within, sep, rest = text.partition(":")
         a, dash, b = rest.partition(" - ")
         if not sep or not dash or not all(x.strip() for x in (within, a, b)):
-            raise ValueError(f"a comparison is written 'STRATEGY: INIT_A - INIT_B' or 'INIT: STRATEGY_A - "
-                             f"STRATEGY_B', e.g. 'lp: flair - imagenet' (got {text!r})")
+            raise ValueError(
+                f"a comparison is written 'STRATEGY: INIT_A - INIT_B' or 'INIT: STRATEGY_A - "
+                f"STRATEGY_B', e.g. 'lp: flair - imagenet' (got {text!r})"
+            )
         return cls(within.strip(), a.strip(), b.strip())
 
 
@@ -235,8 +290,9 @@ def default_primary(inits, strategies, sources: dict[str, str]) -> list[Planned]
     return [Planned(s, a, b) for s in strategies for a, b in combinations(pool, 2)]
 
 
-def planned_comparisons(cells: list[tuple[str, str]], sources: dict[str, str],
-                        primary: list[Planned]) -> list[tuple[str, Planned]]:
+def planned_comparisons(
+    cells: list[tuple[str, str]], sources: dict[str, str], primary: list[Planned]
+) -> list[tuple[str, Planned]]:
     """(family, comparison) for every comparison the study makes: the primary ones first, then,
     as secondary, every other pair of inits under each strategy (inits in the order of their
     weight sources: flair, torchvision, random) and LP-FT vs FT and LP vs FT under each init.
@@ -244,18 +300,29 @@ def planned_comparisons(cells: list[tuple[str, str]], sources: dict[str, str],
     present = set(cells)
     strategies = [s for s in (LP, FT, LP_FT) if any(c[1] == s for c in cells)]
     order = _source_order({i for i, _ in cells}, sources)
-    secondary = [Planned(s, a, b) for s in strategies for a, b in combinations([i for i in order if (i, s) in present], 2)]
-    secondary += [Planned(i, a, b) for i in order for a, b in ((LP_FT, FT), (LP, FT))
-                  if (i, a) in present and (i, b) in present]
+    secondary = [
+        Planned(s, a, b) for s in strategies for a, b in combinations([i for i in order if (i, s) in present], 2)
+    ]
+    secondary += [
+        Planned(i, a, b) for i in order for a, b in ((LP_FT, FT), (LP, FT)) if (i, a) in present and (i, b) in present
+    ]
     primary_pairs = {(p.within, frozenset((p.a, p.b))) for p in primary}
     plans = [(PRIMARY, p) for p in primary]
     plans += [(SECONDARY, p) for p in secondary if (p.within, frozenset((p.a, p.b))) not in primary_pairs]
     return [(family, p) for family, p in plans if all(c in present for c in p.cells(set(strategies) | {LP, FT, LP_FT}))]
 
 
-def paired_comparisons(runs: pd.DataFrame, predictions: pd.DataFrame, sources: dict[str, str], *,
-                       primary: list[Planned], rope: float = 0.01, resamples: int = 2000,
-                       seed: int = 0, protocol: tuple[int, int, int] | None = None) -> pd.DataFrame:
+def paired_comparisons(
+    runs: pd.DataFrame,
+    predictions: pd.DataFrame,
+    sources: dict[str, str],
+    *,
+    primary: list[Planned],
+    rope: float = 0.01,
+    resamples: int = 2000,
+    seed: int = 0,
+    protocol: tuple[int, int, int] | None = None,
+) -> pd.DataFrame:
     """The study's comparisons of each cell's rank-1 configuration, on the challenge average.
 
     Cross-validated: the corrected repeated k-fold t-test and the Bayesian correlated t-test
@@ -272,15 +339,24 @@ def paired_comparisons(runs: pd.DataFrame, predictions: pd.DataFrame, sources: d
         return pd.DataFrame()
     scored = _scored(runs, predictions)
     top = scored[scored["rank"] == 1]
-    cells = sorted(set(zip(top[INIT], top[STRATEGY])))
+    cells = sorted(set(zip(top[INIT], top[STRATEGY], strict=True)))
     plans = planned_comparisons(cells, sources, primary)
     m = sum(family == PRIMARY for family, _ in plans)
     rows = []
     for family, plan in plans:
         a, b = (top[(top[INIT] == c[0]) & (top[STRATEGY] == c[1])] for c in plan.cells({LP, FT, LP_FT}))
-        common = {"family": family, "comparison": plan.key, "within": plan.within, "name_a": plan.a,
-                  "name_b": plan.b, "a": a["config_id"].iloc[0], "b": b["config_id"].iloc[0], "metric": AVERAGE,
-                  "rope": rope, "calibrated": protocol in CALIBRATED_PROTOCOLS}
+        common = {
+            "family": family,
+            "comparison": plan.key,
+            "within": plan.within,
+            "name_a": plan.a,
+            "name_b": plan.b,
+            "a": a["config_id"].iloc[0],
+            "b": b["config_id"].iloc[0],
+            "metric": AVERAGE,
+            "rope": rope,
+            "calibrated": protocol in CALIBRATED_PROTOCOLS,
+        }
         confidence = 1 - 0.05 / m if family == PRIMARY else 0.95
         rows.append(_compare_cv(a, b, common, confidence))
         test = _compare_test(a, b, predictions, common, resamples, seed)
@@ -298,8 +374,11 @@ def paired_comparisons(runs: pd.DataFrame, predictions: pd.DataFrame, sources: d
 
 def _flags(*arms: pd.DataFrame) -> str | None:
     """`imagenet-lp-1 predicts one class in 3 of 6 runs; ...` for the arms that have such runs."""
-    flagged = [f"{arm['config_id'].iloc[0]} predicts one class in {int(arm['single_class'].sum())} of {len(arm)} runs"
-               for arm in arms if arm["single_class"].any()]
+    flagged = [
+        f"{arm['config_id'].iloc[0]} predicts one class in {int(arm['single_class'].sum())} of {len(arm)} runs"
+        for arm in arms
+        if arm["single_class"].any()
+    ]
     return "; ".join(flagged) or None
 
 
@@ -307,34 +386,65 @@ def _compare_cv(a: pd.DataFrame, b: pd.DataFrame, common: dict, confidence: floa
     a, b = a[a["split"] == CV], b[b["split"] == CV]
     paired = a.merge(b, on=[REPEAT, "fold", "seed"], suffixes=("_a", "_b"))  # runs both arms finished
     folds = paired.groupby([REPEAT, "fold"])[[f"{AVERAGE}_a", f"{AVERAGE}_b"]].mean()
-    test = corrected_cv_ttest((folds[f"{AVERAGE}_a"] - folds[f"{AVERAGE}_b"]).to_numpy(),
-                              n_train=paired["n_train_a"].mean() if len(paired) else 1.0,
-                              n_test=paired["n_scored_a"].mean() if len(paired) else 1.0, confidence=confidence)
+    test = corrected_cv_ttest(
+        (folds[f"{AVERAGE}_a"] - folds[f"{AVERAGE}_b"]).to_numpy(),
+        n_train=paired["n_train_a"].mean() if len(paired) else 1.0,
+        n_test=paired["n_scored_a"].mean() if len(paired) else 1.0,
+        confidence=confidence,
+    )
     better, equal, worse = bayesian_correlated_ttest(test, common["rope"])
     flags = _flags(a, b)
-    return {**common, "split": CV, "method": "corrected repeated-CV t-test", "difference": test.difference,
-            "ci_low": test.ci_low, "ci_high": test.ci_high, "confidence": confidence, "p_value": test.p_value,
-            "p_a_better": better, "p_equivalent": equal, "p_b_better": worse, "n": test.n,
-            "repeats": paired[REPEAT].nunique(), "folds": paired["fold"].nunique(), "seeds": paired["seed"].nunique(),
-            "reason": test.reason, "flags": flags, "assumes": TTEST_ASSUMES}
+    return {
+        **common,
+        "split": CV,
+        "method": "corrected repeated-CV t-test",
+        "difference": test.difference,
+        "ci_low": test.ci_low,
+        "ci_high": test.ci_high,
+        "confidence": confidence,
+        "p_value": test.p_value,
+        "p_a_better": better,
+        "p_equivalent": equal,
+        "p_b_better": worse,
+        "n": test.n,
+        "repeats": paired[REPEAT].nunique(),
+        "folds": paired["fold"].nunique(),
+        "seeds": paired["seed"].nunique(),
+        "reason": test.reason,
+        "flags": flags,
+        "assumes": TTEST_ASSUMES,
+    }
 
 
-def _compare_test(a: pd.DataFrame, b: pd.DataFrame, predictions: pd.DataFrame, common: dict, resamples: int,
-                  seed: int) -> dict | None:
+def _compare_test(
+    a: pd.DataFrame, b: pd.DataFrame, predictions: pd.DataFrame, common: dict, resamples: int, seed: int
+) -> dict | None:
     a, b = a[a["split"] == TEST], b[b["split"] == TEST]
     if not len(a) or not len(b):
         return None
     y, probs_a, probs_b = _aligned_predictions(predictions, a["run_id"], b["run_id"])
     spread = bootstrap_spread(y, probs_a, probs_b, resamples=resamples, seed=seed)
     flags = _flags(a, b)
-    return {**common, "split": TEST, "method": "image bootstrap (descriptive)", "difference": spread.difference,
-            "ci_low": spread.ci_low, "ci_high": spread.ci_high, "confidence": 0.95, "p_value": np.nan,
-            "n": spread.n, "seeds": len(probs_a), "reason": "descriptive: test images resampled, models held fixed",
-            "flags": flags, "assumes": BOOTSTRAP_ASSUMES}
+    return {
+        **common,
+        "split": TEST,
+        "method": "image bootstrap (descriptive)",
+        "difference": spread.difference,
+        "ci_low": spread.ci_low,
+        "ci_high": spread.ci_high,
+        "confidence": 0.95,
+        "p_value": np.nan,
+        "n": spread.n,
+        "seeds": len(probs_a),
+        "reason": "descriptive: test images resampled, models held fixed",
+        "flags": flags,
+        "assumes": BOOTSTRAP_ASSUMES,
+    }
 
 
 def _aligned_predictions(predictions: pd.DataFrame, runs_a, runs_b) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Labels (N,) and (seeds, N) P(positive) of arms A and B over the images both scored, by row."""
+
     def table(run_ids) -> pd.DataFrame:
         p = predictions[predictions["run_id"].isin(run_ids)]
         return p.pivot_table(index="row", columns="seed", values="prob_positive")
@@ -353,4 +463,3 @@ def write_comparisons(folder: Path, comparisons: pd.DataFrame) -> Path:
 def load_comparisons(folder: Path) -> pd.DataFrame:
     path = folder / COMPARISONS_FILE
     return read_parquet(path) if path.is_file() else pd.DataFrame()
-

@@ -33,7 +33,12 @@ def png(figure: plt.Figure) -> bytes:
 
 def _cells(frame: pd.DataFrame) -> list[tuple[str, str]]:
     strategies = [s for s in _STRATEGY_ORDER if s in set(frame[STRATEGY])]
-    return [(i, s) for i in sorted(set(frame[INIT])) for s in strategies if ((frame[INIT] == i) & (frame[STRATEGY] == s)).any()]
+    return [
+        (i, s)
+        for i in sorted(set(frame[INIT]))
+        for s in strategies
+        if ((frame[INIT] == i) & (frame[STRATEGY] == s)).any()
+    ]
 
 
 def forest_plot(comparisons: pd.DataFrame) -> bytes:
@@ -44,13 +49,21 @@ def forest_plot(comparisons: pd.DataFrame) -> bytes:
     fig, ax = plt.subplots(figsize=(_WIDTH, 0.35 * len(rows) + 1.2))
     colors = {"primary": "tab:blue", "secondary": "tab:gray"}
     for y, r in rows.iterrows():
-        ax.errorbar(r["difference"], y, xerr=[[r["difference"] - r["ci_low"]], [r["ci_high"] - r["difference"]]],
-                    fmt="o", color=colors.get(r["family"], "gray"), capsize=3)
+        ax.errorbar(
+            r["difference"],
+            y,
+            xerr=[[r["difference"] - r["ci_low"]], [r["ci_high"] - r["difference"]]],
+            fmt="o",
+            color=colors.get(r["family"], "gray"),
+            capsize=3,
+        )
     ax.axvline(0, color="black", lw=1)
     ax.set_yticks(range(len(rows)), list(rows["comparison"]))
     ax.set_xlabel(f"difference in {cv['metric'].iloc[0] if len(cv) else 'average'} (A - B), cross-validated")
     for family, color in colors.items():
-        ax.plot([], [], "o", color=color, label=f"{family}" + (" (simultaneous 95%)" if family == "primary" else " (95%)"))
+        ax.plot(
+            [], [], "o", color=color, label=f"{family}" + (" (simultaneous 95%)" if family == "primary" else " (95%)")
+        )
     ax.legend(loc="lower right", fontsize=8)
     return png(fig)
 
@@ -81,15 +94,20 @@ def confusion_matrices(predictions: pd.DataFrame, runs: pd.DataFrame) -> bytes:
     cols = min(3, len(winners))
     rows = int(np.ceil(len(winners) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3 * rows), squeeze=False)
-    for ax, (config_id, p) in zip(axes.flat, winners):
+    for ax, (config_id, p) in zip(axes.flat, winners, strict=False):
         pred = predict(p["prob_positive"])
         counts = np.array([[np.sum((p["label"] == t) & (pred == q)) for q in (0, 1)] for t in (0, 1)])
         ax.imshow(counts, cmap="Blues", vmin=0)
         for (t, q), n in np.ndenumerate(counts):
             ax.text(q, t, str(n), ha="center", va="center", color="white" if n > counts.max() / 2 else "black")
-        ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["pred -", "pred +"], yticklabels=["true -", "true +"],
-               title=config_id.rsplit("-", 1)[0])
-    for ax in list(axes.flat)[len(winners):]:
+        ax.set(
+            xticks=[0, 1],
+            yticks=[0, 1],
+            xticklabels=["pred -", "pred +"],
+            yticklabels=["true -", "true +"],
+            title=config_id.rsplit("-", 1)[0],
+        )
+    for ax in list(axes.flat)[len(winners) :]:
         ax.axis("off")
     fig.tight_layout()
     return png(fig)
@@ -103,7 +121,8 @@ def best_so_far(trials: pd.DataFrame, epochs: pd.DataFrame, column: str, metric:
     better = np.fmax.accumulate if mode == "max" else np.fmin.accumulate
     fig, (by_trial, by_epoch) = plt.subplots(1, 2, figsize=(_WIDTH, 3.6), sharey=True)
     for label, mask in [("overall", np.ones(len(done), bool))] + [
-            (f"{i}/{s}", ((done[INIT] == i) & (done[STRATEGY] == s)).to_numpy()) for i, s in _cells(done)]:
+        (f"{i}/{s}", ((done[INIT] == i) & (done[STRATEGY] == s)).to_numpy()) for i, s in _cells(done)
+    ]:
         values = np.where(mask, done[column].to_numpy(dtype=float), np.nan)
         curve = better(np.nan_to_num(values, nan=-np.inf if mode == "max" else np.inf))
         curve = np.where(np.isfinite(curve), curve, np.nan)
@@ -124,7 +143,7 @@ def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str, mod
     rows = int(np.ceil(len(cells) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(_WIDTH, 2.8 * rows), squeeze=False, sharey=True)
     column = f"best_{metric}"
-    for ax, (init, strategy) in zip(axes.flat, cells):
+    for ax, (init, strategy) in zip(axes.flat, cells, strict=False):
         cell = trials[(trials[INIT] == init) & (trials[STRATEGY] == strategy) & trials[column].notna()]
         winner = cell.sort_values(column, ascending=mode == "min")["trial_id"].iloc[0] if len(cell) else None
         for t in cell.itertuples():
@@ -132,11 +151,16 @@ def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str, mod
             if t.trial_id == winner:
                 ax.plot(curve["epoch"], curve[metric], color="tab:red", lw=2, zorder=3, label="winner")
             else:
-                ax.plot(curve["epoch"], curve[metric], color="tab:blue", lw=1,
-                        alpha=0.3 if t.status == STOPPED_EARLY else 0.8)
+                ax.plot(
+                    curve["epoch"],
+                    curve[metric],
+                    color="tab:blue",
+                    lw=1,
+                    alpha=0.3 if t.status == STOPPED_EARLY else 0.8,
+                )
         ax.set(title=f"{init} / {strategy} ({len(cell)} trials)", xlabel="epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    for ax in list(axes.flat)[len(cells):]:
+    for ax in list(axes.flat)[len(cells) :]:
         ax.axis("off")
     axes[0, 0].set_ylabel(metric)
     fig.tight_layout()
@@ -149,8 +173,10 @@ def asha_survival(trials: pd.DataFrame, rungs: list[int]) -> bytes:
     fig, ax = plt.subplots(figsize=(_WIDTH, 3.2))
     width = 0.8 / max(1, len(rungs))
     for k, rung in enumerate(rungs):
-        counts = [int(((trials[INIT] == i) & (trials[STRATEGY] == s) & (trials["epochs_run"] >= rung)).sum())
-                  for i, s in cells]
+        counts = [
+            int(((trials[INIT] == i) & (trials[STRATEGY] == s) & (trials["epochs_run"] >= rung)).sum())
+            for i, s in cells
+        ]
         ax.bar(np.arange(len(cells)) + k * width, counts, width, label=f"reached epoch {rung}")
     ax.set_xticks(np.arange(len(cells)) + width * (len(rungs) - 1) / 2, [f"{i}/{s}" for i, s in cells], fontsize=8)
     ax.set_ylabel("trials")
@@ -162,7 +188,7 @@ def parameter_scatter(trials: pd.DataFrame, column: str, metric: str, strategy: 
     """The metric of every trial of `strategy` against each parameter it searched, by init."""
     rows = trials[(trials[STRATEGY] == strategy) & trials[column].notna()]
     fig, axes = plt.subplots(1, len(params), figsize=(_WIDTH, 3), squeeze=False, sharey=True)
-    for ax, param in zip(axes.flat, params):
+    for ax, param in zip(axes.flat, params, strict=False):
         for init, group in rows.groupby(INIT):
             ax.scatter(group[param], group[column], s=14, label=init)
         if param in RATES:

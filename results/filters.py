@@ -18,8 +18,14 @@ import pandas as pd
 
 from fundus_search.vocabulary import UserError
 
-_COMPARE = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
-            ast.Gt: operator.gt, ast.GtE: operator.ge}
+_COMPARE = {
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+}
 
 
 class FilterError(UserError):
@@ -36,8 +42,9 @@ def filter_rows(frame: pd.DataFrame, expression: str) -> pd.DataFrame:
     try:
         tree = ast.parse(expression.strip(), mode="eval")
     except SyntaxError as exc:
-        raise FilterError(f"not a valid expression ({exc.msg}); write e.g. \"strategy == 'lp_ft' and "
-                          "best_val_average > 0.6\"") from None
+        raise FilterError(
+            f"not a valid expression ({exc.msg}); write e.g. \"strategy == 'lp_ft' and best_val_average > 0.6\""
+        ) from None
     mask = _Evaluator(frame).boolean(tree.body)
     return frame[mask]
 
@@ -61,13 +68,14 @@ class _Evaluator:
             return self.compare(node)
         if isinstance(node, ast.Name):  # a boolean column on its own
             return self.column(node).fillna(False).astype(bool)
-        raise FilterError(f"{_describe(node)} is not allowed; use comparisons of columns with literals, "
-                          "joined by and/or/not")
+        raise FilterError(
+            f"{_describe(node)} is not allowed; use comparisons of columns with literals, joined by and/or/not"
+        )
 
     def compare(self, node: ast.Compare) -> pd.Series:
         result = None
         left = node.left
-        for op, right in zip(node.ops, node.comparators):
+        for op, right in zip(node.ops, node.comparators, strict=True):
             step = self.compare_pair(left, op, right)
             result = step if result is None else result & step
             left = right
@@ -77,8 +85,9 @@ class _Evaluator:
         if isinstance(op, (ast.In, ast.NotIn)):
             values = self.literal(right)
             if not isinstance(values, (list, tuple)):
-                raise FilterError(f"`in` needs a list of literals, e.g. init in ['flair', 'imagenet'] "
-                                  f"(got {ast.unparse(right)})")
+                raise FilterError(
+                    f"`in` needs a list of literals, e.g. init in ['flair', 'imagenet'] (got {ast.unparse(right)})"
+                )
             mask = self.column(left).isin(list(values))
             return ~mask if isinstance(op, ast.NotIn) else mask
         if type(op) not in _COMPARE:
@@ -101,18 +110,32 @@ class _Evaluator:
     def literal(self, node: ast.AST):
         if isinstance(node, ast.Constant) and (node.value is None or isinstance(node.value, (bool, int, float, str))):
             return node.value
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant) \
-                and isinstance(node.operand.value, (int, float)) and not isinstance(node.operand.value, bool):
+        if (
+            isinstance(node, ast.UnaryOp)
+            and isinstance(node.op, ast.USub)
+            and isinstance(node.operand, ast.Constant)
+            and isinstance(node.operand.value, (int, float))
+            and not isinstance(node.operand.value, bool)
+        ):
             return -node.operand.value
         if isinstance(node, (ast.List, ast.Tuple)):
             return [self.literal(element) for element in node.elts]
-        raise FilterError(f"{_describe(node)} is not allowed; only numbers, strings, True, False, None and "
-                          "lists of them are literals")
+        raise FilterError(
+            f"{_describe(node)} is not allowed; only numbers, strings, True, False, None and lists of them are literals"
+        )
 
 
 def _describe(node: ast.AST) -> str:
-    kinds = {ast.Attribute: "attribute access", ast.Call: "a function call", ast.Subscript: "subscripting",
-             ast.Lambda: "a lambda", ast.BinOp: "arithmetic", ast.NamedExpr: "assignment",
-             ast.ListComp: "a comprehension", ast.GeneratorExp: "a comprehension", ast.Dict: "a dict"}
+    kinds = {
+        ast.Attribute: "attribute access",
+        ast.Call: "a function call",
+        ast.Subscript: "subscripting",
+        ast.Lambda: "a lambda",
+        ast.BinOp: "arithmetic",
+        ast.NamedExpr: "assignment",
+        ast.ListComp: "a comprehension",
+        ast.GeneratorExp: "a comprehension",
+        ast.Dict: "a dict",
+    }
     kind = next((text for cls, text in kinds.items() if isinstance(node, cls)), type(node).__name__)
     return f"{kind} ({ast.unparse(node)})"

@@ -85,16 +85,23 @@ class SearchFolder:
     study: dict | None = None
 
     @classmethod
-    def open(cls, path: str | Path) -> "SearchFolder":
+    def open(cls, path: str | Path) -> SearchFolder:
         path = Path(path).absolute()
-        meta = _read_json(path / SEARCH_FILE, f"{path}: not a search folder (no {SEARCH_FILE}); pass the folder "
-                                              "`fundus-search run` printed")
+        meta = _read_json(
+            path / SEARCH_FILE,
+            f"{path}: not a search folder (no {SEARCH_FILE}); pass the folder `fundus-search run` printed",
+        )
         results = meta.get("results")
         # s3:// is the one remote storage a config can name; any other URL (file://...) would be
         # a way for a crafted search.json to point `resume` at someone else's files
         remote = results if isinstance(results, str) and results.startswith("s3://") else None
-        return cls(path=path, name=str(meta.get("name", path.name)), num_samples=int(meta.get("num_samples", 0)),
-                   remote=remote, study=meta.get("study"))
+        return cls(
+            path=path,
+            name=str(meta.get("name", path.name)),
+            num_samples=int(meta.get("num_samples", 0)),
+            remote=remote,
+            study=meta.get("study"),
+        )
 
     @property
     def results(self) -> str:
@@ -105,7 +112,7 @@ class SearchFolder:
         meta = {"name": self.name, "num_samples": self.num_samples, "results": self.remote, "study": self.study}
         write_atomic(self.path / SEARCH_FILE, json.dumps(meta, indent=2))
 
-    def evaluation(self, name: str = EVALUATION_DIR) -> "EvaluationFolder":
+    def evaluation(self, name: str = EVALUATION_DIR) -> EvaluationFolder:
         """The evaluation folder `name` of this search.
 
         Raises:
@@ -113,8 +120,10 @@ class SearchFolder:
         """
         folder = EvaluationFolder.open(self.path / name)
         if folder.search_name != self.name:
-            raise FolderError(f"{folder.path}: an evaluation of search {folder.search_name!r}, not of "
-                              f"{self.name!r}; evaluate this search with `fundus-search evaluate {self.path}`")
+            raise FolderError(
+                f"{folder.path}: an evaluation of search {folder.search_name!r}, not of "
+                f"{self.name!r}; evaluate this search with `fundus-search evaluate {self.path}`"
+            )
         return folder
 
 
@@ -138,16 +147,25 @@ class EvaluationFolder:
     protocol: dict = field(default_factory=dict)
 
     @classmethod
-    def open(cls, path: str | Path) -> "EvaluationFolder":
+    def open(cls, path: str | Path) -> EvaluationFolder:
         path = Path(path).absolute()
-        meta = _read_json(path / EVALUATION_FILE, f"{path}: not an evaluation folder (no {EVALUATION_FILE}); "
-                                                  "pass the folder `fundus-search evaluate` printed")
+        meta = _read_json(
+            path / EVALUATION_FILE,
+            f"{path}: not an evaluation folder (no {EVALUATION_FILE}); "
+            "pass the folder `fundus-search evaluate` printed",
+        )
         # older files stored the search's absolute path: only its last part, the name, is used
         search = Path(str(meta.get("search", path.parent.name))).name
-        return cls(path=path, name=str(meta.get("name", path.name)), search_name=search,
-                   request=meta.get("request") or {}, runs=int(meta.get("runs", 0)),
-                   cpu_ms_per_image=meta.get("cpu_ms_per_image") or {}, planned=meta.get("planned") or [],
-                   protocol=meta.get("protocol") or {})
+        return cls(
+            path=path,
+            name=str(meta.get("name", path.name)),
+            search_name=search,
+            request=meta.get("request") or {},
+            runs=int(meta.get("runs", 0)),
+            cpu_ms_per_image=meta.get("cpu_ms_per_image") or {},
+            planned=meta.get("planned") or [],
+            protocol=meta.get("protocol") or {},
+        )
 
     @property
     def search(self) -> SearchFolder:
@@ -155,8 +173,15 @@ class EvaluationFolder:
         return SearchFolder.open(self.path.parent)
 
     def write(self) -> None:
-        meta = {"name": self.name, "search": self.search_name, "request": self.request, "runs": self.runs,
-                "protocol": self.protocol, "cpu_ms_per_image": self.cpu_ms_per_image, "planned": self.planned}
+        meta = {
+            "name": self.name,
+            "search": self.search_name,
+            "request": self.request,
+            "runs": self.runs,
+            "protocol": self.protocol,
+            "cpu_ms_per_image": self.cpu_ms_per_image,
+            "planned": self.planned,
+        }
         write_atomic(self.path / EVALUATION_FILE, json.dumps(meta, indent=2, default=list))
 
 

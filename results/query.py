@@ -6,7 +6,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from fundus_search.vocabulary import AUC, AVERAGE, ERROR, F1, INIT, KAPPA, SPECIFICITY, STRATEGY, EPOCHS_FILE, TRIALS_FILE, UserError, best, val
+from fundus_search.vocabulary import (
+    AUC,
+    AVERAGE,
+    ERROR,
+    F1,
+    INIT,
+    KAPPA,
+    SPECIFICITY,
+    STRATEGY,
+    EPOCHS_FILE,
+    TRIALS_FILE,
+    UserError,
+    best,
+    val,
+)
 
 from fundus_search.results.filters import FilterError, filter_rows
 
@@ -24,8 +38,10 @@ def find_searches(paths: list[str | Path]) -> list[Path]:
         else:
             found.extend(sorted(p.parent for p in path.glob(f"*/{TRIALS_FILE}")))
     if not found:
-        raise ResultsError(f"results: no {TRIALS_FILE} in {', '.join(map(str, paths))} or its subfolders; "
-                           "pass a folder that `fundus-search run` printed")
+        raise ResultsError(
+            f"results: no {TRIALS_FILE} in {', '.join(map(str, paths))} or its subfolders; "
+            "pass a folder that `fundus-search run` printed"
+        )
     return found
 
 
@@ -35,8 +51,10 @@ def read_parquet(path: Path) -> pd.DataFrame:
         return pd.read_parquet(path)
     except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise ResultsError(f"{path}: not a readable Parquet file ({reason}); restore it from the search's "
-                           ".rows.jsonl by `fundus-search resume`, or remove the folder") from None
+        raise ResultsError(
+            f"{path}: not a readable Parquet file ({reason}); restore it from the search's "
+            ".rows.jsonl by `fundus-search resume`, or remove the folder"
+        ) from None
 
 
 def load_trials(paths: list[str | Path]) -> pd.DataFrame:
@@ -57,8 +75,9 @@ def metric_column(trials: pd.DataFrame, metric: str) -> str:
     return column
 
 
-def best_configs(trials: pd.DataFrame, *, metric: str = val(AVERAGE), mode: str = "max", top: int = 5,
-                 where: str | None = None) -> pd.DataFrame:
+def best_configs(
+    trials: pd.DataFrame, *, metric: str = val(AVERAGE), mode: str = "max", top: int = 5, where: str | None = None
+) -> pd.DataFrame:
     """The `top` trials by their best epoch's `metric`, errored trials excluded.
 
     Args:

@@ -16,25 +16,60 @@ import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 
-from fundus_search.vocabulary import (CONFIG_FILE, EVALUATION_DIR, FT_LR, INIT, LP_EPOCHS, LP_LR, REPORT_FILE, SEARCH_FILE, STRATEGY,
-                        STUDY_FILE, TRIALS_FILE, WEIGHT_DECAY, UserError, best)
+from fundus_search.vocabulary import (
+    CONFIG_FILE,
+    EVALUATION_DIR,
+    FT_LR,
+    INIT,
+    LP_EPOCHS,
+    LP_LR,
+    REPORT_FILE,
+    SEARCH_FILE,
+    STRATEGY,
+    STUDY_FILE,
+    TRIALS_FILE,
+    WEIGHT_DECAY,
+    UserError,
+    best,
+)
 
 from fundus_search.results import figures
-from fundus_search.results.answer import evaluation_progress, evaluation_table, find_evaluation, load_comparisons, load_evaluation
+from fundus_search.results.answer import (
+    evaluation_progress,
+    evaluation_table,
+    find_evaluation,
+    load_comparisons,
+    load_evaluation,
+)
 from fundus_search.results.layout import EvaluationFolder, FolderError, SearchFolder, write_atomic
 from fundus_search.results.query import ResultsError, load_epochs, load_trials
-from fundus_search.results.tables import (GRID_CAPTION, cpu_sentence, evaluation_caption, evaluation_frame, grid_frame, protocol_sentence,
-                     secondary_frame, test_split_sentences, verdict_sentences)
+from fundus_search.results.tables import (
+    GRID_CAPTION,
+    cpu_sentence,
+    evaluation_caption,
+    evaluation_frame,
+    grid_frame,
+    protocol_sentence,
+    secondary_frame,
+    test_split_sentences,
+    verdict_sentences,
+)
 
-SECTIONS = {"answer": "The answer", "diagnostics": "Out-of-fold diagnostics", "search": "How the search got there",
-            "parameters": "What matters", "provenance": "Provenance"}
+SECTIONS = {
+    "answer": "The answer",
+    "diagnostics": "Out-of-fold diagnostics",
+    "search": "How the search got there",
+    "parameters": "What matters",
+    "provenance": "Provenance",
+}
 _SEARCHED = {"lp": [LP_LR, WEIGHT_DECAY], "ft": [FT_LR, WEIGHT_DECAY], "lp_ft": [LP_LR, FT_LR, LP_EPOCHS, WEIGHT_DECAY]}
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1300px; margin: 2em auto; padding: 0 1em; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
 table.data { border-collapse: collapse; font-size: .8em; margin: .5em 0; }
 table.data th, table.data td { border: 1px solid #ddd; padding: .25em .5em; text-align: right; white-space: nowrap; }
-table.data th { background: #f4f4f4; white-space: normal; } .wide { overflow-x: auto; } figure { margin: 1em 0; } img { max-width: 100%; }
+table.data th { background: #f4f4f4; white-space: normal; } .wide { overflow-x: auto; }
+figure { margin: 1em 0; } img { max-width: 100%; }
 figcaption, .note { color: #555; font-size: .9em; } pre { background: #f7f7f7; padding: .8em; overflow-x: auto; }
 .verdict { background: #eef5ff; border-left: 4px solid #2a6ebb; padding: .2em 1em; }
 .verdict li { margin: .3em 0; } .header { font-size: 1.05em; }
@@ -68,8 +103,10 @@ def write_report(search_dir: str | Path, out: str | Path | None = None, *, evalu
     """
     search_dir = Path(search_dir)
     if not (search_dir / SEARCH_FILE).is_file() or not (search_dir / TRIALS_FILE).is_file():
-        raise ResultsError(f"{search_dir}: not a search folder (no {SEARCH_FILE} and {TRIALS_FILE}); pass the "
-                           "folder `fundus-search run` printed")
+        raise ResultsError(
+            f"{search_dir}: not a search folder (no {SEARCH_FILE} and {TRIALS_FILE}); pass the "
+            "folder `fundus-search run` printed"
+        )
     out = Path(out) if out else search_dir / REPORT_FILE
     if not out.parent.is_dir():
         raise ReportError(f"-o: no folder {out.parent}; create it or write the report elsewhere")
@@ -79,10 +116,12 @@ def write_report(search_dir: str | Path, out: str | Path | None = None, *, evalu
     study = Study(search_dir, trials, evaluation)
     body = "\n".join(section(study) for section in (_answer, _diagnostics, _search, _parameters, _provenance))
     nav = " ".join(f'<a href="#{key}">{title}</a>' for key, title in SECTIONS.items())
-    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(study.name)}: "
-            f"fundus-search report</title><style>{_CSS}</style></head><body><h1>{html.escape(study.name)}</h1>"
-            f"<p class='note'>fundus-search report, written {datetime.now():%Y-%m-%d %H:%M} from "
-            f"{html.escape(str(search_dir.absolute()))}</p>{header(study)}<nav>{nav}</nav>{body}</body></html>")
+    page = (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(study.name)}: "
+        f"fundus-search report</title><style>{_CSS}</style></head><body><h1>{html.escape(study.name)}</h1>"
+        f"<p class='note'>fundus-search report, written {datetime.now():%Y-%m-%d %H:%M} from "
+        f"{html.escape(str(search_dir.absolute()))}</p>{header(study)}<nav>{nav}</nav>{body}</body></html>"
+    )
     try:
         return write_atomic(out, page)
     except OSError as exc:
@@ -99,9 +138,11 @@ class Study:
         self.config = yaml.safe_load((folder / CONFIG_FILE).read_text()) if (folder / CONFIG_FILE).is_file() else {}
         search = self.config.get("search", {})
         self.metric, self.mode = search.get("metric", "val_average"), search.get("mode", "max")
-        self.metadata = {k.decode().removeprefix("fundus_search."): v.decode()
-                         for k, v in (pq.read_schema(folder / TRIALS_FILE).metadata or {}).items()
-                         if k.startswith(b"fundus_search.")}
+        self.metadata = {
+            k.decode().removeprefix("fundus_search."): v.decode()
+            for k, v in (pq.read_schema(folder / TRIALS_FILE).metadata or {}).items()
+            if k.startswith(b"fundus_search.")
+        }
         self.foreign = None  # why the default evaluation folder is not shown, if it is not
         if evaluation is not None:
             self.evaluation = find_evaluation(folder, evaluation)
@@ -128,8 +169,10 @@ def _section(key: str, content: str) -> str:
 
 def _figure(image: bytes, caption: str) -> str:
     data = base64.b64encode(image).decode()
-    return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    return (
+        f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
 
 
 def _table(frame: pd.DataFrame) -> str:
@@ -144,48 +187,68 @@ def _missing(what: str, command: str) -> str:
 def _answer(study: Study) -> str:
     if study.evaluation is None:
         foreign = f"<p class='missing'>{html.escape(study.foreign)}</p>" if study.foreign else ""
-        return _section("answer", foreign + _missing("No evaluation of this search yet (the verdict, the "
-                                                     "cross-validated table, the comparisons)",
-                                                     f"fundus-search evaluate {study.folder}"))
+        return _section(
+            "answer",
+            foreign
+            + _missing(
+                "No evaluation of this search yet (the verdict, the cross-validated table, the comparisons)",
+                f"fundus-search evaluate {study.folder}",
+            ),
+        )
     _, _, table = study.evaluated
     evaluation = EvaluationFolder.open(study.evaluation)
     comparisons = load_comparisons(study.evaluation)
     parts = []
     if not study.progress.complete:
-        parts.append(f"<p class='missing'><strong>Incomplete evaluation: {html.escape(study.progress.sentence())}"
-                     "</strong>. The table holds the finished runs only; the comparisons use only folds and seeds "
-                     f"both arms finished. Continue with <code>fundus-search resume {html.escape(str(study.evaluation))}"
-                     "</code>.</p>")
+        parts.append(
+            f"<p class='missing'><strong>Incomplete evaluation: {html.escape(study.progress.sentence())}"
+            "</strong>. The table holds the finished runs only; the comparisons use only folds and seeds "
+            f"both arms finished. Continue with <code>fundus-search resume {html.escape(str(study.evaluation))}"
+            "</code>.</p>"
+        )
     if table.empty:
         return _section("answer", "".join(parts) + "<p>No run of the evaluation has finished yet.</p>")
     verdict = verdict_sentences(comparisons)
     if verdict:
-        parts.append("<div class='verdict'><h3>Verdict</h3><ul>" + "".join(f"<li>{html.escape(v)}</li>" for v in verdict)
-                     + "</ul><p class='note'>The primary question, declared in evaluation.json before any run: "
-                       "Holm-adjusted p-values and simultaneous 95% intervals (Bonferroni) of the corrected "
-                       "repeated-CV t-test; P(better) from the Bayesian correlated t-test with its region of "
-                       "practical equivalence.</p></div>")
+        parts.append(
+            "<div class='verdict'><h3>Verdict</h3><ul>"
+            + "".join(f"<li>{html.escape(v)}</li>" for v in verdict)
+            + "</ul><p class='note'>The primary question, declared in evaluation.json before any run: "
+            "Holm-adjusted p-values and simultaneous 95% intervals (Bonferroni) of the corrected "
+            "repeated-CV t-test; P(better) from the Bayesian correlated t-test with its region of "
+            "practical equivalence.</p></div>"
+        )
     elif comparisons.empty and not study.progress.complete:
         parts.append("<p>No verdict yet: the comparisons are computed when the evaluation finishes.</p>")
     else:
         parts.append("<p>No verdict: the primary comparisons need two evaluated cells sharing folds.</p>")
     grid = grid_frame(table)
     if not grid.empty:
-        parts.append(f"<p class='note'>{html.escape(GRID_CAPTION)}.</p>"
-                     + grid.to_html(classes="data grid", border=0, escape=True))
+        parts.append(
+            f"<p class='note'>{html.escape(GRID_CAPTION)}.</p>"
+            + grid.to_html(classes="data grid", border=0, escape=True)
+        )
     secondary = secondary_frame(comparisons)
     if not secondary.empty:
-        parts.append("<h3>Secondary comparisons</h3><p class='note'>Exploratory: Benjamini-Hochberg q-values "
-                     "over this family.</p>" + _table(secondary))
+        parts.append(
+            "<h3>Secondary comparisons</h3><p class='note'>Exploratory: Benjamini-Hochberg q-values "
+            "over this family.</p>" + _table(secondary)
+        )
     test = test_split_sentences(comparisons)
     if test:
-        parts.append("<h3>Held-out test split</h3><p class='note'>Descriptive: spread over its images for these "
-                     "trained models, no test.</p><ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in test) + "</ul>")
+        parts.append(
+            "<h3>Held-out test split</h3><p class='note'>Descriptive: spread over its images for these "
+            "trained models, no test.</p><ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in test) + "</ul>"
+        )
     frame = evaluation_frame(table)
-    parts += ["<h3>All metrics</h3>", f"<p class='note'>{html.escape(evaluation_caption(table))}.</p>",
-              _table(frame.drop(columns=["configuration"])),
-              "<p class='note'>Configurations: " + "; ".join(
-                  html.escape(f"{r[INIT]} {r['strategy']}: {r['configuration']}") for _, r in frame.iterrows()) + "</p>"]
+    parts += [
+        "<h3>All metrics</h3>",
+        f"<p class='note'>{html.escape(evaluation_caption(table))}.</p>",
+        _table(frame.drop(columns=["configuration"])),
+        "<p class='note'>Configurations: "
+        + "; ".join(html.escape(f"{r[INIT]} {r['strategy']}: {r['configuration']}") for _, r in frame.iterrows())
+        + "</p>",
+    ]
     cpu = cpu_sentence(evaluation.cpu_ms_per_image)
     if cpu:
         parts.append(f"<p class='note'>{html.escape(cpu)}.</p>")
@@ -205,8 +268,12 @@ def header(study: Study) -> str:
     data = study.config.get("data", {})
     source = data.get("source", "synthetic")
     listed = f"images listed in {Path(str(data.get('csv') or 'a CSV')).name}"
-    dataset = {"cgi-hrdc": f"CGI-HRDC task {data.get('task', 1)}", "synthetic": "synthetic fundus images (demo)",
-               "csv": listed, "flair-csv": listed}.get(source, source)
+    dataset = {
+        "cgi-hrdc": f"CGI-HRDC task {data.get('task', 1)}",
+        "synthetic": "synthetic fundus images (demo)",
+        "csv": listed,
+        "flair-csv": listed,
+    }.get(source, source)
     text = f"Dataset: {dataset}; metric: {study.metric} ({study.mode})"
     if study.evaluation is not None:
         _, _, table = study.evaluated
@@ -218,23 +285,40 @@ def header(study: Study) -> str:
 
 def _diagnostics(study: Study) -> str:
     if study.evaluation is None:
-        return _section("diagnostics", _missing("ROC curves and confusion matrices come from the evaluation's "
-                                                "out-of-fold predictions", f"fundus-search evaluate {study.folder}"))
+        return _section(
+            "diagnostics",
+            _missing(
+                "ROC curves and confusion matrices come from the evaluation's out-of-fold predictions",
+                f"fundus-search evaluate {study.folder}",
+            ),
+        )
     runs, predictions, _ = study.evaluated
     if runs.empty:
         return _section("diagnostics", "<p>No run of the evaluation has finished yet.</p>")
-    return _section("diagnostics", _figure(figures.roc_curves(predictions, runs),
-                                           "Out-of-fold ROC of each cell's configuration (AUC: mean over seeds)")
-                    + _figure(figures.confusion_matrices(predictions, runs),
-                              "Confusion matrices at P(positive) >= 0.5, out of fold, counts summed over seeds"))
+    return _section(
+        "diagnostics",
+        _figure(
+            figures.roc_curves(predictions, runs), "Out-of-fold ROC of each cell's configuration (AUC: mean over seeds)"
+        )
+        + _figure(
+            figures.confusion_matrices(predictions, runs),
+            "Confusion matrices at P(positive) >= 0.5, out of fold, counts summed over seeds",
+        ),
+    )
 
 
 def _search(study: Study) -> str:
     column = best(study.metric)
-    parts = [_figure(figures.best_so_far(study.trials, study.epochs, column, study.metric, study.mode),
-                     f"Best {study.metric} so far, by trials finished and by training epochs spent"),
-             _figure(figures.learning_curves(study.trials, study.epochs, study.metric, study.mode),
-                     "Every trial's learning curve by cell: faded = stopped early by ASHA, red = the cell's winner")]
+    parts = [
+        _figure(
+            figures.best_so_far(study.trials, study.epochs, column, study.metric, study.mode),
+            f"Best {study.metric} so far, by trials finished and by training epochs spent",
+        ),
+        _figure(
+            figures.learning_curves(study.trials, study.epochs, study.metric, study.mode),
+            "Every trial's learning curve by cell: faded = stopped early by ASHA, red = the cell's winner",
+        ),
+    ]
     scheduler = study.config.get("search", {}).get("scheduler", {})
     rungs = _rungs(scheduler, study.config.get("search", {}).get("max_epochs", 1))
     if rungs:
@@ -251,8 +335,10 @@ def _rungs(scheduler: dict, max_epochs: int) -> list[int]:
     rungs, rung = [], scheduler.get("grace_period", 3)
     factor = scheduler.get("reduction_factor", 3)
     if not (isinstance(rung, (int, float)) and isinstance(factor, (int, float)) and rung >= 1 and factor >= 2):
-        raise ResultsError(f"search.scheduler: grace_period {rung!r} and reduction_factor {factor!r} are not a "
-                           "config fundus-search wrote (grace_period >= 1, reduction_factor >= 2)")
+        raise ResultsError(
+            f"search.scheduler: grace_period {rung!r} and reduction_factor {factor!r} are not a "
+            "config fundus-search wrote (grace_period >= 1, reduction_factor >= 2)"
+        )
     while rung < max_epochs:
         rungs.append(int(rung))
         rung *= factor
@@ -264,8 +350,12 @@ def _parameters(study: Study) -> str:
     for strategy, params in _SEARCHED.items():
         searched = [p for p in params if study.trials.loc[study.trials[STRATEGY] == strategy, p].nunique() > 1]
         if searched and (study.trials[STRATEGY] == strategy).sum() >= 2:
-            parts.append(_figure(figures.parameter_scatter(study.trials, column, study.metric, strategy, searched),
-                                 f"{study.metric} of every {strategy} trial against each searched parameter"))
+            parts.append(
+                _figure(
+                    figures.parameter_scatter(study.trials, column, study.metric, strategy, searched),
+                    f"{study.metric} of every {strategy} trial against each searched parameter",
+                )
+            )
     parts.append(_importances(study))
     return _section("parameters", "".join(parts))
 
@@ -283,7 +373,8 @@ def _importances(study: Study) -> str:
         storage = optuna.storages.RDBStorage(f"sqlite:///file:{path}?mode=ro&uri=true", skip_table_creation=True)
         stored = optuna.load_study(study_name=study.name, storage=storage)
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy's and Optuna's errors alike: the rest of the report stands
-        return f"<p class='note'>Cannot read the Optuna study in {html.escape(str(path))} ({html.escape(type(exc).__name__)}): no parameter importances.</p>"
+        where, kind = html.escape(str(path)), html.escape(type(exc).__name__)
+        return f"<p class='note'>Cannot read the Optuna study in {where} ({kind}): no parameter importances.</p>"
     complete = stored.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     groups = {"all strategies": complete}
     for strategy in _SEARCHED:
@@ -292,10 +383,16 @@ def _importances(study: Study) -> str:
     for title, trials in groups.items():
         importances = _importance(trials, stored.direction)
         if isinstance(importances, str):
-            parts.append(f"<p class='note'>Parameter importances ({html.escape(title)}): {html.escape(importances)}.</p>")
+            parts.append(
+                f"<p class='note'>Parameter importances ({html.escape(title)}): {html.escape(importances)}.</p>"
+            )
         else:
-            parts.append(_figure(figures.importance_bars(importances, f"importances: {title}"),
-                                 f"Optuna parameter importances, {title} ({len(trials)} completed trials)"))
+            parts.append(
+                _figure(
+                    figures.importance_bars(importances, f"importances: {title}"),
+                    f"Optuna parameter importances, {title} ({len(trials)} completed trials)",
+                )
+            )
     return "".join(parts)
 
 
@@ -324,8 +421,10 @@ def _provenance(study: Study) -> str:
     gpu_hours = float((trials["wall_seconds"].fillna(0) * trials["gpus"].fillna(0)).sum() / 3600)
     span = _wall_seconds(study.epochs)
     facts = {
-        "search": study.name, "folder": str(study.folder.absolute()),
-        "git commit": meta.get("git_commit", "unknown"), "dataset fingerprint": meta.get("dataset_fingerprint", "-"),
+        "search": study.name,
+        "folder": str(study.folder.absolute()),
+        "git commit": meta.get("git_commit", "unknown"),
+        "dataset fingerprint": meta.get("dataset_fingerprint", "-"),
         "machine": meta.get("machine", "not recorded"),
         "trials": f"{len(trials)} ({', '.join(f'{n} {s}' for s, n in by_status.items())})",
         "epochs trained": str(len(study.epochs)),
@@ -338,8 +437,9 @@ def _provenance(study: Study) -> str:
     rows += "".join(f"<tr><th>weights: {html.escape(i)}</th><td>{html.escape(w)}</td></tr>" for i, w in weights.items())
     rows += "".join(f"<tr><th>{html.escape(p)}</th><td>{html.escape(str(v))}</td></tr>" for p, v in versions.items())
     config = meta.get("config") or yaml.safe_dump(study.config, sort_keys=False)
-    return _section("provenance", f"<table class='data'>{rows}</table><h3>Resolved config</h3>"
-                                  f"<pre>{html.escape(config)}</pre>")
+    return _section(
+        "provenance", f"<table class='data'>{rows}</table><h3>Resolved config</h3><pre>{html.escape(config)}</pre>"
+    )
 
 
 def _weights_text(ids) -> str:
@@ -354,4 +454,3 @@ def _wall_seconds(epochs: pd.DataFrame) -> float | None:
     if stamped.empty:
         return None
     return float(stamped["timestamp"].max() - (stamped["timestamp"] - stamped["time_total_s"]).min())
-

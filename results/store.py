@@ -24,15 +24,47 @@ import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 from fundus_search.results.layout import open_append, write_atomic
-from fundus_search.vocabulary import (BATCH_SIZE, EPOCHS_FILE, FOLD, FT_LR, INIT, LP_EPOCHS, LP_LR, METRICS, PARAMS, PREDICTIONS_FILE,
-                        REPEAT, ROW_LOG, RUNS_FILE, SEED, STRATEGY, TRAIN_LOSS, TRAIN_SEED, TRIALS_FILE, VAL_METRICS, WEIGHT_DECAY,
-                        UserError, best, last, lp_warmup)
+from fundus_search.vocabulary import (
+    BATCH_SIZE,
+    EPOCHS_FILE,
+    FOLD,
+    FT_LR,
+    INIT,
+    LP_EPOCHS,
+    LP_LR,
+    METRICS,
+    PARAMS,
+    PREDICTIONS_FILE,
+    REPEAT,
+    ROW_LOG,
+    RUNS_FILE,
+    SEED,
+    STRATEGY,
+    TRAIN_LOSS,
+    TRAIN_SEED,
+    TRIALS_FILE,
+    VAL_METRICS,
+    WEIGHT_DECAY,
+    UserError,
+    best,
+    last,
+    lp_warmup,
+)
 
 log = logging.getLogger(__name__)
 
 _f64, _i64, _str = pa.float64(), pa.int64(), pa.string()
-_PARAM_TYPES = {INIT: _str, STRATEGY: _str, LP_LR: _f64, FT_LR: _f64, LP_EPOCHS: _i64, WEIGHT_DECAY: _f64,
-                BATCH_SIZE: _i64, SEED: _i64, FOLD: _i64}
+_PARAM_TYPES = {
+    INIT: _str,
+    STRATEGY: _str,
+    LP_LR: _f64,
+    FT_LR: _f64,
+    LP_EPOCHS: _i64,
+    WEIGHT_DECAY: _f64,
+    BATCH_SIZE: _i64,
+    SEED: _i64,
+    FOLD: _i64,
+}
 assert set(_PARAM_TYPES) == set(PARAMS)
 
 # One row per report (epoch). lp_val_* is set on the first main-phase epoch of lp_ft only.
@@ -40,8 +72,13 @@ EPOCHS_SCHEMA = pa.schema(
     [("search", _str), ("trial_id", _str), ("epoch", _i64), ("phase", _str), (TRAIN_LOSS, _f64)]
     + [(c, _f64) for c in VAL_METRICS]
     + [(lp_warmup(c), _f64) for c in VAL_METRICS]
-    + [("epoch_seconds", _f64), ("images_per_second", _f64), ("time_total_s", _f64), ("timestamp", _f64),
-       ("node", _str)]
+    + [
+        ("epoch_seconds", _f64),
+        ("images_per_second", _f64),
+        ("time_total_s", _f64),
+        ("timestamp", _f64),
+        ("node", _str),
+    ]
 )
 
 # One row per trial. Space parameters that do not apply to a strategy are null. `normalize` is
@@ -49,10 +86,21 @@ EPOCHS_SCHEMA = pa.schema(
 TRIALS_SCHEMA = pa.schema(
     [("search", _str), ("trial_id", _str), ("optuna_number", _i64), ("status", _str)]
     + [(p, _PARAM_TYPES[p]) for p in PARAMS]
-    + [("best_epoch", _i64)] + [(best(c), _f64) for c in VAL_METRICS]
+    + [("best_epoch", _i64)]
+    + [(best(c), _f64) for c in VAL_METRICS]
     + [(last(c), _f64) for c in VAL_METRICS]
-    + [("epochs_run", _i64), ("max_epochs", _i64), ("wall_seconds", _f64), ("cpus", _f64), ("gpus", _f64),
-       ("node", _str), ("error", _str), ("weights_id", _str), ("normalize", _str), ("dataset_fingerprint", _str)]
+    + [
+        ("epochs_run", _i64),
+        ("max_epochs", _i64),
+        ("wall_seconds", _f64),
+        ("cpus", _f64),
+        ("gpus", _f64),
+        ("node", _str),
+        ("error", _str),
+        ("weights_id", _str),
+        ("normalize", _str),
+        ("dataset_fingerprint", _str),
+    ]
 )
 
 
@@ -61,20 +109,50 @@ TRIALS_SCHEMA = pa.schema(
 # fold and repeat null), with one seed, for a fixed number of epochs. Metrics are those of the
 # last epoch on the scored rows.
 RUNS_SCHEMA = pa.schema(
-    [("search", _str), ("run_id", _str), ("config_id", _str), ("rank", _i64), ("split", _str), ("trial_id", _str),
-     ("status", _str)]
-    + [(p, _PARAM_TYPES[p]) for p in PARAMS] + [(REPEAT, _i64), (TRAIN_SEED, _i64)]
+    [
+        ("search", _str),
+        ("run_id", _str),
+        ("config_id", _str),
+        ("rank", _i64),
+        ("split", _str),
+        ("trial_id", _str),
+        ("status", _str),
+    ]
+    + [(p, _PARAM_TYPES[p]) for p in PARAMS]
+    + [(REPEAT, _i64), (TRAIN_SEED, _i64)]
     + [("epochs", _i64), ("source_trial_id", _str), ("source_optuna_number", _i64), ("search_score", _f64)]
     + [(m, _f64) for m in METRICS]
-    + [("n_train", _i64), ("n_scored", _i64), ("train_seconds", _f64), ("wall_seconds", _f64), ("cpus", _f64),
-       ("gpus", _f64), ("node", _str), ("error", _str), ("weights_id", _str), ("normalize", _str),
-       ("dataset_fingerprint", _str)]
+    + [
+        ("n_train", _i64),
+        ("n_scored", _i64),
+        ("train_seconds", _f64),
+        ("wall_seconds", _f64),
+        ("cpus", _f64),
+        ("gpus", _f64),
+        ("node", _str),
+        ("error", _str),
+        ("weights_id", _str),
+        ("normalize", _str),
+        ("dataset_fingerprint", _str),
+    ]
 )
 
 # One row per scored image per run: every metric of an evaluation is recomputed from these.
 PREDICTIONS_SCHEMA = pa.schema(
-    [("search", _str), ("run_id", _str), ("config_id", _str), ("split", _str), ("repeat", _i64), ("fold", _i64),
-     ("seed", _i64), ("row", _i64), ("image", _str), ("group", _str), ("label", _i64), ("prob_positive", _f64)]
+    [
+        ("search", _str),
+        ("run_id", _str),
+        ("config_id", _str),
+        ("split", _str),
+        ("repeat", _i64),
+        ("fold", _i64),
+        ("seed", _i64),
+        ("row", _i64),
+        ("image", _str),
+        ("group", _str),
+        ("label", _i64),
+        ("prob_positive", _f64),
+    ]
 )
 
 # What a trial reports besides its epoch's columns: stored once per trial in trials.parquet
@@ -92,9 +170,15 @@ class Table:
     key: tuple[str, ...]
 
 
-SEARCH_TABLES = {EPOCHS_FILE: Table(EPOCHS_SCHEMA, ("trial_id", "epoch")), TRIALS_FILE: Table(TRIALS_SCHEMA, ("trial_id",))}
-EVALUATION_TABLES = {EPOCHS_FILE: Table(EPOCHS_SCHEMA, ("trial_id", "epoch")), RUNS_FILE: Table(RUNS_SCHEMA, ("run_id",)),
-                     PREDICTIONS_FILE: Table(PREDICTIONS_SCHEMA, ("run_id", "row"))}
+SEARCH_TABLES = {
+    EPOCHS_FILE: Table(EPOCHS_SCHEMA, ("trial_id", "epoch")),
+    TRIALS_FILE: Table(TRIALS_SCHEMA, ("trial_id",)),
+}
+EVALUATION_TABLES = {
+    EPOCHS_FILE: Table(EPOCHS_SCHEMA, ("trial_id", "epoch")),
+    RUNS_FILE: Table(RUNS_SCHEMA, ("run_id",)),
+    PREDICTIONS_FILE: Table(PREDICTIONS_SCHEMA, ("run_id", "row")),
+}
 
 
 class ResultsWriteError(UserError):
@@ -108,8 +192,10 @@ class ResultsWriteError(UserError):
         self.path, self.errno = path, exc.errno
         reason = f"[Errno {exc.errno}] {os.strerror(exc.errno)}" if exc.errno else str(exc).splitlines()[0]
         folder = folder if folder is not None else Path(path).parent  # the search or evaluation folder
-        super().__init__(f"{path}: cannot write ({reason}); free space or fix the permissions, then continue "
-                         f"with `fundus-search resume {folder}`")
+        super().__init__(
+            f"{path}: cannot write ({reason}); free space or fix the permissions, then continue "
+            f"with `fundus-search resume {folder}`"
+        )
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -131,8 +217,16 @@ class ResultsStore:
         flush_seconds: rewrite the Parquet files at most this often (and at `close`).
     """
 
-    def __init__(self, uri: str, *, search: str, tables: dict[str, Table] = SEARCH_TABLES,
-                 metadata: dict[str, str] | None = None, log_path: Path | None = None, flush_seconds: float = 30.0):
+    def __init__(
+        self,
+        uri: str,
+        *,
+        search: str,
+        tables: dict[str, Table] = SEARCH_TABLES,
+        metadata: dict[str, str] | None = None,
+        log_path: Path | None = None,
+        flush_seconds: float = 30.0,
+    ):
         self.fs, self.root = filesystem(uri)
         self.fs.create_dir(self.root, recursive=True)
         self.search, self.tables = search, tables

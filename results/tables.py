@@ -5,8 +5,26 @@ from __future__ import annotations
 
 import pandas as pd
 
-from fundus_search.vocabulary import (AUC, AVERAGE, F1, FT, FT_LR, INIT, KAPPA, LP, LP_EPOCHS, LP_FT, LP_LR, PARAMS, SPECIFICITY,
-                        STRATEGY, WEIGHT_DECAY, best, held_out, val)
+from fundus_search.vocabulary import (
+    AUC,
+    AVERAGE,
+    F1,
+    FT,
+    FT_LR,
+    INIT,
+    KAPPA,
+    LP,
+    LP_EPOCHS,
+    LP_FT,
+    LP_LR,
+    PARAMS,
+    SPECIFICITY,
+    STRATEGY,
+    WEIGHT_DECAY,
+    best,
+    held_out,
+    val,
+)
 
 from fundus_search.results.query import DATASET, metric_column
 from fundus_search.statistics import CALIBRATED_PROTOCOLS, scored_protocol
@@ -44,8 +62,10 @@ def format_table(table: pd.DataFrame, metric: str = val(AVERAGE)) -> str:
     for fingerprint in datasets:
         rows = table[table[DATASET] == fingerprint]
         searches = rows["searches"].iloc[0]
-        parts.append(f"\ndataset {fingerprint[:12]} (search{'es' if ',' in searches else ''} {searches}):\n"
-                     + _format_one_table(rows, metric))
+        parts.append(
+            f"\ndataset {fingerprint[:12]} (search{'es' if ',' in searches else ''} {searches}):\n"
+            + _format_one_table(rows, metric)
+        )
     return "\n".join(parts)
 
 
@@ -55,8 +75,10 @@ def _format_one_table(table: pd.DataFrame, metric: str) -> str:
     def cell(r) -> str:
         if pd.isna(r[column]):
             return f"- n={r['trials']}"
-        return (f"{r[column]:.3f} (k {r[best(val(KAPPA))]:.2f} F1 {r[best(val(F1))]:.2f} "
-                f"Sp {r[best(val(SPECIFICITY))]:.2f}) n={r['trials']}")
+        return (
+            f"{r[column]:.3f} (k {r[best(val(KAPPA))]:.2f} F1 {r[best(val(F1))]:.2f} "
+            f"Sp {r[best(val(SPECIFICITY))]:.2f}) n={r['trials']}"
+        )
 
     grid = table.assign(cell=table.apply(cell, axis=1)).pivot(index="init", columns="strategy", values="cell")
     grid = grid[[s for s in (LP, FT, LP_FT) if s in grid.columns]].fillna("-")
@@ -72,8 +94,10 @@ def format_winners(table: pd.DataFrame, trials: pd.DataFrame, metric: str = val(
     for r in table.dropna(subset=[column]).itertuples():
         t = by_id.loc[(r.search, r.trial_id)]
         where = f"{r.search} " if table["search"].nunique() > 1 else ""
-        lines.append(f"  {r.init:<9} {r.strategy:<6} {getattr(r, column):.3f}  {where}#{int(t['optuna_number'])} "
-                     f"{describe_params(t)} ({t['status']}, epoch {int(t['best_epoch'])})")
+        lines.append(
+            f"  {r.init:<9} {r.strategy:<6} {getattr(r, column):.3f}  {where}#{int(t['optuna_number'])} "
+            f"{describe_params(t)} ({t['status']}, epoch {int(t['best_epoch'])})"
+        )
     return "\n".join(lines)
 
 
@@ -96,7 +120,7 @@ def evaluation_frame(table: pd.DataFrame) -> pd.DataFrame:
         out["rank"] = table["rank"]
     for m, label in ((KAPPA, "kappa"), (F1, "F1"), (SPECIFICITY, "specificity"), (AVERAGE, "average")):
         if f"{m}_mean" in table:
-            out[label] = [_plus_minus(a, b) for a, b in zip(table[f"{m}_mean"], table[f"{m}_std"])]
+            out[label] = [_plus_minus(a, b) for a, b in zip(table[f"{m}_mean"], table[f"{m}_std"], strict=True)]
     if "oof_auc" in table:
         out["OOF AUC"] = table["oof_auc"].map("{:.3f}".format)
     out["search fold"] = table["search_score"].map("{:.3f}".format)
@@ -104,7 +128,8 @@ def evaluation_frame(table: pd.DataFrame) -> pd.DataFrame:
         out["optimism"] = table["optimism"].map("{:+.3f}".format)
     if f"{held_out(AVERAGE)}_mean" in table:
         for m, label in ((AVERAGE, "test average"), (AUC, "test AUC")):
-            out[label] = [_plus_minus(a, b) for a, b in zip(table[f"{held_out(m)}_mean"], table[f"{held_out(m)}_std"])]
+            means, stds = table[f"{held_out(m)}_mean"], table[f"{held_out(m)}_std"]
+            out[label] = [_plus_minus(a, b) for a, b in zip(means, stds, strict=True)]
     out["one class"] = [_single_class(r) for _, r in table.iterrows()]
     out["configuration"] = [f"{r['config']}, {r['epochs']} epochs" for _, r in table.iterrows()]
     return out
@@ -112,19 +137,23 @@ def evaluation_frame(table: pd.DataFrame) -> pd.DataFrame:
 
 def _single_class(row) -> str:
     """`3/6 cv` : runs that predicted one class for every image they scored (`-`: none)."""
-    parts = [f"{int(row[k])}/{int(row[n])} {where}" for k, n, where in
-             (("single_class_runs", "runs", "cv"), ("test_single_class_runs", "test_seeds", "test"))
-             if k in row and pd.notna(row[k]) and row[k] > 0]
+    parts = [
+        f"{int(row[k])}/{int(row[n])} {where}"
+        for k, n, where in (("single_class_runs", "runs", "cv"), ("test_single_class_runs", "test_seeds", "test"))
+        if k in row and pd.notna(row[k]) and row[k] > 0
+    ]
     return ", ".join(parts) or "-"
 
 
 def evaluation_caption(table: pd.DataFrame) -> str:
     folds, repeats, seeds = (int(table[c].max()) for c in ("folds", "repeats", "seeds"))
-    return (f"cross-validated {AVERAGE} and its parts: mean ± std over {folds} folds x {repeats} repeat"
-            f"{'s' if repeats > 1 else ''} ({seeds} seed{'s' if seeds > 1 else ''} averaged within each fold); "
-            f"search fold = the score the search chose the configuration by (that fold is one of the folds "
-            f"above); optimism = search fold - cross-validated {AVERAGE}; one class = runs that predicted one "
-            "class for every image")
+    return (
+        f"cross-validated {AVERAGE} and its parts: mean ± std over {folds} folds x {repeats} repeat"
+        f"{'s' if repeats > 1 else ''} ({seeds} seed{'s' if seeds > 1 else ''} averaged within each fold); "
+        f"search fold = the score the search chose the configuration by (that fold is one of the folds "
+        f"above); optimism = search fold - cross-validated {AVERAGE}; one class = runs that predicted one "
+        "class for every image"
+    )
 
 
 def format_evaluation_table(table: pd.DataFrame) -> str:
@@ -134,8 +163,10 @@ def format_evaluation_table(table: pd.DataFrame) -> str:
     frame = evaluation_frame(table)
     configs = "\n".join(f"  {r[INIT]:<9} {r['strategy']:<6} {r['configuration']}" for _, r in frame.iterrows())
     with pd.option_context("display.width", 250, "display.max_columns", 30):
-        return (f"{evaluation_caption(table)}\n{frame.drop(columns=['configuration']).to_string(index=False)}\n"
-                f"configurations:\n{configs}")
+        return (
+            f"{evaluation_caption(table)}\n{frame.drop(columns=['configuration']).to_string(index=False)}\n"
+            f"configurations:\n{configs}"
+        )
 
 
 def protocol_sentence(protocol: dict, table: pd.DataFrame) -> str:
@@ -145,17 +176,22 @@ def protocol_sentence(protocol: dict, table: pd.DataFrame) -> str:
     seeds = protocol.get("seeds") or (int(table["seeds"].max()) if "seeds" in table else 1)
     folds = protocol.get("folds") or k
     test = protocol.get("test_images")
-    text = (f"{k}-fold CV{f' ({folds} folds scored)' if folds != k else ''} x {repeats} repeat"
-            f"{'s' if repeats > 1 else ''} x {seeds} seed{'s' if seeds > 1 else ''} (J = {folds * repeats} "
-            f"fold differences per comparison)")
+    text = (
+        f"{k}-fold CV{f' ({folds} folds scored)' if folds != k else ''} x {repeats} repeat"
+        f"{'s' if repeats > 1 else ''} x {seeds} seed{'s' if seeds > 1 else ''} (J = {folds * repeats} "
+        f"fold differences per comparison)"
+    )
     text += f", {test} held-out test images" if test else ", no held-out test split"
     primary = protocol.get("primary")
     if primary is not None:
         text += f"; primary question: {len(primary)} comparison{'s' if len(primary) != 1 else ''}"
     calibrated = scored_protocol(protocol) in CALIBRATED_PROTOCOLS
-    return text + ("; a protocol benchmark B9 measured calibrated" if calibrated else
-                   "; NOT a protocol benchmark B9 measured calibrated (3 folds x 1-2 repeats x 1 seed): "
-                   "p-values are descriptive")
+    return text + (
+        "; a protocol benchmark B9 measured calibrated"
+        if calibrated
+        else "; NOT a protocol benchmark B9 measured calibrated (3 folds x 1-2 repeats x 1 seed): "
+        "p-values are descriptive"
+    )
 
 
 def verdict_sentences(comparisons: pd.DataFrame) -> list[str]:
@@ -181,8 +217,10 @@ def _sentence(r) -> str:
     if isinstance(r.reason, str):
         return f"{head} = {r.difference:+.3f} {r.metric}: not testable ({r.reason})"
     leader, probability = (r.name_a, r.p_a_better) if r.difference >= 0 else (r.name_b, r.p_b_better)
-    text = (f"{head} = {r.difference:+.3f} {r.metric} [95% CI {r.ci_low:+.3f}, {r.ci_high:+.3f}], Holm "
-            f"{_p(r.p_adjusted)}; P({leader} better by > {r.rope:g}) = {probability:.2f}")
+    text = (
+        f"{head} = {r.difference:+.3f} {r.metric} [95% CI {r.ci_low:+.3f}, {r.ci_high:+.3f}], Holm "
+        f"{_p(r.p_adjusted)}; P({leader} better by > {r.rope:g}) = {probability:.2f}"
+    )
     if isinstance(r.flags, str):
         return f"{text}: not interpretable, {r.flags}"
     if not getattr(r, "calibrated", False):
@@ -205,8 +243,9 @@ def grid_frame(table: pd.DataFrame) -> pd.DataFrame:
     best_config = top.loc[top[f"{AVERAGE}_mean"].idxmax(), "config_id"]
 
     def cell(r) -> str:
-        interval = ("" if pd.isna(r[f"{AVERAGE}_ci_low"])
-                    else f" [{r[f'{AVERAGE}_ci_low']:.3f}, {r[f'{AVERAGE}_ci_high']:.3f}]")
+        interval = (
+            "" if pd.isna(r[f"{AVERAGE}_ci_low"]) else f" [{r[f'{AVERAGE}_ci_low']:.3f}, {r[f'{AVERAGE}_ci_high']:.3f}]"
+        )
         marks = ("*" if r["config_id"] == best_config else "") + ("!" if r.get("single_class_runs", 0) else "")
         return f"{r[f'{AVERAGE}_mean']:.3f}{interval}{(' ' + marks) if marks else ''}"
 
@@ -215,9 +254,11 @@ def grid_frame(table: pd.DataFrame) -> pd.DataFrame:
     return grid.fillna("-").rename_axis(index=None, columns=None)
 
 
-GRID_CAPTION = ("cross-validated average of each cell's configuration [95% interval over the (repeat, fold) "
-                "averages, corrected for overlapping training sets]; * best cell; ! some runs predicted one class "
-                "for every image")
+GRID_CAPTION = (
+    "cross-validated average of each cell's configuration [95% interval over the (repeat, fold) "
+    "averages, corrected for overlapping training sets]; * best cell; ! some runs predicted one class "
+    "for every image"
+)
 
 
 def secondary_frame(comparisons: pd.DataFrame) -> pd.DataFrame:
@@ -227,15 +268,24 @@ def secondary_frame(comparisons: pd.DataFrame) -> pd.DataFrame:
     rows = rows[rows["family"] == "secondary"]
     if rows.empty:
         return pd.DataFrame()
-    return pd.DataFrame({
-        "comparison": rows["comparison"],
-        "difference": rows["difference"].map("{:+.3f}".format),
-        "95% CI": [("-" if pd.isna(lo) else f"{lo:+.3f}, {hi:+.3f}") for lo, hi in zip(rows["ci_low"], rows["ci_high"])],
-        "BH q": rows["p_adjusted"].map(_p_number),
-        "P(A better)": rows["p_a_better"].map(_prob), "P(equal)": rows["p_equivalent"].map(_prob),
-        "P(B better)": rows["p_b_better"].map(_prob),
-        "note": [r if isinstance(r, str) else (f if isinstance(f, str) else "") for r, f in zip(rows["reason"], rows["flags"])],
-    })
+    return pd.DataFrame(
+        {
+            "comparison": rows["comparison"],
+            "difference": rows["difference"].map("{:+.3f}".format),
+            "95% CI": [
+                "-" if pd.isna(lo) else f"{lo:+.3f}, {hi:+.3f}"
+                for lo, hi in zip(rows["ci_low"], rows["ci_high"], strict=True)
+            ],
+            "BH q": rows["p_adjusted"].map(_p_number),
+            "P(A better)": rows["p_a_better"].map(_prob),
+            "P(equal)": rows["p_equivalent"].map(_prob),
+            "P(B better)": rows["p_b_better"].map(_prob),
+            "note": [
+                r if isinstance(r, str) else (f if isinstance(f, str) else "")
+                for r, f in zip(rows["reason"], rows["flags"], strict=True)
+            ],
+        }
+    )
 
 
 def _prob(p: float) -> str:
@@ -247,9 +297,12 @@ def test_split_sentences(comparisons: pd.DataFrame) -> list[str]:
     if comparisons.empty or "family" not in comparisons:
         return []
     rows = comparisons[(comparisons["split"] == "test") & (comparisons["family"] == "primary")]
-    return [f"{r.within}: {r.name_a} - {r.name_b} = {r.difference:+.3f} {r.metric} (over test images "
-            f"{r.ci_low:+.3f} .. {r.ci_high:+.3f}; {r.seeds} seed{'s' if r.seeds > 1 else ''})"
-            + (f", {r.flags}" if isinstance(r.flags, str) else "") for r in rows.itertuples()]
+    return [
+        f"{r.within}: {r.name_a} - {r.name_b} = {r.difference:+.3f} {r.metric} (over test images "
+        f"{r.ci_low:+.3f} .. {r.ci_high:+.3f}; {r.seeds} seed{'s' if r.seeds > 1 else ''})"
+        + (f", {r.flags}" if isinstance(r.flags, str) else "")
+        for r in rows.itertuples()
+    ]
 
 
 def cpu_sentence(cpu: dict) -> str:
@@ -259,10 +312,18 @@ def cpu_sentence(cpu: dict) -> str:
         if not isinstance(m.get("ms_1_thread"), list):
             continue  # evaluations written before timings per architecture
         one, every = m["ms_1_thread"], m["ms_all_threads"]
-        parts.append(f"{arch} ({', '.join(m['inits'])}): {one[0]:.1f} ms (IQR {one[1]:.1f}-{one[2]:.1f}) on 1 thread, "
-                     f"{every[0]:.1f} ms (IQR {every[1]:.1f}-{every[2]:.1f}) on {m['threads']}; {m['repeats']} timings")
-    return ("CPU time from a decoded image to its probability, batch 1, per network (its inits and strategies "
-            "share it): " + "; ".join(parts)) if parts else ""
+        parts.append(
+            f"{arch} ({', '.join(m['inits'])}): {one[0]:.1f} ms (IQR {one[1]:.1f}-{one[2]:.1f}) on 1 thread, "
+            f"{every[0]:.1f} ms (IQR {every[1]:.1f}-{every[2]:.1f}) on {m['threads']}; {m['repeats']} timings"
+        )
+    return (
+        (
+            "CPU time from a decoded image to its probability, batch 1, per network (its inits and strategies "
+            "share it): " + "; ".join(parts)
+        )
+        if parts
+        else ""
+    )
 
 
 def format_answer(table: pd.DataFrame, comparisons: pd.DataFrame, evaluation) -> str:
@@ -274,8 +335,12 @@ def format_answer(table: pd.DataFrame, comparisons: pd.DataFrame, evaluation) ->
     lines = [f"protocol: {protocol_sentence(evaluation.protocol, table)}", ""]
     verdict = verdict_sentences(comparisons)
     if verdict:
-        lines += ["verdict (primary question; Holm-adjusted p-values, simultaneous 95% intervals, Bayesian "
-                  "correlated t-test for P(better)):", *(f"  {v}" for v in verdict), ""]
+        lines += [
+            "verdict (primary question; Holm-adjusted p-values, simultaneous 95% intervals, Bayesian "
+            "correlated t-test for P(better)):",
+            *(f"  {v}" for v in verdict),
+            "",
+        ]
     else:
         lines += ["verdict: no primary comparison could be made (it needs two evaluated cells sharing folds)", ""]
     grid = grid_frame(table)
@@ -284,12 +349,18 @@ def format_answer(table: pd.DataFrame, comparisons: pd.DataFrame, evaluation) ->
     secondary = secondary_frame(comparisons)
     if not secondary.empty:
         with pd.option_context("display.width", 250, "display.max_columns", 30):
-            lines += ["secondary comparisons (exploratory; Benjamini-Hochberg q-values):",
-                      secondary.to_string(index=False), ""]
+            lines += [
+                "secondary comparisons (exploratory; Benjamini-Hochberg q-values):",
+                secondary.to_string(index=False),
+                "",
+            ]
     test = test_split_sentences(comparisons)
     if test:
-        lines += ["held-out test split (descriptive: spread over its images for these trained models, no test):",
-                  *(f"  {t}" for t in test), ""]
+        lines += [
+            "held-out test split (descriptive: spread over its images for these trained models, no test):",
+            *(f"  {t}" for t in test),
+            "",
+        ]
     lines.append(format_evaluation_table(table))
     cpu = cpu_sentence(evaluation.cpu_ms_per_image)
     return "\n".join(lines + ([cpu] if cpu else []))

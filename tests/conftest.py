@@ -11,7 +11,6 @@ from fundus_search.data_io import SyntheticSpec
 from fundus_search.data_io.synthetic import write_cgi_hrdc
 
 
-
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own cache root unless it sets data.cache_dir itself."""
@@ -32,8 +31,6 @@ def cgi_tree(_cgi_tree_template, tmp_path) -> Path:
     return Path(shutil.copytree(_cgi_tree_template, tmp_path / "cgi"))
 
 
-
-
 @pytest.fixture
 def write_config(tmp_path):
     """Write a YAML config from a dict and return its path."""
@@ -48,7 +45,8 @@ def write_config(tmp_path):
 
 @pytest.fixture(scope="session")
 def pretrained_flair(tmp_path_factory) -> Path:
-    """A ResNet-18 pretrained for ~25 s (2 cores) on a synthetic corpus labelled with retinopathy signs, saved in FLAIR's layout.
+    """A ResNet-18 pretrained for ~25 s (2 cores) on a synthetic corpus labelled with retinopathy
+    signs, saved in FLAIR's layout.
 
     Random-init networks cannot learn the synthetic task in a few epochs on ~150 images;
     a backbone that has seen fundus structure can, as with the real FLAIR.
@@ -70,4 +68,5 @@ def pretrained_flair(tmp_path_factory) -> Path:
 def evaluated_search(tmp_path_factory) -> Path:
     """A tiny finished search and its evaluation (tests.helpers.evaluated_search), made once."""
     from tests.helpers import evaluated_search as make
+
     return make(tmp_path_factory.mktemp("evaluated"))

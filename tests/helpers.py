@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import shutil
@@ -16,29 +17,46 @@ from fundus_search.results import ResultsStore
 from fundus_search.vocabulary import EPOCHS_FILE, TRIALS_FILE
 
 
-def tiny_search_config(*, storage: Path, flair: Path | None = None, num_samples: int = 8, max_epochs: int = 3,
-                       strategies=("lp", "ft", "lp_ft"), scheduler: dict | None = None, inits: dict | None = None,
-                       **space) -> dict:
+def tiny_search_config(
+    *,
+    storage: Path,
+    flair: Path | None = None,
+    num_samples: int = 8,
+    max_epochs: int = 3,
+    strategies=("lp", "ft", "lp_ft"),
+    scheduler: dict | None = None,
+    inits: dict | None = None,
+    **space,
+) -> dict:
     """A search on 80 synthetic 32-px images with ResNet-18: seconds per trial on one CPU."""
     inits = dict(inits or {"random": {"source": "random"}})
     if flair is not None:
         inits["flair"] = {"source": "flair", "path": str(flair)}
     return {
         "name": "tiny",
-        "data": {"source": "synthetic", "synthetic": {"n": 80, "size": 32, "difficulty": 0.2}, "image_size": 32,
-                 "folds": 3},
+        "data": {
+            "source": "synthetic",
+            "synthetic": {"n": 80, "size": 32, "difficulty": 0.2},
+            "image_size": 32,
+            "folds": 3,
+        },
         "model": {"backbone": "resnet18", "inits": inits},
         "training": {"eval_batch_size": 32, "device": "cpu"},
-        "search": {"num_samples": num_samples, "max_epochs": max_epochs, "seed": 0,
-                   "space": {"strategy": list(strategies), "lp_epochs": [1, 2], "batch_size": [16], **space},
-                   "scheduler": scheduler or {"type": "asha", "grace_period": 1, "reduction_factor": 2}},
+        "search": {
+            "num_samples": num_samples,
+            "max_epochs": max_epochs,
+            "seed": 0,
+            "space": {"strategy": list(strategies), "lp_epochs": [1, 2], "batch_size": [16], **space},
+            "scheduler": scheduler or {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        },
         "resources": {"cpus_per_trial": 1, "max_concurrent_trials": 2},
         "storage": {"path": str(storage), "max_failures": 1},
     }
 
 
-def run_on_a_small_filesystem(command: list[str], folder: Path, *, size: str = "256k", read_only: bool = False,
-                              timeout: float = 600) -> subprocess.CompletedProcess:
+def run_on_a_small_filesystem(
+    command: list[str], folder: Path, *, size: str = "256k", read_only: bool = False, timeout: float = 600
+) -> subprocess.CompletedProcess:
     """Run `command` with a fresh tmpfs of `size` mounted at `folder`, in a private mount
     namespace (unshare: as root, or as a user through a user namespace); skip where neither works."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -46,8 +64,12 @@ def run_on_a_small_filesystem(command: list[str], folder: Path, *, size: str = "
     script = f'mount -t tmpfs -o {options} tmpfs "$1" && shift && exec "$@"'
     if shutil.which("unshare") is None or subprocess.run(["unshare", "-rm", "true"]).returncode != 0:
         pytest.skip("needs unshare with mount namespaces to make a small filesystem")
-    return subprocess.run(["unshare", "-rm", "sh", "-c", script, "sh", str(folder), *command],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script, "sh", str(folder), *command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def image_dir(root: Path) -> Path:
@@ -63,12 +85,28 @@ def label_csv(root: Path) -> Path:
 
 def trial_row(trial_id, number, init, strategy, average, **extra) -> dict:
     """A trials.parquet row with made-up metrics: best_val_average = `average`."""
-    return {"trial_id": trial_id, "optuna_number": number, "status": extra.pop("status", "completed"), "init": init,
-            "strategy": strategy, "lp_lr": 1e-3 if strategy != "ft" else None,
-            "ft_lr": 1e-4 if strategy != "lp" else None, "lp_epochs": 3 if strategy == "lp_ft" else None,
-            "weight_decay": 1e-3, "batch_size": 16, "seed": number, "fold": 0, "best_epoch": 2,
-            "best_val_average": average, "best_val_kappa": average - 0.1, "best_val_f1": average,
-            "best_val_specificity": average + 0.1, "best_val_auc": 0.8, "epochs_run": 3, **extra}
+    return {
+        "trial_id": trial_id,
+        "optuna_number": number,
+        "status": extra.pop("status", "completed"),
+        "init": init,
+        "strategy": strategy,
+        "lp_lr": 1e-3 if strategy != "ft" else None,
+        "ft_lr": 1e-4 if strategy != "lp" else None,
+        "lp_epochs": 3 if strategy == "lp_ft" else None,
+        "weight_decay": 1e-3,
+        "batch_size": 16,
+        "seed": number,
+        "fold": 0,
+        "best_epoch": 2,
+        "best_val_average": average,
+        "best_val_kappa": average - 0.1,
+        "best_val_f1": average,
+        "best_val_specificity": average + 0.1,
+        "best_val_auc": 0.8,
+        "epochs_run": 3,
+        **extra,
+    }
 
 
 def write_results_dir(folder: Path, *, dataset: str = "d" * 64, shift: float = 0.0) -> Path:
@@ -76,13 +114,18 @@ def write_results_dir(folder: Path, *, dataset: str = "d" * 64, shift: float = 0
     lp_ft 0.70, imagenet ft 0.55 and an errored 0.90, random ft 0.40 stopped early (each + shift);
     one epoch row."""
     store = ResultsStore(str(folder), search=folder.name, metadata={"config": "name: s1"})
-    rows = [trial_row("a", 0, "flair", "lp", 0.60), trial_row("b", 1, "flair", "lp", 0.65),
-                trial_row("c", 2, "flair", "lp_ft", 0.70), trial_row("d", 3, "imagenet", "ft", 0.55),
-                trial_row("e", 4, "imagenet", "ft", 0.90, status="error"),
-                trial_row("f", 5, "random", "ft", 0.40, status="stopped_early")]
+    rows = [
+        trial_row("a", 0, "flair", "lp", 0.60),
+        trial_row("b", 1, "flair", "lp", 0.65),
+        trial_row("c", 2, "flair", "lp_ft", 0.70),
+        trial_row("d", 3, "imagenet", "ft", 0.55),
+        trial_row("e", 4, "imagenet", "ft", 0.90, status="error"),
+        trial_row("f", 5, "random", "ft", 0.40, status="stopped_early"),
+    ]
     for row in rows:
-        store.put(TRIALS_FILE, {**row, "best_val_average": row["best_val_average"] + shift,
-                                "dataset_fingerprint": dataset})
+        store.put(
+            TRIALS_FILE, {**row, "best_val_average": row["best_val_average"] + shift, "dataset_fingerprint": dataset}
+        )
     store.put(EPOCHS_FILE, {"trial_id": "a", "epoch": 1, "phase": "lp", "val_average": 0.5})
     store.close()
     return folder
@@ -108,8 +151,15 @@ def evaluated_search(folder: Path) -> Path:
     import time
 
     import yaml
-    config = tiny_search_config(storage=folder / "runs", num_samples=4, max_epochs=1, strategies=("lp", "ft"),
-                                scheduler={"type": "fifo"}, inits=EVALUATED_INITS)
+
+    config = tiny_search_config(
+        storage=folder / "runs",
+        num_samples=4,
+        max_epochs=1,
+        strategies=("lp", "ft"),
+        scheduler={"type": "fifo"},
+        inits=EVALUATED_INITS,
+    )
     config["data"]["test_fraction"] = 0.2
     (folder / "c.yaml").write_text(yaml.safe_dump(config))
     cli = str(Path(sys.executable).parent / "fundus-search")
@@ -117,37 +167,54 @@ def evaluated_search(folder: Path) -> Path:
     rows = search / "evaluation" / ".rows.jsonl"
     # Own session: the study's Ray shares its process group, so exactly those are killed.
     with (folder / "study.out").open("w") as out:
-        study = subprocess.Popen([cli, "study", str(folder / "c.yaml"), "--name", "s", "--seeds", str(EVALUATED_SEEDS),
-                                  "--repeats", str(EVALUATED_REPEATS), "--folds", ",".join(map(str, EVALUATED_FOLDS))],
-                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        study = subprocess.Popen(
+            [
+                cli,
+                "study",
+                str(folder / "c.yaml"),
+                "--name",
+                "s",
+                "--seeds",
+                str(EVALUATED_SEEDS),
+                "--repeats",
+                str(EVALUATED_REPEATS),
+                "--folds",
+                ",".join(map(str, EVALUATED_FOLDS)),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             deadline = time.monotonic() + 600
             while time.monotonic() < deadline and study.poll() is None and completed_runs(rows) < 3:
                 time.sleep(0.3)
-            assert study.poll() is None, "the study ended before its evaluation could be killed: " + \
-                (folder / "study.out").read_text()[-3000:]
+            assert study.poll() is None, (
+                "the study ended before its evaluation could be killed: " + (folder / "study.out").read_text()[-3000:]
+            )
             _record_sockets(study.pid, folder / STUDY_SOCKETS)  # runs are reporting: every server is up
             os.killpg(study.pid, signal.SIGKILL)
             study.wait(timeout=30)
         finally:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(study.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
     printed = (folder / "study.out").read_text()
     assert "best val_average per init x strategy" in printed, printed[-3000:]  # the search's screen came first
     from fundus_search.search.cli.main import main  # report and table need no Ray: in this process
+
     assert main(["report", str(search), "-o", str(folder / "killed-report.html")]) == 0
     with contextlib.redirect_stdout(io.StringIO()) as table:
         assert main(["table", str(search), "--evaluation"]) == 0
     (folder / "killed-table.txt").write_text(table.getvalue())
     moved = search.with_name("s-moved")
     search.rename(moved)
-    resumed = subprocess.run([cli, "resume", str(moved)], capture_output=True, text=True, timeout=900,
-                             start_new_session=True)
+    resumed = subprocess.run(
+        [cli, "resume", str(moved)], capture_output=True, text=True, timeout=900, start_new_session=True
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "verdict (primary question" in resumed.stdout and f"report:      {moved / 'report.html'}" in resumed.stdout, \
-        resumed.stdout[-3000:]
+    assert (
+        "verdict (primary question" in resumed.stdout and f"report:      {moved / 'report.html'}" in resumed.stdout
+    ), resumed.stdout[-3000:]
     assert not search.exists(), "resume of the moved folder wrote into its old place"
     return moved
 
@@ -163,11 +230,12 @@ def listening_sockets(processes) -> list[str]:
     """`name ip:port` of every listening TCP socket of `processes`."""
     found = []
     for process in processes:
-        try:
-            found += [f"{process.name()} {c.laddr.ip}:{c.laddr.port}" for c in process.net_connections(kind="inet")
-                      if c.status == psutil.CONN_LISTEN]
-        except psutil.NoSuchProcess:
-            pass
+        with contextlib.suppress(psutil.NoSuchProcess):
+            found += [
+                f"{process.name()} {c.laddr.ip}:{c.laddr.port}"
+                for c in process.net_connections(kind="inet")
+                if c.status == psutil.CONN_LISTEN
+            ]
     return found
 
 
@@ -181,10 +249,8 @@ def _record_sockets(pid: int, path: Path) -> None:
     processes = [root, *root.children(recursive=True)]
     command_lines = []
     for process in processes:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             command_lines.append(" ".join(process.cmdline()))
-        except psutil.NoSuchProcess:
-            pass
     path.write_text(json.dumps({"sockets": listening_sockets(processes), "command_lines": command_lines}))
 
 
@@ -192,5 +258,8 @@ def completed_runs(rows: Path) -> int:
     """Evaluation runs logged as completed in an evaluation's .rows.jsonl."""
     if not rows.exists():
         return 0
-    return sum(1 for line in rows.read_text().splitlines()
-               if line.startswith('["runs.parquet"') and '"status": "completed"' in line)
+    return sum(
+        1
+        for line in rows.read_text().splitlines()
+        if line.startswith('["runs.parquet"') and '"status": "completed"' in line
+    )

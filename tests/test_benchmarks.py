@@ -18,8 +18,9 @@ def one_ray_for_all():
     most of a tiny run."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=300 * 1024**2)
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=300 * 1024**2
+    )
     yield
     ray.shutdown()
 
@@ -33,6 +34,18 @@ def test_benchmark_runs_tiny_and_writes_json(name, tmp_path, monkeypatch):
     assert {"cpu", "cores"} <= written["machine"].keys() and written["versions"]["torch"]
     assert "target" in written and run_all.summary_line(name, record).startswith(name)
     if not written.get("skipped"):
-        assert any(k in written for k in ("speedup", "speedup_min", "overhead_median", "shared_two_over_single", "results",
-                                             "methods", "checkpoint", "max_false_positive_rate",
-                                             "false_positive_rate", "ahead"))
+        assert any(
+            k in written
+            for k in (
+                "speedup",
+                "speedup_min",
+                "overhead_median",
+                "shared_two_over_single",
+                "results",
+                "methods",
+                "checkpoint",
+                "max_false_positive_rate",
+                "false_positive_rate",
+                "ahead",
+            )
+        )

@@ -37,6 +37,7 @@ def test_table_command_prints_the_paper_shape(results_dir, capsys):
 
 def test_searches_of_different_datasets_are_never_pooled_into_one_table(results_dir, tmp_path, capsys):
     from tests.helpers import write_results_dir
+
     write_results_dir(tmp_path / "s2", dataset="e" * 64, shift=0.2)  # another dataset: flair lp 0.85
     write_results_dir(tmp_path / "s3", shift=-0.1)  # results_dir's dataset again: pooled with it
     assert main(["table", str(tmp_path)]) == 0
@@ -53,14 +54,17 @@ def test_searches_of_different_datasets_are_never_pooled_into_one_table(results_
     assert {r["dataset_fingerprint"] for r in rows} == {"d" * 64, "e" * 64}
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["best", "{tmp}/nothing"], "no trials.parquet in"),
-    (["best", "{results}", "--metric", "val_magic"], "--metric: unknown 'val_magic'"),
-    (["best", "{results}", "--where", "strategy ==="], "--where: not a valid expression"),
-    (["best", "{results}", "--where", "magic > 1"], "--where: unknown column 'magic'"),
-    (["best", "{results}", "--top", "-1"], "argument --top: must be >= 1 (got -1)"),
-    (["best", "{results}", "--top", "x"], "argument --top: expected an integer (got 'x')"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["best", "{tmp}/nothing"], "no trials.parquet in"),
+        (["best", "{results}", "--metric", "val_magic"], "--metric: unknown 'val_magic'"),
+        (["best", "{results}", "--where", "strategy ==="], "--where: not a valid expression"),
+        (["best", "{results}", "--where", "magic > 1"], "--where: unknown column 'magic'"),
+        (["best", "{results}", "--top", "-1"], "argument --top: must be >= 1 (got -1)"),
+        (["best", "{results}", "--top", "x"], "argument --top: expected an integer (got 'x')"),
+    ],
+)
 def test_query_mistakes_exit_2_with_one_line(argv, message, results_dir, tmp_path, capsys):
     argv = [a.format(tmp=tmp_path, results=results_dir) for a in argv]
     assert main(argv) == 2
@@ -80,8 +84,12 @@ def test_tensorboard_command_serves_on_loopback(results_dir):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cli = str(Path(sys.executable).parent / "fundus-search")
-    server = subprocess.Popen([cli, "tensorboard", str(results_dir), "--port", str(port)], stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True)
+    server = subprocess.Popen(
+        [cli, "tensorboard", str(results_dir), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert f"at http://127.0.0.1:{port}/" in server.stdout.readline()
         deadline, status = time.monotonic() + 60, None
@@ -96,16 +104,19 @@ def test_tensorboard_command_serves_on_loopback(results_dir):
         server.wait(timeout=30)
 
 
-@pytest.mark.parametrize("payload", [
-    "@pd.io.common.os.system('touch {pwned}')",
-    "@Path('{pwned}').touch()",
-    "strategy == __import__('os').system('touch {pwned}')",
-    "strategy.__class__.__init__.__globals__ == 1",
-    "init == (lambda: open('{pwned}', 'w'))()",
-    "best_val_average > [x for x in ().__class__.__base__.__subclasses__()]",
-    "strategy == 'lp' + 'ft'",
-    "init[0] == 'f'",
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "@pd.io.common.os.system('touch {pwned}')",
+        "@Path('{pwned}').touch()",
+        "strategy == __import__('os').system('touch {pwned}')",
+        "strategy.__class__.__init__.__globals__ == 1",
+        "init == (lambda: open('{pwned}', 'w'))()",
+        "best_val_average > [x for x in ().__class__.__base__.__subclasses__()]",
+        "strategy == 'lp' + 'ft'",
+        "init[0] == 'f'",
+    ],
+)
 def test_where_never_runs_code(payload, results_dir, tmp_path, capsys):
     pwned = tmp_path / "pwned"
     assert main(["best", str(results_dir), "--where", payload.format(pwned=pwned)]) == 2

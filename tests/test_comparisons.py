@@ -31,14 +31,43 @@ def tables(quality: dict[str, float], *, constant: tuple[str, ...] = (), seed: i
                 rows = np.flatnonzero(fold_of == fold)
                 for s in range(SEEDS):
                     run_id = f"{init}-lp-1-repeat{repeat}-fold{fold}-seed{s}"
-                    prob = np.zeros(len(rows)) if init in constant else np.clip(
-                        0.5 + q * (y[rows] - 0.5) + rng.normal(0, 0.3, len(rows)), 0, 1)
-                    runs.append({"run_id": run_id, "config_id": f"{init}-lp-1", "init": init, "strategy": "lp",
-                                 "rank": 1, "split": "cv", "repeat": repeat, "fold": fold, "seed": s, "epochs": 1,
-                                 "search_score": 0.5, "n_train": N - len(rows), "n_scored": len(rows),
-                                 "lp_lr": 1e-3, "ft_lr": None, "weight_decay": 1e-4, "lp_epochs": None})
-                    predictions += [{"run_id": run_id, "row": int(r), "label": int(y[r]), "seed": s,
-                                     "repeat": repeat, "prob_positive": float(p)} for r, p in zip(rows, prob)]
+                    prob = (
+                        np.zeros(len(rows))
+                        if init in constant
+                        else np.clip(0.5 + q * (y[rows] - 0.5) + rng.normal(0, 0.3, len(rows)), 0, 1)
+                    )
+                    runs.append(
+                        {
+                            "run_id": run_id,
+                            "config_id": f"{init}-lp-1",
+                            "init": init,
+                            "strategy": "lp",
+                            "rank": 1,
+                            "split": "cv",
+                            "repeat": repeat,
+                            "fold": fold,
+                            "seed": s,
+                            "epochs": 1,
+                            "search_score": 0.5,
+                            "n_train": N - len(rows),
+                            "n_scored": len(rows),
+                            "lp_lr": 1e-3,
+                            "ft_lr": None,
+                            "weight_decay": 1e-4,
+                            "lp_epochs": None,
+                        }
+                    )
+                    predictions += [
+                        {
+                            "run_id": run_id,
+                            "row": int(r),
+                            "label": int(y[r]),
+                            "seed": s,
+                            "repeat": repeat,
+                            "prob_positive": float(p),
+                        }
+                        for r, p in zip(rows, prob, strict=True)
+                    ]
     return pd.DataFrame(runs), pd.DataFrame(predictions)
 
 
@@ -53,6 +82,7 @@ def test_seeds_are_averaged_within_each_fold_before_the_test():
     assert row["comparison"] == "lp: flair - imagenet" and row["family"] == "primary"
     assert row["n"] == K * REPEATS and row["seeds"] == SEEDS, "J is folds x repeats, not x seeds"
     from fundus_search.results.answer import run_metrics
+
     scored = runs.merge(run_metrics(predictions), on="run_id")
     per_fold = scored.groupby(["init", "repeat", "fold"])["average"].mean()
     assert row["difference"] == pytest.approx((per_fold["flair"] - per_fold["imagenet"]).mean())
@@ -114,10 +144,14 @@ def test_the_calibrated_protocols_are_the_ones_benchmark_b9_measured():
     from pathlib import Path
 
     from fundus_search.statistics import CALIBRATED_PROTOCOLS
+
     record = json.loads((Path(__file__).parents[1] / "benchmarks" / "results" / "b9_calibration.json").read_text())
-    measured = {tuple(int(x) for x in name.split("x")) for name, figures in record["by_protocol"].items()
-                if figures["calibrated"]}
-    assert CALIBRATED_PROTOCOLS == measured
+    measured = {
+        tuple(int(x) for x in name.split("x"))
+        for name, figures in record["by_protocol"].items()
+        if figures["calibrated"]
+    }
+    assert measured == CALIBRATED_PROTOCOLS
 
 
 def test_comparisons_are_written_as_strategy_a_minus_b_and_parsed_back():
@@ -126,4 +160,6 @@ def test_comparisons_are_written_as_strategy_a_minus_b_and_parsed_back():
     with pytest.raises(ValueError, match="STRATEGY: INIT_A - INIT_B"):
         Planned.parse("flair vs imagenet")
     assert [p.key for p in default_primary(["random", "imagenet", "flair"], ["lp", "ft"], SOURCES)] == [
-        "lp: flair - imagenet", "ft: flair - imagenet"]
+        "lp: flair - imagenet",
+        "ft: flair - imagenet",
+    ]

@@ -11,29 +11,46 @@ from fundus_search.search.cli.main import main
 from fundus_search.search.study.config import load_config
 
 
-@pytest.mark.parametrize("section,value,message", [
-    ("search", {"space": {"ft_lr": [0.0, 1e-3]}}, "search.space.ft_lr: lower bound must be > 0.0 (got 0.0)"),
-    ("search", {"space": {"init": ["imagenet"]}}, "search.space.init: ['imagenet'] not in model.inits (random)"),
-    ("search", {"scheduler": {"type": "hyperband"}}, "search.scheduler.type: input should be 'asha' or 'fifo'"),
-    ("search", {"sampler": "grid"}, "search.sampler: input should be 'tpe' or 'random'"),
-    ("search", {"space": {"ft_lr": [1e-5, 1e-4, 1e-3]}}, "search.space.ft_lr: [low, high] needs two numbers"),
-    ("search", {"space": {"lp_epochs": {"choices": [2, 8.5]}}}, "search.space.lp_epochs: {choices: [...]} needs"),
-    ("search", {"metric": "val_magic"}, "search.metric: unknown 'val_magic'"),
-    ("resources", {"gpus_per_trial": {"lp": -1}}, "resources.gpus_per_trial: GPU shares must be >= 0 (got {'lp': -1.0})"),
-    ("model", {"backbone": "vit"}, "model.backbone: input should be 'resnet18', 'resnet34' or 'resnet50'"),
-    # an init's name names TensorBoard folders and labels figures: an identifier, never a path or maths
-    ("model", {"inits": {"../../../../x/p": {"source": "random"}}}, "model.inits: use letters, digits, '.', '_' or '-'"),
-    ("model", {"inits": {"x$\\foo$": {"source": "random"}}}, "model.inits: use letters, digits, '.', '_' or '-'"),
-    # every number is finite: an infinite request would wait for a node for ever
-    ("resources", {"cpus_per_trial": float("inf")}, "resources.cpus_per_trial: input should be a finite number"),
-    ("search", {"scheduler": {"reduction_factor": float("nan")}}, "search.scheduler.reduction_factor: input should be"
-                                                                    " a finite number"),
-])
-def test_run_config_errors_exit_2_naming_the_key_and_write_nothing(section, value, message, tmp_path, write_config,
-                                                                   capsys):
-    config = {"data": {"source": "synthetic", "synthetic": {"n": 20, "size": 32}, "image_size": 32, "folds": 2},
-              "model": {"backbone": "resnet18", "inits": {"random": {"source": "random"}}},
-              "storage": {"path": str(tmp_path / "runs")}}
+@pytest.mark.parametrize(
+    "section,value,message",
+    [
+        ("search", {"space": {"ft_lr": [0.0, 1e-3]}}, "search.space.ft_lr: lower bound must be > 0.0 (got 0.0)"),
+        ("search", {"space": {"init": ["imagenet"]}}, "search.space.init: ['imagenet'] not in model.inits (random)"),
+        ("search", {"scheduler": {"type": "hyperband"}}, "search.scheduler.type: input should be 'asha' or 'fifo'"),
+        ("search", {"sampler": "grid"}, "search.sampler: input should be 'tpe' or 'random'"),
+        ("search", {"space": {"ft_lr": [1e-5, 1e-4, 1e-3]}}, "search.space.ft_lr: [low, high] needs two numbers"),
+        ("search", {"space": {"lp_epochs": {"choices": [2, 8.5]}}}, "search.space.lp_epochs: {choices: [...]} needs"),
+        ("search", {"metric": "val_magic"}, "search.metric: unknown 'val_magic'"),
+        (
+            "resources",
+            {"gpus_per_trial": {"lp": -1}},
+            "resources.gpus_per_trial: GPU shares must be >= 0 (got {'lp': -1.0})",
+        ),
+        ("model", {"backbone": "vit"}, "model.backbone: input should be 'resnet18', 'resnet34' or 'resnet50'"),
+        # an init's name names TensorBoard folders and labels figures: an identifier, never a path or maths
+        (
+            "model",
+            {"inits": {"../../../../x/p": {"source": "random"}}},
+            "model.inits: use letters, digits, '.', '_' or '-'",
+        ),
+        ("model", {"inits": {"x$\\foo$": {"source": "random"}}}, "model.inits: use letters, digits, '.', '_' or '-'"),
+        # every number is finite: an infinite request would wait for a node for ever
+        ("resources", {"cpus_per_trial": float("inf")}, "resources.cpus_per_trial: input should be a finite number"),
+        (
+            "search",
+            {"scheduler": {"reduction_factor": float("nan")}},
+            "search.scheduler.reduction_factor: input should be a finite number",
+        ),
+    ],
+)
+def test_run_config_errors_exit_2_naming_the_key_and_write_nothing(
+    section, value, message, tmp_path, write_config, capsys
+):
+    config = {
+        "data": {"source": "synthetic", "synthetic": {"n": 20, "size": 32}, "image_size": 32, "folds": 2},
+        "model": {"backbone": "resnet18", "inits": {"random": {"source": "random"}}},
+        "storage": {"path": str(tmp_path / "runs")},
+    }
     config.setdefault(section, {}).update(value)
     assert main(["run", str(write_config(config))]) == 2
     err = capsys.readouterr().err
@@ -47,21 +64,40 @@ def test_shipped_configs_validate(name):
     assert config.search.metric == "val_average" and set(config.inits) <= set(config.model.inits)
 
 
-@pytest.mark.parametrize("init,expected", [
-    ({"source": "torchvision", "weights": "IMAGENET1K_V1"}, "imagenet"),  # ImageNet weights expect ImageNet mean/std
-    ({"source": "torchvision", "weights": "IMAGENET1K_V1", "normalize": "none"}, "none"),  # the seed paper's code
-    ({"source": "flair", "path": "flair.pth"}, "none"),  # FLAIR was pretrained on [0, 1] inputs
-    ({"source": "flair", "path": "flair.pth", "normalize": "imagenet"}, "imagenet"),
-    ({"source": "random"}, "none"),
-])
+@pytest.mark.parametrize(
+    "init,expected",
+    [
+        (
+            {"source": "torchvision", "weights": "IMAGENET1K_V1"},
+            "imagenet",
+        ),  # ImageNet weights expect ImageNet mean/std
+        ({"source": "torchvision", "weights": "IMAGENET1K_V1", "normalize": "none"}, "none"),  # the seed paper's code
+        ({"source": "flair", "path": "flair.pth"}, "none"),  # FLAIR was pretrained on [0, 1] inputs
+        ({"source": "flair", "path": "flair.pth", "normalize": "imagenet"}, "imagenet"),
+        ({"source": "random"}, "none"),
+    ],
+)
 def test_normalisation_is_the_weight_sources_unless_the_config_sets_it(init, expected, write_config):
     config = load_config(write_config({"model": {"backbone": "resnet18", "inits": {"x": init}}}))
     assert config.model.init_spec("x").normalize == expected
 
 
 def test_a_model_wide_normalize_is_gone_and_says_so(write_config, capsys):
-    assert main(["train", str(write_config({"model": {"normalize": "none"}})), "--init", "random", "--strategy", "ft",
-                 "--ft-lr", "1e-4"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                str(write_config({"model": {"normalize": "none"}})),
+                "--init",
+                "random",
+                "--strategy",
+                "ft",
+                "--ft-lr",
+                "1e-4",
+            ]
+        )
+        == 2
+    )
     assert "model.normalize: unknown key" in capsys.readouterr().err
 
 
@@ -69,8 +105,11 @@ def test_config_defaults_are_the_dataclasses_defaults():
     from fundus_search.data_io import Augmentation, SyntheticSpec
     from fundus_search.models import TrainSettings
     from fundus_search.search.study.config import AugmentationConfig, SyntheticConfig, TrainingConfig
+
     assert SyntheticConfig().model_dump() == SyntheticSpec().__dict__
     assert AugmentationConfig().model_dump() == Augmentation().__dict__
     training = TrainingConfig()
-    assert all(getattr(training, k) == getattr(TrainSettings, k)
-               for k in ("lp_solver", "lp_c", "head_lr_mult", "grad_clip", "eval_batch_size"))
+    assert all(
+        getattr(training, k) == getattr(TrainSettings, k)
+        for k in ("lp_solver", "lp_c", "head_lr_mult", "grad_clip", "eval_batch_size")
+    )

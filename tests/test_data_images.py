@@ -15,8 +15,19 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import fundus_search.data_io.image_cache as image_cache
-from fundus_search.data_io import (Augmentation, DataSpec, Preprocessing, SyntheticSpec, augment, build_manifest,
-                     decode_image, fold_indices, load_or_build_image_cache, preprocess_file, to_float)
+from fundus_search.data_io import (
+    Augmentation,
+    DataSpec,
+    Preprocessing,
+    SyntheticSpec,
+    augment,
+    build_manifest,
+    decode_image,
+    fold_indices,
+    load_or_build_image_cache,
+    preprocess_file,
+    to_float,
+)
 from fundus_search.data_io.synthetic import generate_image, generate_labels
 
 
@@ -40,7 +51,9 @@ def fundus_on_a_page(background: tuple[int, int, int]) -> np.ndarray:
     page[disc] = (190, 80, 35)
     page[disc & (abs(yy - xx + 40) < 3)] = (60, 10, 5)  # a dark vessel across the disc
     image = Image.fromarray(page)
-    ImageDraw.Draw(image).text((10, 215), "OD 2019-03-01 patient 17", fill=(0, 0, 0) if sum(background) > 300 else (255, 255, 255))
+    ImageDraw.Draw(image).text(
+        (10, 215), "OD 2019-03-01 patient 17", fill=(0, 0, 0) if sum(background) > 300 else (255, 255, 255)
+    )
     return np.asarray(image)
 
 
@@ -139,6 +152,7 @@ def test_two_concurrent_builders_yield_one_valid_cache(cgi_tree, tmp_path):
 
 def test_parallel_decode_equals_inline_decode(tmp_path):
     from fundus_search.data_io.synthetic import write_cgi_hrdc
+
     root = write_cgi_hrdc(SyntheticSpec(n=70, size=32, seed=1), tmp_path / "d")
     manifest = build_manifest(DataSpec(source="cgi-hrdc", root=root, task=2))
     inline = load_or_build_image_cache(manifest, Preprocessing(image_size=32), tmp_path / "a", num_workers=0)
@@ -159,8 +173,10 @@ def test_folds_are_stratified_disjoint_grouped_and_deterministic():
         again = fold_indices(labels, groups, folds=5, fold=fold, seed=7)
         assert np.array_equal(again[1], val)
     assert sorted(seen_val) == list(range(100))
-    assert not np.array_equal(fold_indices(labels, groups, folds=5, fold=0, seed=8)[1],
-                              fold_indices(labels, groups, folds=5, fold=0, seed=7)[1])
+    assert not np.array_equal(
+        fold_indices(labels, groups, folds=5, fold=0, seed=8)[1],
+        fold_indices(labels, groups, folds=5, fold=0, seed=7)[1],
+    )
 
 
 def test_synthetic_generator_is_deterministic_per_seed():
@@ -175,8 +191,12 @@ def test_synthetic_generator_is_deterministic_per_seed():
 def test_synthetic_classes_are_separable_above_chance():
     spec = SyntheticSpec(n=200, size=64, seed=0, difficulty=0.3)
     labels = generate_labels(spec)
-    images = np.stack([generate_image(np.random.default_rng([0, 2, i]), 64, positive=bool(y), difficulty=0.3)
-                       for i, y in enumerate(labels)])
+    images = np.stack(
+        [
+            generate_image(np.random.default_rng([0, 2, i]), 64, positive=bool(y), difficulty=0.3)
+            for i, y in enumerate(labels)
+        ]
+    )
     # A deliberately simple classifier: a histogram of the red/green ratio inside the fundus
     # (vessels, haemorrhages and exudates shift it; global brightness does not).
     rgb = images.astype(float) + 1
@@ -208,8 +228,9 @@ def test_repeated_partitions_differ_and_each_is_stratified_and_grouped():
     labels = np.array([0] * 60 + [1] * 40)
     groups = [f"img{i // 2}" for i in range(100)]
     search_partition = fold_indices(labels, groups, folds=5, fold=0, seed=7)[1]
-    assert np.array_equal(fold_indices(labels, groups, folds=5, fold=0, seed=7, repeat=0)[1], search_partition), \
+    assert np.array_equal(fold_indices(labels, groups, folds=5, fold=0, seed=7, repeat=0)[1], search_partition), (
         "repeat 0 is the search's own partition"
+    )
     firsts = []
     for repeat in range(3):
         seen = []

@@ -41,8 +41,9 @@ def test_flair_csv_manifest_parses_category_lists(cgi_tree, tmp_path):
         category = "hypertensive" if label == "1" else "no hypertensive"
         rows.append(f'{i},"{image_dir(cgi_tree).relative_to(cgi_tree) / name}",[],"[\'{category}\']"')
     (tmp_path / "flair.csv").write_text("\n".join(rows) + "\n")
-    spec = DataSpec(source="flair-csv", root=cgi_tree, csv=tmp_path / "flair.csv",
-                    classes=("no hypertensive", "hypertensive"))
+    spec = DataSpec(
+        source="flair-csv", root=cgi_tree, csv=tmp_path / "flair.csv", classes=("no hypertensive", "hypertensive")
+    )
     manifest = build_manifest(spec)
     reference = build_manifest(DataSpec(source="cgi-hrdc", root=cgi_tree, task=2))
     assert np.array_equal(manifest.labels, reference.labels)
@@ -50,8 +51,7 @@ def test_flair_csv_manifest_parses_category_lists(cgi_tree, tmp_path):
 
 def test_generic_csv_accepts_names_indices_and_groups(cgi_tree, tmp_path):
     names = sorted(p.name for p in image_dir(cgi_tree).iterdir())
-    lines = ["path,label,group"] + [
-        f"{name},{'pos' if i % 2 else 0},patient{i // 2}" for i, name in enumerate(names)]
+    lines = ["path,label,group"] + [f"{name},{'pos' if i % 2 else 0},patient{i // 2}" for i, name in enumerate(names)]
     (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
     spec = DataSpec(source="csv", root=image_dir(cgi_tree), csv=tmp_path / "labels.csv", classes=("neg", "pos"))
     manifest = build_manifest(spec)
@@ -69,13 +69,23 @@ def test_synthetic_source_goes_through_cgi_hrdc_layout(write_config, capsys):
 def test_relative_csv_resolves_against_yaml_folder(cgi_tree, tmp_path, write_config, capsys):
     names = sorted(p.name for p in image_dir(cgi_tree).iterdir())
     (tmp_path / "labels.csv").write_text("path,label\n" + "".join(f"{n},{i % 2}\n" for i, n in enumerate(names)))
-    config = write_config({"data": {"source": "csv", "root": str(image_dir(cgi_tree)), "csv": "labels.csv",
-                                    "classes": ["a", "b"], "image_size": 32}})
+    config = write_config(
+        {
+            "data": {
+                "source": "csv",
+                "root": str(image_dir(cgi_tree)),
+                "csv": "labels.csv",
+                "classes": ["a", "b"],
+                "image_size": 32,
+            }
+        }
+    )
     rc, out, err = run_cli(capsys, "data", "check", config)
     assert rc == 0, err
 
 
 # ---- bad inputs: (how to break the tree, what the message must name) ----
+
 
 def _missing_root(root, cfg):
     cfg["data"]["root"] = str(root / "nowhere")
@@ -153,14 +163,28 @@ def _image_size_zero(root, cfg):
     return "data.image_size: must be >= 32 (got 0)"
 
 
-BREAKERS = [_missing_root, _empty_image_folder, _zero_byte, _truncated_png, _truncated_jpeg, _text_named_png,
-            _unknown_label, _csv_missing_column, _single_class, _duplicate, _escape, _unknown_key, _image_size_zero]
+BREAKERS = [
+    _missing_root,
+    _empty_image_folder,
+    _zero_byte,
+    _truncated_png,
+    _truncated_jpeg,
+    _text_named_png,
+    _unknown_label,
+    _csv_missing_column,
+    _single_class,
+    _duplicate,
+    _escape,
+    _unknown_key,
+    _image_size_zero,
+]
 
 
 @pytest.mark.parametrize("breaker", BREAKERS, ids=[b.__name__.strip("_") for b in BREAKERS])
 @pytest.mark.parametrize("command", ["check", "cache"])
-def test_bad_input_exits_2_naming_the_culprit_and_writes_nothing(breaker, command, cgi_tree, tmp_path,
-                                                                   write_config, capsys):
+def test_bad_input_exits_2_naming_the_culprit_and_writes_nothing(
+    breaker, command, cgi_tree, tmp_path, write_config, capsys
+):
     cfg = cgi_config(cgi_tree, cache_dir=str(tmp_path / "cache"))
     expected = breaker(cgi_tree, cfg)
     rc, out, err = run_cli(capsys, "data", command, write_config(cfg))
@@ -186,6 +210,7 @@ def test_skip_bad_excludes_and_records_the_files(cgi_tree, write_config, capsys)
     assert "22 images" in out and "2 excluded" in out
     from fundus_search.data_io import prepare_images
     from fundus_search.search.study.config import load_config
+
     cache = prepare_images(load_config(write_config(cgi_config(cgi_tree, skip_bad=True), "again.yaml")).data.to_spec())
     excluded = {e["path"].rsplit("/", 1)[-1]: e["reason"] for e in cache.meta["excluded"]}
     assert excluded.keys() == {"00003.png", "00004.png"}
@@ -197,5 +222,6 @@ def test_debug_flag_shows_the_traceback(cgi_tree, write_config):
     cfg = cgi_config(cgi_tree)
     cfg["data"]["image_size"] = 0
     from fundus_search.search.study.config import ConfigError
+
     with pytest.raises(ConfigError):
         main(["--debug", "data", "check", str(write_config(cfg))])

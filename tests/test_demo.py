@@ -41,7 +41,7 @@ def test_flair_stand_in_has_flairs_key_layout_and_loads_strictly(weights):
     assert any(k.startswith(FLAIR_PREFIX) for k in state) and FLAIR_PROJECTION_KEY in state
     assert any(k.startswith("text_model.") for k in state) and "logit_scale" in state
     net = build_feature_net(InitSpec(source="flair", path=weights / FLAIR_FILE), "resnet18")
-    backbone = {k[len(FLAIR_PREFIX):]: v for k, v in state.items() if k.startswith(FLAIR_PREFIX)}
+    backbone = {k[len(FLAIR_PREFIX) :]: v for k, v in state.items() if k.startswith(FLAIR_PREFIX)}
     assert all(torch.equal(net.backbone.state_dict()[k], v) for k, v in backbone.items())
 
 
@@ -73,5 +73,5 @@ def test_reduced_demo_search_runs_and_covers_every_cell(weights, tmp_path, capsy
     assert "fundus-search tensorboard" in out and "trials.parquet" in out
     trials = pd.read_parquet(tmp_path / "runs" / "demo-small" / "trials.parquet")
     assert len(trials) == 3
-    cells = set(zip(trials["init"], trials["strategy"]))
+    cells = set(zip(trials["init"], trials["strategy"], strict=True))
     assert len(cells) == 3, "the first trials must cover distinct init x strategy cells"

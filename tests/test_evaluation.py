@@ -45,8 +45,9 @@ def test_one_run_per_configuration_repeat_fold_and_seed_and_per_seed_on_the_test
     assert set(cv["fold"]) == set(FOLDS) and set(runs["seed"]) == set(range(SEEDS))
     assert set(cv["repeat"]) == set(range(REPEATS))
     by_fold = cv.groupby(["repeat", "fold", "seed"])["train_seed"]
-    assert (by_fold.nunique() == 1).all() and by_fold.first().is_unique, \
+    assert (by_fold.nunique() == 1).all() and by_fold.first().is_unique, (
         "a training seed of its own on every fold, shared by every configuration there (paired)"
+    )
     assert runs.loc[runs["split"] == "test", ["fold", "repeat"]].isna().all().all()
     protocol = json.loads((evaluation / "evaluation.json").read_text())["protocol"]
     assert protocol["repeats"] == REPEATS and protocol["seeds"] == SEEDS and protocol["test_images"] > 0
@@ -56,20 +57,34 @@ def test_one_run_per_configuration_repeat_fold_and_seed_and_per_seed_on_the_test
 
 def test_every_image_is_predicted_once_per_configuration_repeat_and_seed_in_its_held_out_fold(search, evaluation):
     from fundus_search.search.study.config import load_config
+
     config = load_config(search / "config.yaml")
     predictions = pd.read_parquet(evaluation / "predictions.parquet")
     labels, groups = _dataset(search)
     cv = predictions[predictions["split"] == "cv"]
-    held_out = {(repeat, fold): set(split_indices(labels, groups, folds=config.data.folds, fold=fold,
-                                                  seed=config.data.seed, test_fraction=0.2, repeat=repeat)[1])
-                for repeat in range(REPEATS) for fold in FOLDS}
+    held_out = {
+        (repeat, fold): set(
+            split_indices(
+                labels,
+                groups,
+                folds=config.data.folds,
+                fold=fold,
+                seed=config.data.seed,
+                test_fraction=0.2,
+                repeat=repeat,
+            )[1]
+        )
+        for repeat in range(REPEATS)
+        for fold in FOLDS
+    }
     assert held_out[0, 0] != held_out[1, 0], "each repeat re-draws the partition"
     for (config_id, repeat, seed), rows in cv.groupby(["config_id", "repeat", "seed"]):
         where = f"{config_id} repeat {repeat} seed {seed}"
         assert rows["row"].is_unique, f"{where}: an image predicted twice"
         assert set(rows["row"]) == set().union(*(held_out[repeat, f] for f in FOLDS)), f"{where}: images missing"
-        assert all(row in held_out[repeat, fold] for row, fold in zip(rows["row"], rows["fold"])), \
+        assert all(row in held_out[repeat, fold] for row, fold in zip(rows["row"], rows["fold"], strict=True)), (
             "predicted outside its fold"
+        )
 
 
 def test_metrics_recomputed_from_the_predictions_equal_the_runs(evaluation):
@@ -81,14 +96,17 @@ def test_metrics_recomputed_from_the_predictions_equal_the_runs(evaluation):
 
 def test_the_test_split_shares_no_group_with_any_fold_or_the_search(search, evaluation):
     from fundus_search.search.study.config import load_config
+
     config = load_config(search / "config.yaml")
     labels, groups = _dataset(search)
-    train, test = split_indices(labels, groups, folds=config.data.folds, fold=None, seed=config.data.seed,
-                                test_fraction=0.2)
+    train, test = split_indices(
+        labels, groups, folds=config.data.folds, fold=None, seed=config.data.seed, test_fraction=0.2
+    )
     assert len(test) and not set(groups[test]) & set(groups[train])
     for fold in range(config.data.folds):  # the search trained and validated on these
-        fold_train, fold_val = split_indices(labels, groups, folds=config.data.folds, fold=fold, seed=config.data.seed,
-                                             test_fraction=0.2)
+        fold_train, fold_val = split_indices(
+            labels, groups, folds=config.data.folds, fold=fold, seed=config.data.seed, test_fraction=0.2
+        )
         assert not set(groups[test]) & (set(groups[fold_train]) | set(groups[fold_val]))
     predictions = pd.read_parquet(evaluation / "predictions.parquet")
     assert set(predictions.loc[predictions["split"] == "test", "row"]) == set(test)
@@ -98,6 +116,7 @@ def _dataset(search: Path) -> tuple[np.ndarray, np.ndarray]:
     """Labels and groups of every row of the search's image array."""
     from fundus_search.data_io import prepare_images
     from fundus_search.search.study.config import load_config
+
     cache = prepare_images(load_config(search / "config.yaml").data.to_spec())
     return cache.labels, np.asarray(cache.groups)
 
@@ -125,11 +144,14 @@ def test_the_table_and_comparisons_come_back_from_parquet_without_ray(evaluation
     assert len(json.loads(capsys.readouterr().out)) == len(table)
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--folds", "9"], "folds: [9] not in the search's 3-fold split (0..2)"),
-    (["--seeds", "0"], "argument --seeds: must be >= 1 (got 0)"),
-    (["--folds", "a,b"], "argument --folds: expected comma-separated fold numbers"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--folds", "9"], "folds: [9] not in the search's 3-fold split (0..2)"),
+        (["--seeds", "0"], "argument --seeds: must be >= 1 (got 0)"),
+        (["--folds", "a,b"], "argument --folds: expected comma-separated fold numbers"),
+    ],
+)
 def test_bad_evaluate_arguments_are_one_line_and_write_nothing(argv, message, search, capsys):
     assert main(["evaluate", str(search), "--name", "never", *argv]) == 2
     err = capsys.readouterr().err
@@ -148,8 +170,10 @@ def test_study_refuses_folds_outside_the_split_before_it_searches(search, capsys
 def test_evaluate_refuses_a_search_without_finished_trials_or_with_an_empty_cell(search, tmp_path, capsys):
     import shutil
 
-    for case, keep in (("nothing-finished", lambda t: t.assign(status="error")),
-                       ("empty-cell", lambda t: t[~((t["init"] == "scratch") & (t["strategy"] == "ft"))])):
+    for case, keep in (
+        ("nothing-finished", lambda t: t.assign(status="error")),
+        ("empty-cell", lambda t: t[~((t["init"] == "scratch") & (t["strategy"] == "ft"))]),
+    ):
         copy = tmp_path / case
         shutil.copytree(search, copy, ignore=shutil.ignore_patterns("evaluation", "killed", "trial_*"))
         keep(pd.read_parquet(search / "trials.parquet")).to_parquet(copy / "trials.parquet")
@@ -192,7 +216,8 @@ def _copy_of_the_search(search: Path, copy: Path) -> Path:
 
 
 def test_an_evaluation_stopped_before_ray_saved_anything_is_continued_by_the_command_evaluate_prints(
-        search, tmp_path, capsys):
+    search, tmp_path, capsys
+):
     """The dead end of a kill between writing evaluation.json and Tune's first snapshot: the
     `resume` that `evaluate` then advises starts the planned runs in place."""
     import subprocess
@@ -201,14 +226,20 @@ def test_an_evaluation_stopped_before_ray_saved_anything_is_continued_by_the_com
     import yaml
 
     from fundus_search.results.layout import EvaluationFolder, SearchFolder
+
     copy = _copy_of_the_search(search, tmp_path / "s")
     config = yaml.safe_load((copy / "config.yaml").read_text())
     config["search"]["space"].update(init=["random"], strategy=["lp"])  # 1 cell x (fold 0 + test split): 2 runs
     (copy / "config.yaml").write_text(yaml.safe_dump(config))
     SearchFolder(path=copy, name="s", num_samples=4).write()  # a plain search, not a study: no report to write
     (copy / "evaluation").mkdir()
-    EvaluationFolder(path=copy / "evaluation", name="evaluation", search_name="s", runs=2,
-                     request={"top": 1, "seeds": 1, "repeats": 1, "folds": [0], "epochs": "best"}).write()
+    EvaluationFolder(
+        path=copy / "evaluation",
+        name="evaluation",
+        search_name="s",
+        runs=2,
+        request={"top": 1, "seeds": 1, "repeats": 1, "folds": [0], "epochs": "best"},
+    ).write()
     assert main(["evaluate", str(copy)]) == 2
     err = capsys.readouterr().err
     assert f"continue it with `fundus-search resume {copy / 'evaluation'}`" in err, err
@@ -249,10 +280,13 @@ def test_the_studys_embedded_ray_listens_on_loopback_only(search):
     import tempfile
 
     from tests.helpers import STUDY_SOCKETS, exposed
+
     recorded = json.loads((search.parent.parent / STUDY_SOCKETS).read_text())
     sockets = recorded["sockets"]
     assert len(sockets) >= 5, f"expected GCS, raylet, agents and workers, found {sockets}"
     assert not exposed(sockets), f"listening beyond 127.0.0.1: {exposed(sockets)}"
     private = Path(tempfile.gettempdir()) / f"fundus-search-{os.getuid()}"  # not the shared /tmp/ray
-    assert f"{private}/ray/session_" in " ".join(recorded["command_lines"]), "the embedded Ray keeps its session elsewhere"
+    assert f"{private}/ray/session_" in " ".join(recorded["command_lines"]), (
+        "the embedded Ray keeps its session elsewhere"
+    )
     assert stat.S_IMODE(private.stat().st_mode) == 0o700, "others can enter the folder of Ray's sessions"

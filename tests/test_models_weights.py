@@ -35,8 +35,12 @@ def flair_files(flair_state, tmp_path_factory) -> dict[str, Path]:
     hf = folder / "hf"
     hf.mkdir()
     save_file({k: v.contiguous() for k, v in flair_state.items()}, hf / "model.safetensors")
-    return {"pth": folder / "flair_resnet.pth", "wrapped": folder / "wrapped.pth", "safetensors": hf / "model.safetensors",
-            "folder": hf}
+    return {
+        "pth": folder / "flair_resnet.pth",
+        "wrapped": folder / "wrapped.pth",
+        "safetensors": hf / "model.safetensors",
+        "folder": hf,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +50,7 @@ def reference(flair_state) -> tuple[torch.Tensor, dict[bool, torch.Tensor]]:
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     resnet = torchvision.models.resnet50(weights=None)
     resnet.fc = torch.nn.Identity()
-    resnet.load_state_dict({k[len(FLAIR_PREFIX):]: v for k, v in flair_state.items() if k.startswith(FLAIR_PREFIX)})
+    resnet.load_state_dict({k[len(FLAIR_PREFIX) :]: v for k, v in flair_state.items() if k.startswith(FLAIR_PREFIX)})
     with torch.no_grad():
         features = resnet.eval()(x)
     projected = F.normalize(F.normalize(features, dim=-1) @ flair_state[FLAIR_PROJECTION_KEY].T, dim=-1)
@@ -70,8 +74,12 @@ def _write(tmp_path, state, name="w.pth") -> Path:
 
 
 def test_missing_flair_file_names_the_path(tmp_path):
-    with pytest.raises(WeightsError, match=r"model.inits.flair.path: no such file .*nothere.pth; put the FLAIR weights there"):
-        build_feature_net(InitSpec(source="flair", path=tmp_path / "nothere.pth"), "resnet50", where="model.inits.flair")
+    with pytest.raises(
+        WeightsError, match=r"model.inits.flair.path: no such file .*nothere.pth; put the FLAIR weights there"
+    ):
+        build_feature_net(
+            InitSpec(source="flair", path=tmp_path / "nothere.pth"), "resnet50", where="model.inits.flair"
+        )
 
 
 def test_not_a_checkpoint(tmp_path):
@@ -89,13 +97,18 @@ def test_checkpoint_without_flair_keys(tmp_path):
 def test_shape_mismatch_names_key_and_both_shapes(tmp_path, flair_state):
     broken = dict(flair_state)
     broken[FLAIR_PREFIX + "layer1.0.conv1.weight"] = torch.zeros(64, 64, 3, 3)
-    with pytest.raises(WeightsError, match=r"shape mismatch at layer1.0.conv1.weight: checkpoint \(64, 64, 3, 3\), "
-                                           r"resnet50 expects \(64, 64, 1, 1\)"):
+    with pytest.raises(
+        WeightsError,
+        match=r"shape mismatch at layer1.0.conv1.weight: checkpoint \(64, 64, 3, 3\), "
+        r"resnet50 expects \(64, 64, 1, 1\)",
+    ):
         build_feature_net(InitSpec(source="flair", path=_write(tmp_path, broken)), "resnet50")
 
 
 def test_architecture_mismatch_says_which_backbone(flair_files):
-    with pytest.raises(WeightsError, match=r"checkpoint is a resnet50 but model.backbone is resnet18; set model.backbone: resnet50"):
+    with pytest.raises(
+        WeightsError, match=r"checkpoint is a resnet50 but model.backbone is resnet18; set model.backbone: resnet50"
+    ):
         build_feature_net(InitSpec(source="flair", path=flair_files["pth"]), "resnet18")
 
 
@@ -119,7 +132,9 @@ def test_torchvision_weights_resolve_from_torch_home(tmp_path, monkeypatch):
     weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
     name = Path(weights.url).name  # resnet18-f37072fd.pth
     init = InitSpec(source="torchvision", weights="IMAGENET1K_V1")
-    with pytest.raises(WeightsError, match=rf"{name} not found in {tmp_path}/hub/checkpoints; this tool never downloads"):
+    with pytest.raises(
+        WeightsError, match=rf"{name} not found in {tmp_path}/hub/checkpoints; this tool never downloads"
+    ):
         build_feature_net(init, "resnet18", where="model.inits.imagenet")
     torch.manual_seed(1)
     source = torchvision.models.resnet18(weights=None)
@@ -131,7 +146,10 @@ def test_torchvision_weights_resolve_from_torch_home(tmp_path, monkeypatch):
 
 
 def test_unknown_torchvision_enum_member_lists_valid_ones():
-    with pytest.raises(WeightsError, match=r"'IMAGENET9K' is not a ResNet50_Weights member; use one of \['IMAGENET1K_V1', 'IMAGENET1K_V2'\]"):
+    with pytest.raises(
+        WeightsError,
+        match=r"'IMAGENET9K' is not a ResNet50_Weights member; use one of \['IMAGENET1K_V1', 'IMAGENET1K_V2'\]",
+    ):
         build_feature_net(InitSpec(source="torchvision", weights="IMAGENET9K"), "resnet50")
 
 
@@ -164,6 +182,7 @@ def test_imagenet_normalisation_is_applied_inside_the_network():
 @pytest.mark.parametrize("name", sorted(WEIGHT_SOURCES))
 def test_every_weight_source_brings_a_known_normalisation(name):
     from fundus_search.models import NORMALIZATIONS
+
     source = WEIGHT_SOURCES[name]
     assert source.normalize in NORMALIZATIONS, f"{name}: normalisation {source.normalize!r} is not registered"
     assert InitSpec(source=name).normalize == source.normalize

@@ -32,8 +32,10 @@ def report(evaluated_search, tmp_path_factory) -> str:
 
 
 def images_of(page: str) -> list[Image.Image]:
-    return [Image.open(io.BytesIO(base64.b64decode(data)))
-            for data in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
+    return [
+        Image.open(io.BytesIO(base64.b64decode(data)))
+        for data in re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    ]
 
 
 def test_the_report_holds_every_section_and_every_figure_is_an_image(report):
@@ -50,7 +52,7 @@ def test_the_report_holds_every_section_and_every_figure_is_an_image(report):
 def test_the_answer_shows_the_numbers_of_the_parquet_files(report, evaluated_search):
     runs, predictions = load_evaluation(evaluated_search / "evaluation")
     table = evaluation_table(runs, predictions)
-    answer = report[report.index('id="answer"'):report.index('id="diagnostics"')]
+    answer = report[report.index('id="answer"') : report.index('id="diagnostics"')]
     for r in table.itertuples():
         for metric in ("kappa", "f1", "specificity", "average"):
             mean, std = getattr(r, f"{metric}_mean"), getattr(r, f"{metric}_std")
@@ -58,11 +60,20 @@ def test_the_answer_shows_the_numbers_of_the_parquet_files(report, evaluated_sea
         assert f"{r.oof_auc:.3f}" in answer and f"{r.search_score:.3f}" in answer
     comparisons = pd.read_parquet(evaluated_search / "evaluation" / "comparisons.parquet")
     cv = comparisons[comparisons["split"] == "cv"]
-    assert len(cv) and answer.index("<h3>Verdict</h3>") < answer.index("Secondary comparisons") < answer.index("All metrics")
+    assert len(cv) and answer.index("<h3>Verdict</h3>") < answer.index("Secondary comparisons") < answer.index(
+        "All metrics"
+    )
     for c in cv[cv["family"] == "primary"].itertuples():
         head = f"{c.within}: {c.name_a} - {c.name_b} = {c.difference:+.3f} average"
-        assert head + (": not testable" if isinstance(c.reason, str) else
-                       f" [95% CI {c.ci_low:+.3f}, {c.ci_high:+.3f}], Holm p = ") in answer, head
+        assert (
+            head
+            + (
+                ": not testable"
+                if isinstance(c.reason, str)
+                else f" [95% CI {c.ci_low:+.3f}, {c.ci_high:+.3f}], Holm p = "
+            )
+            in answer
+        ), head
     for c in cv[cv["family"] == "secondary"].itertuples():
         assert f"<td>{c.comparison}</td>\n      <td>{c.difference:+.3f}</td>" in answer, c.comparison
 
@@ -73,7 +84,7 @@ def test_a_search_without_evaluation_is_reported_and_says_how_to_evaluate(evalua
     assert main(["report", str(search)]) == 0
     page = (search / "report.html").read_text(encoding="utf-8")
     for key in ("answer", "diagnostics"):
-        section = page[page.index(f'id="{key}"'):]
+        section = page[page.index(f'id="{key}"') :]
         assert f"fundus-search evaluate {search}" in section[:2000]
     assert len(images_of(page)) >= 3, "the search's own figures are there"
 
@@ -89,10 +100,24 @@ def test_a_real_browser_renders_the_report_offline_without_errors(evaluated_sear
     out = tmp_path / "report.html"
     assert main(["report", str(evaluated_search), "-o", str(out)]) == 0
     shot = tmp_path / "page.png"
-    done = subprocess.run([chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                           "--window-size=1200,6000", f"--screenshot={shot}", "--enable-logging=stderr", "--v=0",
-                           "--host-resolver-rules=MAP * ~NOTFOUND",  # no network: every name fails to resolve
-                           f"file://{out}"], capture_output=True, text=True, timeout=180)
+    done = subprocess.run(
+        [
+            chromium(),
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1200,6000",
+            f"--screenshot={shot}",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--host-resolver-rules=MAP * ~NOTFOUND",  # no network: every name fails to resolve
+            f"file://{out}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert shot.exists(), done.stderr[-2000:]
     console = [line for line in done.stderr.splitlines() if "CONSOLE" in line]
     assert not console, f"the page logged: {console}"
@@ -108,19 +133,35 @@ def test_a_real_browser_renders_the_report_offline_without_errors(evaluated_sear
     page: d.documentElement.scrollWidth - d.documentElement.clientWidth,
     verdict: text.indexOf("Verdict"), metrics: text.indexOf("All metrics")});
 };</script></body></html>""")
-    dom = subprocess.run([chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
-                          "--virtual-time-budget=10000", "--host-resolver-rules=MAP * ~NOTFOUND", "--dump-dom",
-                          f"file://{probe}"], capture_output=True, text=True, timeout=180).stdout
+    dom = subprocess.run(
+        [
+            chromium(),
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--allow-file-access-from-files",
+            "--virtual-time-budget=10000",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            "--dump-dom",
+            f"file://{probe}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    ).stdout
     laid_out = json.loads(html.unescape(re.search(r'data-result="([^"]*)"', dom).group(1)))
     assert laid_out["page"] <= 0 and max(laid_out["tables"]) <= 0, f"scrolls sideways at 1400 px: {laid_out}"
     assert 0 <= laid_out["verdict"] < laid_out["metrics"], laid_out
 
 
-@pytest.mark.parametrize("case,message", [
-    ("not-a-search", "not a search folder"),
-    ("empty-search", "the search has no trials yet"),
-    ("no-such-folder", "-o: no folder"),
-])
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("not-a-search", "not a search folder"),
+        ("empty-search", "the search has no trials yet"),
+        ("no-such-folder", "-o: no folder"),
+    ],
+)
 def test_report_mistakes_are_one_line_and_exit_2(case, message, evaluated_search, tmp_path, capsys):
     folder, argv = tmp_path / case, []
     folder.mkdir()

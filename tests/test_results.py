@@ -87,6 +87,7 @@ print(json.dumps({"outcome": outcome, "written": written, "rows_on_disk": len(on
 
 def test_a_full_disk_leaves_readable_parquet_and_no_temporary_file(tmp_path):
     import sys
+
     done = run_on_a_small_filesystem([sys.executable, "-c", _FILL_THE_STORE, str(tmp_path / "fs")], tmp_path / "fs")
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)

@@ -3,6 +3,7 @@ and resume trusts only folders no one else could have written."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -24,10 +25,8 @@ CLI = str(Path(sys.executable).parent / "fundus-search")
 
 def _kill_group(pgid: int) -> None:
     """Stop whatever the killed driver left running in its own process group (its Ray)."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 _KILL_AFTER_SUGGESTION = """
@@ -55,15 +54,24 @@ def test_a_killed_driver_resumes_with_nothing_lost_or_twice_and_every_cell_run(t
     import optuna
 
     inits = {"random": {"source": "random"}, "scratch": {"source": "random"}}
-    config = tiny_search_config(storage=tmp_path / "runs", num_samples=4, max_epochs=2, strategies=("lp", "ft"),
-                                scheduler={"type": "fifo"}, inits=inits)
+    config = tiny_search_config(
+        storage=tmp_path / "runs",
+        num_samples=4,
+        max_epochs=2,
+        strategies=("lp", "ft"),
+        scheduler={"type": "fifo"},
+        inits=inits,
+    )
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     folder = tmp_path / "runs" / "window"
     # Own session: Ray's processes started by this driver share its process group, so they can
     # be cleaned up exactly (and only them) after the driver is killed.
-    driver = subprocess.Popen([sys.executable, "-c", _KILL_AFTER_SUGGESTION, "3", "run", str(tmp_path / "c.yaml"),
-                               "--name", "window"], start_new_session=True, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    driver = subprocess.Popen(
+        [sys.executable, "-c", _KILL_AFTER_SUGGESTION, "3", "run", str(tmp_path / "c.yaml"), "--name", "window"],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         assert driver.wait(timeout=400) == -signal.SIGKILL, "the driver was not killed at its third suggestion"
     finally:
@@ -80,6 +88,7 @@ def test_a_killed_driver_resumes_with_nothing_lost_or_twice_and_every_cell_run(t
     shutil.copytree(folder, copy, symlinks=True)
     shutil.rmtree(folder)
     from fundus_search.search.cli.main import main  # refused before Ray starts: in this process
+
     assert main(["run", str(tmp_path / "c.yaml"), "--name", "window-copy"]) == 2
     err = capsys.readouterr().err
     assert f"`fundus-search resume {copy}`" in err, err
@@ -95,12 +104,15 @@ def test_a_killed_driver_resumes_with_nothing_lost_or_twice_and_every_cell_run(t
     assert not epochs.duplicated(["trial_id", "epoch"]).any(), "a resumed epoch was written twice"
     assert sorted(epochs.groupby("trial_id")["epoch"].apply(list).map(tuple)) == [(1, 2)] * 4, "an epoch is lost"
     assert json.loads((folder / "search.json").read_text())["num_samples"] == 4
-    assert len(set(zip(trials["init"], trials["strategy"]))) == 4, "a cell of the table was never run"
+    assert len(set(zip(trials["init"], trials["strategy"], strict=True))) == 4, "a cell of the table was never run"
     assert len(list((folder / "tensorboard").iterdir())) == 4, "TensorBoard runs of the resumed trials missing"
     study = optuna.load_study(study_name="window", storage=f"sqlite:///{folder / 'optuna.db'}")
     assert study.trials[2].state == optuna.trial.TrialState.FAIL
-    requeued = [t for t in study.trials[3:] if t.params.get("init") == orphan.params["init"]
-                and t.params.get("strategy") == orphan.params["strategy"]]
+    requeued = [
+        t
+        for t in study.trials[3:]
+        if t.params.get("init") == orphan.params["init"] and t.params.get("strategy") == orphan.params["strategy"]
+    ]
     assert requeued and requeued[0].state == optuna.trial.TrialState.COMPLETE
 
 
@@ -109,6 +121,7 @@ def test_resume_refuses_a_folder_others_could_have_written(problem, tmp_path, ca
     import os
 
     from fundus_search.search.cli.main import main
+
     folder = tmp_path / "search"
     folder.mkdir()
     (folder / "search.json").write_text("{}")

@@ -24,8 +24,9 @@ def decisions(scheduler, reports) -> dict[str, str]:
 
 
 def scheduler(stratify_by) -> StratifiedASHA:
-    return StratifiedASHA(stratify_by=stratify_by, metric="val_average", mode="max", max_t=9, grace_period=1,
-                          reduction_factor=2)
+    return StratifiedASHA(
+        stratify_by=stratify_by, metric="val_average", mode="max", max_t=9, grace_period=1, reduction_factor=2
+    )
 
 
 def reports():
@@ -35,8 +36,7 @@ def reports():
     """
     flair = [make_trial(f"f{i}", "flair") for i in range(3)]
     rand = [make_trial("r0", "random"), make_trial("r1", "random")]
-    return ([(t, 1, 0.8 + 0.05 * i) for i, t in enumerate(flair)]
-            + [(rand[1], 1, 0.40), (rand[0], 1, 0.30)])
+    return [(t, 1, 0.8 + 0.05 * i) for i, t in enumerate(flair)] + [(rand[1], 1, 0.40), (rand[0], 1, 0.30)]
 
 
 def test_stratified_asha_never_compares_across_cells():
@@ -53,8 +53,14 @@ def test_plain_asha_prunes_slow_inits_against_fast_ones():
 
 def test_cells_are_created_per_init_and_strategy():
     s = scheduler(("init", "strategy"))
-    decisions(s, [(make_trial("a", "flair", "lp"), 1, 0.5), (make_trial("b", "flair", "ft"), 1, 0.5),
-                  (make_trial("c", "random", "lp"), 1, 0.5)])
+    decisions(
+        s,
+        [
+            (make_trial("a", "flair", "lp"), 1, 0.5),
+            (make_trial("b", "flair", "ft"), 1, 0.5),
+            (make_trial("c", "random", "lp"), 1, 0.5),
+        ],
+    )
     assert set(s.cells) == {("flair", "lp"), ("flair", "ft"), ("random", "lp")}
 
 

@@ -29,7 +29,9 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers c
 
 @pytest.fixture(scope="module")
 def ray_2_cpus():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024**2, log_to_driver=False)
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, object_store_memory=300 * 1024**2, log_to_driver=False
+    )
     yield
     ray.shutdown()
 
@@ -38,6 +40,7 @@ def ray_2_cpus():
 def search(ray_2_cpus, pretrained_flair, tmp_path_factory):
     """One 8-trial search shared by the checks below."""
     import yaml
+
     folder = tmp_path_factory.mktemp("search")
     config = folder / "config.yaml"
     config.write_text(yaml.safe_dump(tiny_search_config(storage=folder / "runs", flair=pretrained_flair)))
@@ -55,7 +58,7 @@ def test_parquet_files_have_the_documented_schema(search):
     trials = pd.read_parquet(search / "trials.parquet")
     assert len(trials) == 8 and set(trials["status"]) <= {"completed", "stopped_early"}
     assert trials["trial_id"].is_unique and sorted(trials["optuna_number"]) == list(range(8))
-    assert len(set(zip(trials["init"], trials["strategy"]))) == 6, "the first 6 trials cover every cell"
+    assert len(set(zip(trials["init"], trials["strategy"], strict=True))) == 6, "the first 6 trials cover every cell"
     epochs = pd.read_parquet(search / "epochs.parquet")
     assert not epochs.duplicated(["trial_id", "epoch"]).any()
     for trial_id, rows in epochs.groupby("trial_id"):
@@ -140,8 +143,10 @@ def _fail_once_after_epoch_3(params, **kwargs):
 
 def test_a_failed_trial_is_retried_exactly_from_its_last_checkpoint(ray_2_cpus, tmp_path):
     import yaml
-    config = tiny_search_config(storage=tmp_path / "runs", num_samples=2, max_epochs=4, strategies=("ft",),
-                                scheduler={"type": "fifo"})
+
+    config = tiny_search_config(
+        storage=tmp_path / "runs", num_samples=2, max_epochs=4, strategies=("ft",), scheduler={"type": "fifo"}
+    )
     config["storage"]["checkpoint_every"] = 2
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     paths, _ = start_search(tmp_path / "c.yaml", name="retry", train_fn=_fail_once_after_epoch_3)
@@ -157,11 +162,13 @@ def test_a_failed_trial_is_retried_exactly_from_its_last_checkpoint(ray_2_cpus, 
         results = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
         assert [r["epoch"] for r in results] == [1, 2, 3, 3, 4]
         first, redone = results[2], results[3]
-        assert {k: first[k] for k in ("train_loss", "val_average", "val_auc")} == \
-               {k: redone[k] for k in ("train_loss", "val_average", "val_auc")}
+        assert {k: first[k] for k in ("train_loss", "val_average", "val_auc")} == {
+            k: redone[k] for k in ("train_loss", "val_average", "val_auc")
+        }
 
 
 # ---- failures say what happened ----
+
 
 def _raise_in_flair_trials(params, **kwargs):
     """The real trainable, except that flair trials raise a Python exception."""
@@ -174,6 +181,7 @@ def _kill_the_worker(params, **kwargs):
     """A trial whose worker process dies (as under the kernel's OOM killer)."""
     import os
     import signal
+
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -181,8 +189,15 @@ def test_failed_trials_carry_their_error_and_the_run_says_how_many(ray_2_cpus, p
     import yaml
 
     from fundus_search.search.cli.run import summarise
-    config = tiny_search_config(storage=tmp_path / "runs", flair=pretrained_flair, num_samples=2, max_epochs=1,
-                                strategies=("lp",), scheduler={"type": "fifo"})
+
+    config = tiny_search_config(
+        storage=tmp_path / "runs",
+        flair=pretrained_flair,
+        num_samples=2,
+        max_epochs=1,
+        strategies=("lp",),
+        scheduler={"type": "fifo"},
+    )
     config["storage"]["max_failures"] = 0
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     paths, _ = start_search(tmp_path / "c.yaml", name="some-fail", train_fn=_raise_in_flair_trials)
@@ -202,8 +217,10 @@ def test_a_killed_worker_is_an_error_with_a_message_and_all_failing_is_one_line(
 
     from fundus_search.vocabulary import UserError
     from fundus_search.search.cli.run import summarise
-    config = tiny_search_config(storage=tmp_path / "runs", num_samples=2, max_epochs=1, strategies=("lp",),
-                                scheduler={"type": "fifo"})
+
+    config = tiny_search_config(
+        storage=tmp_path / "runs", num_samples=2, max_epochs=1, strategies=("lp",), scheduler={"type": "fifo"}
+    )
     config["storage"]["max_failures"] = 0
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     paths, _ = start_search(tmp_path / "c.yaml", name="killed-workers", train_fn=_kill_the_worker)
@@ -217,17 +234,16 @@ def test_a_killed_worker_is_an_error_with_a_message_and_all_failing_is_one_line(
 # ---- refused before anything is written ----
 
 
-
-
-
-
-
 def test_every_reported_key_has_a_column_and_an_unknown_key_is_an_error(search):
     from types import SimpleNamespace
 
     from fundus_search.search.engine.callbacks import epoch_row, unknown_report_keys
-    reports = [json.loads(line) for trial_dir in search.glob("trial_*")
-               for line in (trial_dir / "result.json").read_text().splitlines()]
+
+    reports = [
+        json.loads(line)
+        for trial_dir in search.glob("trial_*")
+        for line in (trial_dir / "result.json").read_text().splitlines()
+    ]
     assert reports and all(unknown_report_keys(r) == [] for r in reports)
     with pytest.raises(ValueError, match=r"reported \['val_magic'\], which no column of results.store stores"):
         epoch_row(SimpleNamespace(trial_id="t"), {**reports[0], "val_magic": 0.5})
@@ -243,10 +259,14 @@ def test_a_trial_no_node_can_hold_is_refused_before_the_folder_is_written(ray_2_
     import yaml
 
     from fundus_search.search.errors import SearchError
+
     config = tiny_search_config(storage=tmp_path / "runs", num_samples=1)
     config["resources"]["cpus_per_trial"] = 64
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    with pytest.raises(SearchError, match=r"resources.cpus_per_trial: 64 CPUs per trial, but the largest node of the "
-                                          r"Ray cluster has 2; ask for at most 2"):
+    with pytest.raises(
+        SearchError,
+        match=r"resources.cpus_per_trial: 64 CPUs per trial, but the largest node of the "
+        r"Ray cluster has 2; ask for at most 2",
+    ):
         start_search(tmp_path / "c.yaml", name="too-big")
     assert not (tmp_path / "runs" / "too-big").exists()

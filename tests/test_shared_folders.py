@@ -131,13 +131,32 @@ def an_unfinished_evaluation(search: Path, *, belongs_to: str | None = None) -> 
     """An evaluation killed right after its first row: one running run of 4 planned, no prediction."""
     folder = search / "evaluation"
     store = ResultsStore(str(folder), search="evaluation", tables=EVALUATION_TABLES)
-    store.put("runs.parquet", {"run_id": "random-lp-1-fold0-seed0", "config_id": "random-lp-1", "rank": 1,
-                               "split": "cv", "fold": 0, "seed": 0, "status": "running"})
+    store.put(
+        "runs.parquet",
+        {
+            "run_id": "random-lp-1-fold0-seed0",
+            "config_id": "random-lp-1",
+            "rank": 1,
+            "split": "cv",
+            "fold": 0,
+            "seed": 0,
+            "status": "running",
+        },
+    )
     store.close()
-    planned = [{"run_id": f"{c}-fold{f}-seed0", "config_id": c, "split": "cv", "fold": f, "seed": 0}
-               for c in ("random-lp-1", "random-ft-1") for f in (0, 1)]
-    EvaluationFolder(path=folder, name="evaluation", search_name=belongs_to or search.name, request={"seeds": 1},
-                     runs=4, planned=planned).write()
+    planned = [
+        {"run_id": f"{c}-fold{f}-seed0", "config_id": c, "split": "cv", "fold": f, "seed": 0}
+        for c in ("random-lp-1", "random-ft-1")
+        for f in (0, 1)
+    ]
+    EvaluationFolder(
+        path=folder,
+        name="evaluation",
+        search_name=belongs_to or search.name,
+        request={"seeds": 1},
+        runs=4,
+        planned=planned,
+    ).write()
     return folder
 
 
@@ -146,8 +165,10 @@ def test_an_unfinished_evaluation_says_how_much_is_missing_and_never_crashes(tmp
     evaluation = an_unfinished_evaluation(search)
     assert main(["table", str(search), "--evaluation"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("INCOMPLETE: 0 of 4 runs finished; missing: random-lp-1: fold 0 seed 0, fold 1 seed 0; "
-                          f"random-ft-1: fold 0 seed 0, fold 1 seed 0; continue with: fundus-search resume {evaluation}")
+    assert out.startswith(
+        "INCOMPLETE: 0 of 4 runs finished; missing: random-lp-1: fold 0 seed 0, fold 1 seed 0; "
+        f"random-ft-1: fold 0 seed 0, fold 1 seed 0; continue with: fundus-search resume {evaluation}"
+    )
     assert main(["report", str(search)]) == 0
     page = (search / "report.html").read_text()
     assert "Incomplete evaluation: 0 of 4 runs finished" in page and "No run of the evaluation has finished yet" in page
@@ -166,10 +187,13 @@ def test_the_report_shows_only_this_searchs_evaluation_and_a_named_one_on_reques
     assert "no evaluation 'seeds5' here" in err and len(err.strip().splitlines()) == 1, err
 
 
-@pytest.mark.parametrize("scheduler,message", [
-    ({"type": "asha", "grace_period": 1, "reduction_factor": 1}, "search.scheduler.reduction_factor: must be >= 2"),
-    ({"type": "asha", "grace_period": 0, "reduction_factor": 2}, "search.scheduler.grace_period: must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "scheduler,message",
+    [
+        ({"type": "asha", "grace_period": 1, "reduction_factor": 1}, "search.scheduler.reduction_factor: must be >= 2"),
+        ({"type": "asha", "grace_period": 0, "reduction_factor": 2}, "search.scheduler.grace_period: must be >= 1"),
+    ],
+)
 @pytest.mark.timeout(60)
 def test_report_checks_the_stored_config_as_run_does_and_never_hangs(scheduler, message, tmp_path, capsys):
     search = a_search_folder(tmp_path / "s", scheduler=scheduler)
@@ -179,5 +203,6 @@ def test_report_checks_the_stored_config_as_run_does_and_never_hangs(scheduler, 
     assert not (search / "report.html").exists()
     from fundus_search.results.report import write_report
     from fundus_search.results.query import ResultsError
+
     with pytest.raises(ResultsError, match="not a config fundus-search wrote"):  # the library alone: no loop either
         write_report(search)

@@ -13,11 +13,15 @@ from fundus_search.search.study.space import SearchSpace
 
 
 def space_of(lp_solver: str = "adamw", **space) -> SearchSpace:
-    return SearchSpace(Config.model_validate({
-        "model": {"backbone": "resnet18", "inits": {"a": {"source": "random"}, "b": {"source": "random"}}},
-        "training": {"lp_solver": lp_solver},
-        "search": {"space": {"strategy": ["lp", "ft", "lp_ft"], **space}},
-    }))
+    return SearchSpace(
+        Config.model_validate(
+            {
+                "model": {"backbone": "resnet18", "inits": {"a": {"source": "random"}, "b": {"source": "random"}}},
+                "training": {"lp_solver": lp_solver},
+                "search": {"space": {"strategy": ["lp", "ft", "lp_ft"], **space}},
+            }
+        )
+    )
 
 
 def sample(space: SearchSpace, n: int = 60) -> list[dict]:
@@ -46,8 +50,9 @@ def test_an_lbfgs_probe_searches_no_probe_learning_rate_or_warm_up_length():
 
 
 def test_ranges_are_respected_and_choices_are_exact():
-    space = space_of(lp_lr=[1e-4, 1e-1], ft_lr={"choices": [1e-5, 1e-4, 1e-3]}, lp_epochs={"choices": [2, 8]},
-                     weight_decay=1e-4)
+    space = space_of(
+        lp_lr=[1e-4, 1e-1], ft_lr={"choices": [1e-5, 1e-4, 1e-3]}, lp_epochs={"choices": [2, 8]}, weight_decay=1e-4
+    )
     points = sample(space)
     lp = [p["lp_lr"] for p in points if "lp_lr" in p]
     assert all(1e-4 <= v <= 1e-1 for v in lp) and len(set(lp)) == len(lp)  # continuous
@@ -60,11 +65,13 @@ def test_one_first_point_per_init_and_strategy_cell():
     assert space_of().cell_points() == [{"init": i, "strategy": s} for i in ("a", "b") for s in ("lp", "ft", "lp_ft")]
 
 
-@pytest.mark.parametrize("kind,expected", [("tpe", optuna.samplers.TPESampler), ("random", optuna.samplers.RandomSampler)])
+@pytest.mark.parametrize(
+    "kind,expected", [("tpe", optuna.samplers.TPESampler), ("random", optuna.samplers.RandomSampler)]
+)
 def test_sampler_kinds(kind, expected):
     assert isinstance(make_sampler(kind, seed=0), expected)
 
 
 def test_random_sampler_is_seeded():
     first, second = (sample(space_of(), n=10) for _ in range(2))
-    assert all(math.isclose(a.get("ft_lr", 0), b.get("ft_lr", 0)) for a, b in zip(first, second))
+    assert all(math.isclose(a.get("ft_lr", 0), b.get("ft_lr", 0)) for a, b in zip(first, second, strict=True))

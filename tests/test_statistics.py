@@ -11,8 +11,14 @@ import pytest
 from scipy import stats
 
 from fundus_search.metrics import classification_metrics
-from fundus_search.statistics import (average_from_counts, bayesian_correlated_ttest, benjamini_hochberg, bootstrap_spread,
-                                corrected_cv_ttest, holm)
+from fundus_search.statistics import (
+    average_from_counts,
+    bayesian_correlated_ttest,
+    benjamini_hochberg,
+    bootstrap_spread,
+    corrected_cv_ttest,
+    holm,
+)
 
 # 5 folds x 2 repeats of (seed-averaged) differences; a run trains on 400 images and scores 100
 D = np.array([0.04, 0.01, 0.06, -0.02, 0.03, 0.05, 0.00, 0.02, 0.04, 0.01])
@@ -81,7 +87,8 @@ def test_bootstrap_spread_is_reproducible_averages_seeds_and_has_no_p_value():
     first = bootstrap_spread(y, a, b, resamples=300, seed=3)
     assert first == bootstrap_spread(y, a, b, resamples=300, seed=3)
     expected = np.mean([classification_metrics(y, s)["average"] for s in a]) - np.mean(
-        [classification_metrics(y, s)["average"] for s in b])
+        [classification_metrics(y, s)["average"] for s in b]
+    )
     assert first.difference == pytest.approx(expected)
     assert first.ci_low < expected < first.ci_high and first.n == 120
     assert not hasattr(first, "p_value")

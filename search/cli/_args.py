@@ -19,7 +19,9 @@ def number_above(minimum: float, kind: type = float, *, inclusive: bool = False)
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'} (got {text!r})")
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'} (got {text!r})"
+            ) from None
         if value < minimum or (value == minimum and not inclusive):
             raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {minimum} (got {text})")
         return value

@@ -51,8 +51,10 @@ def check_command(args: argparse.Namespace) -> int:
         print(f"  {name:<32} {count}")
     if len(sizes):
         common = Counter(f"{w}x{h}" for h, w in sizes).most_common(3)
-        print(f"size (WxH): min {sizes[:, 1].min()}x{sizes[:, 0].min()}, "
-              f"max {sizes[:, 1].max()}x{sizes[:, 0].max()}, most common {common}")
+        print(
+            f"size (WxH): min {sizes[:, 1].min()}x{sizes[:, 0].min()}, "
+            f"max {sizes[:, 1].max()}x{sizes[:, 0].max()}, most common {common}"
+        )
     if not bad:
         print("ok: no problems found")
         return 0
@@ -81,8 +83,13 @@ def synth_command(args: argparse.Namespace) -> int:
     from fundus_search.data_io import SyntheticSpec
     from fundus_search.data_io.synthetic import write_cgi_hrdc
 
-    given = {"n": args.n, "size": args.size, "seed": args.seed, "difficulty": args.difficulty,
-             "positive_fraction": args.positive_fraction}
+    given = {
+        "n": args.n,
+        "size": args.size,
+        "seed": args.seed,
+        "difficulty": args.difficulty,
+        "positive_fraction": args.positive_fraction,
+    }
     spec = SyntheticSpec(**{k: v for k, v in given.items() if v is not None})
     root = write_cgi_hrdc(spec, args.out_dir, task=args.task)
     print(f"wrote {spec.n} images ({spec.size} px) in the CGI-HRDC layout under {root.absolute()}")

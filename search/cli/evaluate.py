@@ -12,8 +12,11 @@ from fundus_search.search.cli._args import UsageError, folder_name, number_above
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
-    evaluate = commands.add_parser("evaluate", help="retrain each cell's best configurations on every fold of a "
-                                                    "repeated k-fold and compare them (the study's answer)")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="retrain each cell's best configurations on every fold of a "
+        "repeated k-fold and compare them (the study's answer)",
+    )
     evaluate.add_argument("results", type=Path, help="a finished (or resumed) search folder")
     add_request_arguments(evaluate)
     evaluate.add_argument("--name", type=folder_name, help="evaluation folder inside the search (default: evaluation)")
@@ -23,23 +26,35 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
 def add_request_arguments(parser: argparse.ArgumentParser) -> None:
     """What to evaluate (`evaluate` and `study`): --top, --repeats, --seeds, --folds, --epochs."""
-    parser.add_argument("--top", type=number_above(1, int, inclusive=True), default=1,
-                        help="configurations per init x strategy cell, best first (default 1)")
-    parser.add_argument("--repeats", type=number_above(1, int, inclusive=True),
-                        help="partitions of the repeated k-fold, repeat 0 the search's (default: the config's "
-                             "evaluation.repeats, 2)")
-    parser.add_argument("--seeds", type=number_above(1, int, inclusive=True),
-                        help="seeds per fold, averaged within the fold (default: evaluation.seeds, 1)")
+    parser.add_argument(
+        "--top",
+        type=number_above(1, int, inclusive=True),
+        default=1,
+        help="configurations per init x strategy cell, best first (default 1)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=number_above(1, int, inclusive=True),
+        help="partitions of the repeated k-fold, repeat 0 the search's (default: the config's evaluation.repeats, 2)",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=number_above(1, int, inclusive=True),
+        help="seeds per fold, averaged within the fold (default: evaluation.seeds, 1)",
+    )
     parser.add_argument("--folds", type=fold_list, help="comma-separated folds, e.g. 0,2 (default: all)")
-    parser.add_argument("--epochs", choices=("best", "max"), default="best",
-                        help="epochs per run: the configuration's best epoch in the search, or search.max_epochs")
+    parser.add_argument(
+        "--epochs",
+        choices=("best", "max"),
+        default="best",
+        help="epochs per run: the configuration's best epoch in the search, or search.max_epochs",
+    )
 
 
 def evaluation_request(args: argparse.Namespace):
     from fundus_search.search.evaluate.retrain import EvaluationRequest
 
-    return EvaluationRequest(top=args.top, seeds=args.seeds, folds=args.folds, epochs=args.epochs,
-                             repeats=args.repeats)
+    return EvaluationRequest(top=args.top, seeds=args.seeds, folds=args.folds, epochs=args.epochs, repeats=args.repeats)
 
 
 def fold_list(text: str) -> tuple[int, ...]:

@@ -14,10 +14,14 @@ _DEFAULT_ADDRESS = os.environ.get("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:82
 def add_parsers(commands: argparse._SubParsersAction) -> None:
     submit = commands.add_parser("submit", help="submit a search to a Ray cluster (Jobs API)")
     submit.add_argument("config", type=Path)
-    submit.add_argument("--address", default=_DEFAULT_ADDRESS,
-                        help="the cluster's dashboard / Jobs API (reach a remote head through an SSH tunnel)")
-    submit.add_argument("--name", type=folder_name,
-                        help="job id and results folder name (default: <config name>-<timestamp>)")
+    submit.add_argument(
+        "--address",
+        default=_DEFAULT_ADDRESS,
+        help="the cluster's dashboard / Jobs API (reach a remote head through an SSH tunnel)",
+    )
+    submit.add_argument(
+        "--name", type=folder_name, help="job id and results folder name (default: <config name>-<timestamp>)"
+    )
     submit.add_argument("--follow", action="store_true", help="stream the logs; exit with the job's status")
     submit.set_defaults(handler=submit_command)
     jobs = commands.add_parser("jobs", help="list, follow or stop submitted jobs")
@@ -39,8 +43,9 @@ def submit_command(args: argparse.Namespace) -> int:
     name = args.name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     with tempfile.TemporaryDirectory(prefix="fundus-search-job-") as tmp:
         staged = stage_working_dir(args.config, Path(tmp))
-        job_id = client.submit_job(entrypoint=entrypoint(name), submission_id=name,
-                                   runtime_env={"working_dir": str(staged)})
+        job_id = client.submit_job(
+            entrypoint=entrypoint(name), submission_id=name, runtime_env={"working_dir": str(staged)}
+        )
     print(job_id, flush=True)
     if not args.follow:
         print(f"follow with: fundus-search jobs logs {job_id} --address {args.address}")

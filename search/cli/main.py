@@ -23,8 +23,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="fundus-search",
-                     description="Hyperparameter search for transferring pretrained models to fundus images.")
+    parser = _Parser(
+        prog="fundus-search", description="Hyperparameter search for transferring pretrained models to fundus images."
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors, and Ray's notices")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -41,13 +42,16 @@ def quiet_third_party_notices() -> None:
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
-        lambda record: "Token authentication is enabled" not in record.getMessage())
+        lambda record: "Token authentication is enabled" not in record.getMessage()
+    )
     logging.getLogger("ray.train._internal.syncer").addFilter(
-        lambda record: "No space left on device" not in record.getMessage())
+        lambda record: "No space left on device" not in record.getMessage()
+    )
     # Tune logs the traceback of a searcher that failed as a trial stopped; on a full disk (Optuna's
     # SQLite write) the one error line says it, as for any other write
     logging.getLogger("ray.tune.execution.tune_controller").addFilter(
-        lambda record: not (record.exc_info and disk_full(record.exc_info[1])))
+        lambda record: not (record.exc_info and disk_full(record.exc_info[1]))
+    )
 
 
 def disk_full(exc: BaseException) -> str | None:
@@ -69,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed as one line
         return int(exc.code or 0)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     if not args.debug:
         quiet_third_party_notices()
     try:
@@ -87,8 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         full = disk_full(exc)
         if full is None or args.debug:
             raise
-        print(f"error: no space left on the results disk ({full}); free space, then continue with "
-              "`fundus-search resume` on the search (or evaluation) folder", file=sys.stderr)
+        print(
+            f"error: no space left on the results disk ({full}); free space, then continue with "
+            "`fundus-search resume` on the search (or evaluation) folder",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -18,15 +18,18 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     best.add_argument("--top", type=number_above(1, int, inclusive=True), default=5)
     best.add_argument("--metric", default=val(AVERAGE))
     best.add_argument("--mode", choices=("max", "min"), default="max")
-    best.add_argument("--where", help="filter, e.g. \"strategy == 'lp_ft' and best_val_kappa > 0.3\" "
-                                      "(comparisons, in, and/or/not; never code)")
+    best.add_argument(
+        "--where",
+        help="filter, e.g. \"strategy == 'lp_ft' and best_val_kappa > 0.3\" (comparisons, in, and/or/not; never code)",
+    )
     _add_formats(best)
     best.set_defaults(handler=best_command)
     table = commands.add_parser("table", help="print the init x strategy table (the paper's shape)")
     table.add_argument("results", nargs="+")
     table.add_argument("--metric", default=val(AVERAGE))
-    table.add_argument("--evaluation", action="store_true",
-                       help="the cross-validated table and comparisons of the search's evaluation")
+    table.add_argument(
+        "--evaluation", action="store_true", help="the cross-validated table and comparisons of the search's evaluation"
+    )
     _add_formats(table)
     table.set_defaults(handler=table_command)
     board = commands.add_parser("tensorboard", help="serve the searches' TensorBoard runs on 127.0.0.1")
@@ -55,8 +58,7 @@ def best_command(args: argparse.Namespace) -> int:
     from fundus_search.results import best_configs, load_trials
     from fundus_search.results.tables import best_columns, format_best
 
-    rows = best_configs(load_trials(args.results), metric=args.metric, mode=args.mode, top=args.top,
-                        where=args.where)
+    rows = best_configs(load_trials(args.results), metric=args.metric, mode=args.mode, top=args.top, where=args.where)
     rows = rows[best_columns(rows, args.metric)]
     print_frame(rows, args, format_best(rows))
     return 0
@@ -77,8 +79,13 @@ def table_command(args: argparse.Namespace) -> int:
 def evaluation_table_command(args: argparse.Namespace) -> int:
     """The evaluation's answer (verdict, grid, comparisons, table), from its Parquet files; no Ray, no torch. An
     unfinished evaluation says so first: how many runs finished and which are missing."""
-    from fundus_search.results.answer import (evaluation_progress, evaluation_table, find_evaluation, load_comparisons,
-                                    load_evaluation)
+    from fundus_search.results.answer import (
+        evaluation_progress,
+        evaluation_table,
+        find_evaluation,
+        load_comparisons,
+        load_evaluation,
+    )
     from fundus_search.results.layout import EvaluationFolder
     from fundus_search.results.tables import format_answer
 
@@ -106,7 +113,16 @@ def tensorboard_serve_command(args: argparse.Namespace) -> int:
     spec = ",".join(f"{p.name}:{p / TENSORBOARD_DIR}" for p in searches)
     url = f"http://127.0.0.1:{args.port}/"
     print(f"TensorBoard for {len(searches)} search(es) at {url} (Ctrl-C to stop)", flush=True)
-    command = [sys.executable, "-m", "tensorboard.main", "--logdir_spec", spec, "--host", "127.0.0.1",
-               "--port", str(args.port)]
+    command = [
+        sys.executable,
+        "-m",
+        "tensorboard.main",
+        "--logdir_spec",
+        spec,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(args.port),
+    ]
     # Become TensorBoard: stopping this process (Ctrl-C, SIGTERM) stops the server, no orphan.
     os.execv(sys.executable, command)

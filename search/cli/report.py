@@ -10,12 +10,17 @@ from fundus_search.search.cli._args import folder_name
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
-    report = commands.add_parser("report", help="write one self-contained HTML page: the answer, the plots, "
-                                                "the provenance")
+    report = commands.add_parser(
+        "report", help="write one self-contained HTML page: the answer, the plots, the provenance"
+    )
     report.add_argument("results", type=Path, help="a search folder (its evaluation, if any, is included)")
     report.add_argument("-o", "--output", type=Path, help="the HTML file (default: <search>/report.html)")
-    report.add_argument("--evaluation", type=folder_name, metavar="NAME",
-                        help="the evaluation to show, as named by `evaluate --name` (default: evaluation)")
+    report.add_argument(
+        "--evaluation",
+        type=folder_name,
+        metavar="NAME",
+        help="the evaluation to show, as named by `evaluate --name` (default: evaluation)",
+    )
     report.set_defaults(handler=report_command)
 
 

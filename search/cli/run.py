@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fundus_search.vocabulary import AVERAGE, EPOCHS_FILE, ERROR, EVALUATION_DIR, EVALUATION_FILE, RUNNING, TRIALS_FILE, val
+from fundus_search.vocabulary import (
+    AVERAGE,
+    EPOCHS_FILE,
+    ERROR,
+    EVALUATION_DIR,
+    EVALUATION_FILE,
+    RUNNING,
+    TRIALS_FILE,
+    val,
+)
 
 from fundus_search.search.cli._args import UsageError, folder_name, number_above, quiet_optuna
 from fundus_search.search.cli.evaluate import add_request_arguments, evaluation_request, summarise_evaluation
@@ -14,13 +23,16 @@ from fundus_search.search.cli.evaluate import add_request_arguments, evaluation_
 def add_parsers(commands: argparse._SubParsersAction) -> None:
     run = commands.add_parser("run", help="run a search from a YAML config")
     run.add_argument("config", type=Path)
-    run.add_argument("--name", type=folder_name,
-                     help="results folder name under storage.path (default: <name>-<timestamp>)")
+    run.add_argument(
+        "--name", type=folder_name, help="results folder name under storage.path (default: <name>-<timestamp>)"
+    )
     run.add_argument("--num-samples", type=number_above(1, int, inclusive=True), help="override search.num_samples")
     run.add_argument("--address", help="Ray cluster: auto, HOST:PORT or ray://...; default: embedded local Ray")
     run.set_defaults(handler=run_command)
-    study = commands.add_parser("study", help="the whole study in one go: run the search, evaluate its winners, "
-                                              "write the report (one Ray session)")
+    study = commands.add_parser(
+        "study",
+        help="the whole study in one go: run the search, evaluate its winners, write the report (one Ray session)",
+    )
     study.add_argument("config", type=Path)
     study.add_argument("--name", type=folder_name, help="as for run")
     add_request_arguments(study)  # as for evaluate
@@ -52,8 +64,12 @@ def study_command(args: argparse.Namespace) -> int:
     if outside := [f for f in args.folds or () if f >= folds]:
         raise UsageError(f"--folds: {outside} not in the config's {folds}-fold split (0..{folds - 1})")
     request = evaluation_request(args)
-    paths, _ = start_search(args.config, name=args.name, address=args.address,
-                            study={"request": request.__dict__, "evaluation": EVALUATION_DIR})
+    paths, _ = start_search(
+        args.config,
+        name=args.name,
+        address=args.address,
+        study={"request": request.__dict__, "evaluation": EVALUATION_DIR},
+    )
     searched = summarise(paths)
     return max(searched, _finish_study(paths.local, address=args.address))
 
@@ -70,8 +86,11 @@ def _finish_study(search_dir: Path, *, address: str | None) -> int:
     if folder.exists():
         evaluated = summarise_evaluation(resume_evaluation(folder, address=address))
     else:
-        evaluated = summarise_evaluation(start_evaluation(search_dir, EvaluationRequest.from_json(study["request"]),
-                                                          name=study["evaluation"], address=address))
+        evaluated = summarise_evaluation(
+            start_evaluation(
+                search_dir, EvaluationRequest.from_json(study["request"]), name=study["evaluation"], address=address
+            )
+        )
     _report(search_dir, study["evaluation"])
     return evaluated
 
@@ -130,8 +149,10 @@ def summarise(paths) -> int:
     finished = trials[trials["status"] != RUNNING]
     failed = trials[trials["status"] == ERROR]
     if len(failed) and len(failed) == len(trials):
-        raise UsageError(f"all {len(trials)} trials failed; the first: {failed['error'].iloc[0]}; every error is in "
-                         f"the error column of {paths.results}/{TRIALS_FILE} and in trial_*/error.txt")
+        raise UsageError(
+            f"all {len(trials)} trials failed; the first: {failed['error'].iloc[0]}; every error is in "
+            f"the error column of {paths.results}/{TRIALS_FILE} and in trial_*/error.txt"
+        )
     table = init_strategy_table(trials)
     print()
     print(format_table(table))

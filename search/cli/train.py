@@ -4,8 +4,23 @@ from __future__ import annotations
 
 import argparse
 
-from fundus_search.vocabulary import (AUC, AVERAGE, F1, FT, FT_LR, KAPPA, LP, LP_EPOCHS, LP_FT, LP_LR, SPECIFICITY, STRATEGIES,
-                        TRAIN_LOSS, lp_warmup, val)
+from fundus_search.vocabulary import (
+    AUC,
+    AVERAGE,
+    F1,
+    FT,
+    FT_LR,
+    KAPPA,
+    LP,
+    LP_EPOCHS,
+    LP_FT,
+    LP_LR,
+    SPECIFICITY,
+    STRATEGIES,
+    TRAIN_LOSS,
+    lp_warmup,
+    val,
+)
 
 from fundus_search.search.cli._args import UsageError, number_above
 
@@ -21,11 +36,15 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--ft-lr", type=number_above(0), help="fine-tuning learning rate (ft, lp_ft)")
     train.add_argument("--lp-epochs", type=number_above(1, int, inclusive=True), help="LP warm-up epochs (lp_ft)")
     train.add_argument("--weight-decay", type=number_above(0, inclusive=True), default=1e-4)
-    train.add_argument("--batch-size", type=number_above(2, int, inclusive=True),
-                       help="default: first choice of search.space.batch_size")
+    train.add_argument(
+        "--batch-size",
+        type=number_above(2, int, inclusive=True),
+        help="default: first choice of search.space.batch_size",
+    )
     train.add_argument("--fold", type=number_above(0, int, inclusive=True), help="default: data.fold")
-    train.add_argument("--epochs", type=number_above(1, int, inclusive=True),
-                       help="main-phase epochs; default: search.max_epochs")
+    train.add_argument(
+        "--epochs", type=number_above(1, int, inclusive=True), help="main-phase epochs; default: search.max_epochs"
+    )
     train.add_argument("--seed", type=int, default=0)
     train.set_defaults(handler=train_command)
 
@@ -48,17 +67,27 @@ def train_command(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.init not in config.model.inits:
         raise UsageError(f"--init: {args.init!r} is not in model.inits ({', '.join(config.model.inits)})")
-    params = {"init": args.init, "strategy": args.strategy, "lp_lr": args.lp_lr, "ft_lr": args.ft_lr,
-              "lp_epochs": args.lp_epochs, "weight_decay": args.weight_decay, "seed": args.seed,
-              "batch_size": args.batch_size or config.search.space.batch_size[0],
-              "fold": config.data.fold if args.fold is None else args.fold, "max_epochs": args.epochs}
+    params = {
+        "init": args.init,
+        "strategy": args.strategy,
+        "lp_lr": args.lp_lr,
+        "ft_lr": args.ft_lr,
+        "lp_epochs": args.lp_epochs,
+        "weight_decay": args.weight_decay,
+        "seed": args.seed,
+        "batch_size": args.batch_size or config.search.space.batch_size[0],
+        "fold": config.data.fold if args.fold is None else args.fold,
+        "max_epochs": args.epochs,
+    }
     check_params(params, lbfgs=config.training.lp_solver == "lbfgs")
     spec = config.data.to_spec()
     cache = prepare_images(spec)
     trainer, provenance = make_trainer(config, params, cache.images, DatasetInfo.of(cache, spec.resolved_cache_dir()))
-    print(f"{args.init} / {args.strategy} on {len(cache)} images ({cache.images.shape[1]} px), fold "
-          f"{params['fold']}, weights {provenance['weights_id'][:12]} (normalize: {provenance['normalize']}), "
-          f"device {trainer.device}")
+    print(
+        f"{args.init} / {args.strategy} on {len(cache)} images ({cache.images.shape[1]} px), fold "
+        f"{params['fold']}, weights {provenance['weights_id'][:12]} (normalize: {provenance['normalize']}), "
+        f"device {trainer.device}"
+    )
     for metrics in trainer.epochs():
         warmup = lp_warmup(val(AVERAGE))
         warm = f"  (LP warm-up: {val(AVERAGE)} {metrics[warmup]:.3f})" if warmup in metrics else ""

@@ -42,8 +42,11 @@ def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, center, radius: float, ang
     if kind == "disc":
         draw.ellipse([center[0] - radius, center[1] - radius, center[0] + radius, center[1] + radius], fill=color)
     elif kind == "ring":
-        draw.ellipse([center[0] - radius, center[1] - radius, center[0] + radius, center[1] + radius],
-                     outline=color, width=max(2, int(radius * 0.35)))
+        draw.ellipse(
+            [center[0] - radius, center[1] - radius, center[0] + radius, center[1] + radius],
+            outline=color,
+            width=max(2, int(radius * 0.35)),
+        )
     else:
         draw.polygon(_polygon(kind, np.asarray(center), radius, angle), fill=color)
 
@@ -61,11 +64,23 @@ def generate_shape_image(rng: np.random.Generator, size: int, label: int) -> np.
     image = Image.fromarray((field * 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
     for _ in range(rng.integers(0, 3)):  # small distractors of any class
-        _draw_shape(draw, SHAPES[rng.integers(len(SHAPES))], rng.uniform(0, side, 2), side * rng.uniform(0.05, 0.1),
-                    rng.uniform(0, 2 * np.pi), tuple(int(v) for v in rng.integers(0, 256, 3)))
+        _draw_shape(
+            draw,
+            SHAPES[rng.integers(len(SHAPES))],
+            rng.uniform(0, side, 2),
+            side * rng.uniform(0.05, 0.1),
+            rng.uniform(0, 2 * np.pi),
+            tuple(int(v) for v in rng.integers(0, 256, 3)),
+        )
     center = rng.uniform(side * 0.35, side * 0.65, 2)
-    _draw_shape(draw, SHAPES[label], center, side * rng.uniform(0.2, 0.32), rng.uniform(0, 2 * np.pi),
-                tuple(int(v) for v in rng.integers(0, 256, 3)))
+    _draw_shape(
+        draw,
+        SHAPES[label],
+        center,
+        side * rng.uniform(0.2, 0.32),
+        rng.uniform(0, 2 * np.pi),
+        tuple(int(v) for v in rng.integers(0, 256, 3)),
+    )
     image = image.filter(ImageFilter.GaussianBlur(radius=rng.uniform(0, 1.0) * _SUPERSAMPLE))
     return np.asarray(image.resize((size, size), Image.Resampling.BOX))
 
@@ -73,8 +88,9 @@ def generate_shape_image(rng: np.random.Generator, size: int, label: int) -> np.
 def generate_shapes_corpus(n: int, size: int, *, seed: int) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     """A labelled generic corpus: images (n, size, size, 3) uint8, one-hot targets (n, 6), class names."""
     labels = np.arange(n) % len(SHAPES)
-    images = np.stack([generate_shape_image(np.random.default_rng([seed, 11, i]), size, int(label))
-                       for i, label in enumerate(labels)])
+    images = np.stack(
+        [generate_shape_image(np.random.default_rng([seed, 11, i]), size, int(label)) for i, label in enumerate(labels)]
+    )
     return images, np.eye(len(SHAPES), dtype=np.float32)[labels], SHAPES
 
 

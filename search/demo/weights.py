@@ -18,7 +18,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -29,7 +29,11 @@ from fundus_search.models.weights import file_sha256
 
 from fundus_search.search.demo.corpora import generate_pretraining_corpus, generate_shapes_corpus
 
-IMAGENET_FILE, FLAIR_FILE, MANIFEST_FILE = "imagenet_standin_resnet18.pth", "flair_standin_resnet18.pth", "demo-weights.json"
+IMAGENET_FILE, FLAIR_FILE, MANIFEST_FILE = (
+    "imagenet_standin_resnet18.pth",
+    "flair_standin_resnet18.pth",
+    "demo-weights.json",
+)
 VERSION = 3  # bump when the recipe changes: cached files are then rebuilt (3: FLAIR learns the signs, from ImageNet)
 
 
@@ -48,11 +52,21 @@ class StandIn:
 
 
 STAND_INS: dict[str, StandIn] = {  # in build order: FLAIR starts from the ImageNet stand-in
-    IMAGENET_FILE: StandIn(lambda n, size, seed: generate_shapes_corpus(n, size, seed=seed + 1000), "torchvision",
-                           lambda net, path, seed: torch.save(net.backbone.state_dict(), path), images=192, epochs=6),
-    FLAIR_FILE: StandIn(lambda n, size, seed: generate_pretraining_corpus(n, size, seed=seed + 2000), "flair",
-                        lambda net, path, seed: save_flair_checkpoint(net, path, seed=seed), images=352, epochs=8,
-                        start_from=IMAGENET_FILE),
+    IMAGENET_FILE: StandIn(
+        lambda n, size, seed: generate_shapes_corpus(n, size, seed=seed + 1000),
+        "torchvision",
+        lambda net, path, seed: torch.save(net.backbone.state_dict(), path),
+        images=192,
+        epochs=6,
+    ),
+    FLAIR_FILE: StandIn(
+        lambda n, size, seed: generate_pretraining_corpus(n, size, seed=seed + 2000),
+        "flair",
+        lambda net, path, seed: save_flair_checkpoint(net, path, seed=seed),
+        images=352,
+        epochs=8,
+        start_from=IMAGENET_FILE,
+    ),
 }
 
 
@@ -61,12 +75,14 @@ def _initial_net(stand_in: StandIn, out_dir: Path, seed: int) -> FeatureNet:
     if stand_in.start_from is None:
         return build_feature_net(InitSpec(source="random", normalize=normalize), "resnet18", seed=seed)
     start = STAND_INS[stand_in.start_from]
-    return build_feature_net(InitSpec(source=start.source, path=out_dir / stand_in.start_from, normalize=normalize),
-                             "resnet18")
+    return build_feature_net(
+        InitSpec(source=start.source, path=out_dir / stand_in.start_from, normalize=normalize), "resnet18"
+    )
 
 
-def make_demo_weights(out_dir: Path, *, size: int = 32, images: int | None = None, epochs: int | None = None,
-                      seed: int = 0) -> dict:
+def make_demo_weights(
+    out_dir: Path, *, size: int = 32, images: int | None = None, epochs: int | None = None, seed: int = 0
+) -> dict:
     """Pretrain and save both stand-ins unless the same recipe is already in `out_dir`.
 
     Args:
@@ -76,9 +92,15 @@ def make_demo_weights(out_dir: Path, *, size: int = 32, images: int | None = Non
         the manifest: recipe, file names, sha256, seconds and losses per stand-in.
     """
     out_dir = Path(out_dir)
-    recipe = {"version": VERSION, "size": size, "seed": seed,
-              "stand_ins": {name: {"images": images or s.images, "epochs": epochs or s.epochs,
-                                   "start_from": s.start_from} for name, s in STAND_INS.items()}}
+    recipe = {
+        "version": VERSION,
+        "size": size,
+        "seed": seed,
+        "stand_ins": {
+            name: {"images": images or s.images, "epochs": epochs or s.epochs, "start_from": s.start_from}
+            for name, s in STAND_INS.items()
+        },
+    }
     manifest_path = out_dir / MANIFEST_FILE
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
@@ -93,8 +115,11 @@ def make_demo_weights(out_dir: Path, *, size: int = 32, images: int | None = Non
         net = _initial_net(stand_in, out_dir, seed)
         losses = pretrain(net, pixels, targets, epochs=plan["epochs"], seed=seed)
         stand_in.save(net, out_dir / name, seed)
-        manifest["files"][name] = {"sha256": file_sha256(out_dir / name),
-                                   "seconds": round(time.perf_counter() - start, 1),
-                                   "losses": [round(x, 4) for x in losses], "targets": list(target_names)}
+        manifest["files"][name] = {
+            "sha256": file_sha256(out_dir / name),
+            "seconds": round(time.perf_counter() - start, 1),
+            "losses": [round(x, 4) for x in losses],
+            "targets": list(target_names),
+        }
     manifest_path.write_text(json.dumps(manifest, indent=2))
     return {**manifest, "cached": False}

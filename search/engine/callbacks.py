@@ -5,15 +5,26 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
+from collections.abc import Callable
 
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 from ray.tune.result import AUTO_RESULT_KEYS, DONE, EXPERIMENT_TAG, SHOULD_CHECKPOINT, TRIAL_ID
 
 from fundus_search.results.store import EPOCHS_SCHEMA, PREDICTION_REPORT_KEYS, TRIAL_REPORT_KEYS, ResultsStore
-from fundus_search.vocabulary import (COMPLETED, EPOCHS_FILE, ERROR, PARAMS, RUNNING, STOPPED_EARLY, TRIALS_FILE, VAL_METRICS, best,
-                        last)
+from fundus_search.vocabulary import (
+    COMPLETED,
+    EPOCHS_FILE,
+    ERROR,
+    PARAMS,
+    RUNNING,
+    STOPPED_EARLY,
+    TRIALS_FILE,
+    VAL_METRICS,
+    best,
+    last,
+)
 
 from fundus_search.search.engine.outcome import trial_status
 
@@ -40,8 +51,9 @@ def error_line(trial: Trial) -> str | None:
         error = trial.get_error()
         text = str(error) if error is not None else ""
     latest = text.split("Failure # ")[-1]  # retries append one section each
-    lines = [line.strip() for line in latest.splitlines()[1:] if line.strip()] or [line.strip() for line in
-                                                                                    latest.splitlines() if line.strip()]
+    lines = [line.strip() for line in latest.splitlines()[1:] if line.strip()] or [
+        line.strip() for line in latest.splitlines() if line.strip()
+    ]
     return lines[-1][:500] if lines else "error (no message)"
 
 
@@ -53,8 +65,10 @@ def epoch_row(trial: Trial, result: dict) -> dict:
     """
     unknown = unknown_report_keys(result)
     if unknown:
-        raise ValueError(f"trial {trial.trial_id} reported {unknown}, which no column of results.store stores; "
-                         "add them to EPOCHS_SCHEMA, TRIAL_REPORT_KEYS or PREDICTION_REPORT_KEYS")
+        raise ValueError(
+            f"trial {trial.trial_id} reported {unknown}, which no column of results.store stores; "
+            "add them to EPOCHS_SCHEMA, TRIAL_REPORT_KEYS or PREDICTION_REPORT_KEYS"
+        )
     return {"trial_id": trial.trial_id, **{k: result.get(k) for k in _EPOCH_COLUMNS}}
 
 
@@ -69,8 +83,17 @@ class ParquetCallback(Callback):
         log_path: local row log (see ResultsStore).
     """
 
-    def __init__(self, results_uri: str, *, search: str, metric: str, mode: str, metadata: dict[str, str],
-                 log_path: Path | None = None, flush_seconds: float = 30.0):
+    def __init__(
+        self,
+        results_uri: str,
+        *,
+        search: str,
+        metric: str,
+        mode: str,
+        metadata: dict[str, str],
+        log_path: Path | None = None,
+        flush_seconds: float = 30.0,
+    ):
         self.results_uri, self.search, self.metric, self.mode = results_uri, search, metric, mode
         self.metadata, self.log_path, self.flush_seconds = metadata, log_path, flush_seconds
         self.store: ResultsStore | None = None  # opened in setup: the callback is pickled before
@@ -87,16 +110,22 @@ class ParquetCallback(Callback):
             self.log_path = Path(folder) / self.log_path.name
 
     def setup(self, **info) -> None:
-        self.store = ResultsStore(self.results_uri, search=self.search, metadata=self.metadata,
-                                  log_path=self.log_path, flush_seconds=self.flush_seconds)
+        self.store = ResultsStore(
+            self.results_uri,
+            search=self.search,
+            metadata=self.metadata,
+            log_path=self.log_path,
+            flush_seconds=self.flush_seconds,
+        )
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self.store.put(EPOCHS_FILE, epoch_row(trial, result))
         self.store.put(TRIALS_FILE, self.trial_row(trial, result, status=RUNNING))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self.store.put(TRIALS_FILE, self.trial_row(trial, trial.last_result,
-                                                   status=trial_status(trial.last_result, error=False)))
+        self.store.put(
+            TRIALS_FILE, self.trial_row(trial, trial.last_result, status=trial_status(trial.last_result, error=False))
+        )
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.store.put(TRIALS_FILE, self.trial_row(trial, trial.last_result, status=ERROR, error=error_line(trial)))
@@ -113,13 +142,20 @@ class ParquetCallback(Callback):
         top = max(scored, key=lambda r: (sign * r[self.metric], -r["epoch"]), default={})
         resources = trial.placement_group_factory.required_resources
         return {
-            "trial_id": trial.trial_id, "optuna_number": config.get("optuna_number"), "status": status,
+            "trial_id": trial.trial_id,
+            "optuna_number": config.get("optuna_number"),
+            "status": status,
             **{k: config.get(k) for k in PARAMS},
-            "best_epoch": top.get("epoch"), **{best(c): top.get(c) for c in VAL_METRICS},
+            "best_epoch": top.get("epoch"),
+            **{best(c): top.get(c) for c in VAL_METRICS},
             **{last(c): final.get(c) for c in VAL_METRICS},
-            "epochs_run": final.get("epoch", 0), "max_epochs": final.get("epochs_planned", config.get("max_epochs")),
-            "wall_seconds": final.get("time_total_s"), "cpus": resources.get("CPU"), "gpus": resources.get("GPU", 0.0),
-            "node": final.get("node"), "error": error,
+            "epochs_run": final.get("epoch", 0),
+            "max_epochs": final.get("epochs_planned", config.get("max_epochs")),
+            "wall_seconds": final.get("time_total_s"),
+            "cpus": resources.get("CPU"),
+            "gpus": resources.get("GPU", 0.0),
+            "node": final.get("node"),
+            "error": error,
             **{k: final.get(k) for k in TRIAL_REPORT_KEYS if k != "epochs_planned"},
         }
 
@@ -141,8 +177,16 @@ class ProgressCallback(Callback):
             callback is pickled with the experiment).
     """
 
-    def __init__(self, *, metric: str, mode: str, total: int, stream: TextIO | None = None,
-                 label: Callable[[dict], str] = search_label, best_epoch: bool = True):
+    def __init__(
+        self,
+        *,
+        metric: str,
+        mode: str,
+        total: int,
+        stream: TextIO | None = None,
+        label: Callable[[dict], str] = search_label,
+        best_epoch: bool = True,
+    ):
         self.metric, self.mode, self.total, self.label = metric, mode, total, label
         self.stream, self.best_epoch = stream, best_epoch
         self.best: float | None = None
@@ -180,5 +224,7 @@ class ProgressCallback(Callback):
         at = f" (epoch {epoch})" if self.best_epoch and epoch is not None else ""
         shown = f"{self.metric} {value:.3f}{at}" if value is not None and not error else error or "no result"
         so_far = f"{self.best:.3f}" if self.best is not None else "-"
-        self._say(f"[{self.done:>3}/{self.total}] {self.label(trial.config)} {label:<13} epoch {final.get('epoch', 0):>2}"
-                  f"  {shown}  (best {so_far})")
+        self._say(
+            f"[{self.done:>3}/{self.total}] {self.label(trial.config)} {label:<13} epoch {final.get('epoch', 0):>2}"
+            f"  {shown}  (best {so_far})"
+        )

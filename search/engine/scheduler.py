@@ -20,14 +20,29 @@ class StratifiedASHA(FIFOScheduler):
         max_t, grace_period, reduction_factor: as AsyncHyperBandScheduler, in epochs.
     """
 
-    def __init__(self, *, stratify_by: tuple[str, ...], metric: str, mode: str, max_t: int, grace_period: int,
-                 reduction_factor: float, time_attr: str = "epoch"):
+    def __init__(
+        self,
+        *,
+        stratify_by: tuple[str, ...],
+        metric: str,
+        mode: str,
+        max_t: int,
+        grace_period: int,
+        reduction_factor: float,
+        time_attr: str = "epoch",
+    ):
         super().__init__()
         if mode not in ("max", "min"):
             raise ValueError(f"search.mode: must be 'max' or 'min' (got {mode!r})")
         self.stratify_by, self._metric, self._mode, self._time_attr = tuple(stratify_by), metric, mode, time_attr
-        self._asha = dict(time_attr=time_attr, metric=metric, mode=mode, max_t=max_t,
-                          grace_period=min(grace_period, max_t), reduction_factor=reduction_factor)
+        self._asha = dict(
+            time_attr=time_attr,
+            metric=metric,
+            mode=mode,
+            max_t=max_t,
+            grace_period=min(grace_period, max_t),
+            reduction_factor=reduction_factor,
+        )
         self.cells: dict[tuple, AsyncHyperBandScheduler] = {}
         self._cell_of: dict[str, tuple] = {}
 

@@ -82,8 +82,9 @@ class PruningOptunaSearch(OptunaSearch):
         """Fail the study's RUNNING trials that this searcher does not know and enqueue their
         parameters again; returns their trial numbers."""
         known = {trial.number for trial in self._ot_trials.values()}
-        orphans = [t for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                   if t.number not in known]
+        orphans = [
+            t for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number not in known
+        ]
         for orphan in orphans:
             self._ot_study.tell(orphan.number, state=TrialState.FAIL)
             self._ot_study.enqueue_trial(orphan.params)
@@ -141,8 +142,17 @@ def make_sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
 
 
-def make_searcher(space, *, metric: str, mode: str, seed: int, study_name: str, db_path: Path | None,
-                  first_points: list[dict] | None = None, sampler: str = "tpe") -> PruningOptunaSearch:
+def make_searcher(
+    space,
+    *,
+    metric: str,
+    mode: str,
+    seed: int,
+    study_name: str,
+    db_path: Path | None,
+    first_points: list[dict] | None = None,
+    sampler: str = "tpe",
+) -> PruningOptunaSearch:
     """An Optuna search (TPE or random) with the study persisted as SQLite in `db_path`.
 
     Args:
@@ -154,5 +164,12 @@ def make_searcher(space, *, metric: str, mode: str, seed: int, study_name: str, 
     """
     sampler = make_sampler(sampler, seed)
     storage = FolderStudyStorage(db_path) if db_path else optuna.storages.InMemoryStorage()
-    return PruningOptunaSearch(space=space, metric=metric, mode=mode, sampler=sampler, study_name=study_name,
-                               storage=storage, points_to_evaluate=first_points or None)
+    return PruningOptunaSearch(
+        space=space,
+        metric=metric,
+        mode=mode,
+        sampler=sampler,
+        study_name=study_name,
+        storage=storage,
+        points_to_evaluate=first_points or None,
+    )

@@ -10,7 +10,17 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 from fundus_search.results.store import ResultsWriteError
-from fundus_search.vocabulary import AVERAGE, FOLD, PARAMS, SEED, TENSORBOARD_DIR, TRAIN_LOSS, VAL_METRICS, lp_warmup, val
+from fundus_search.vocabulary import (
+    AVERAGE,
+    FOLD,
+    PARAMS,
+    SEED,
+    TENSORBOARD_DIR,
+    TRAIN_LOSS,
+    VAL_METRICS,
+    lp_warmup,
+    val,
+)
 
 SCALARS = (TRAIN_LOSS, *VAL_METRICS, "epoch_seconds", "images_per_second")
 _NAMED = tuple(p for p in PARAMS if p not in (SEED, FOLD))  # the run's name: what was chosen
@@ -19,8 +29,11 @@ _WARMUP = lp_warmup(val(AVERAGE))
 
 def run_name(config: dict) -> str:
     """e.g. `0007 init=flair,strategy=lp_ft,lp_lr=0.0012,ft_lr=3e-05,lp_epochs=5`."""
-    parts = [f"{k}={config[k]:.2g}" if isinstance(config.get(k), float) else f"{k}={config[k]}"
-             for k in _NAMED if config.get(k) is not None]
+    parts = [
+        f"{k}={config[k]:.2g}" if isinstance(config.get(k), float) else f"{k}={config[k]}"
+        for k in _NAMED
+        if config.get(k) is not None
+    ]
     return f"{config.get('optuna_number', 0):04d} " + ",".join(parts)
 
 

@@ -43,8 +43,14 @@ def train_trial(params: dict, *, images: np.ndarray, info: DatasetInfo, config: 
     for metrics in trainer.epochs():
         last = metrics["epoch"] == trainer.main_epochs
         scored = predictions(trainer) if last and params.get("keep_predictions") else {}
-        report = {**metrics, "epochs_planned": trainer.main_epochs, **provenance,
-                  "dataset_fingerprint": info.fingerprint, "node": node, **scored}
+        report = {
+            **metrics,
+            "epochs_planned": trainer.main_epochs,
+            **provenance,
+            "dataset_fingerprint": info.fingerprint,
+            "node": node,
+            **scored,
+        }
         if last or metrics["epoch"] % config.storage.checkpoint_every:
             tune.report(report)
             continue
@@ -56,5 +62,8 @@ def train_trial(params: dict, *, images: np.ndarray, info: DatasetInfo, config: 
 def predictions(trainer) -> dict:
     """The scored rows of the image array and their P(positive), for an evaluation's last epoch
     (results.store.PREDICTION_REPORT_KEYS)."""
-    return {"scored_rows": trainer.val_idx.tolist(), "scored_probabilities": trainer.val_probabilities.tolist(),
-            "n_train": len(trainer.train_idx)}
+    return {
+        "scored_rows": trainer.val_idx.tolist(),
+        "scored_probabilities": trainer.val_probabilities.tolist(),
+        "n_train": len(trainer.train_idx),
+    }

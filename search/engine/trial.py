@@ -9,9 +9,28 @@ import numpy as np
 import torch
 
 from fundus_search.data_io import ImageCache, split_indices
-from fundus_search.models import Trainer, TrainSettings, build_feature_net, feature_cache_key, load_or_extract_features, weights_id
+from fundus_search.models import (
+    Trainer,
+    TrainSettings,
+    build_feature_net,
+    feature_cache_key,
+    load_or_extract_features,
+    weights_id,
+)
 
-from fundus_search.vocabulary import BATCH_SIZE, FOLD, FT_LR, INIT, LP_EPOCHS, LP_LR, REPEAT, SEED, STRATEGY, TRAIN_SEED, WEIGHT_DECAY
+from fundus_search.vocabulary import (
+    BATCH_SIZE,
+    FOLD,
+    FT_LR,
+    INIT,
+    LP_EPOCHS,
+    LP_LR,
+    REPEAT,
+    SEED,
+    STRATEGY,
+    TRAIN_SEED,
+    WEIGHT_DECAY,
+)
 
 from fundus_search.search.study.config import Config
 
@@ -27,7 +46,7 @@ class DatasetInfo:
     cache_dir: Path
 
     @classmethod
-    def of(cls, cache: ImageCache, cache_dir: Path) -> "DatasetInfo":
+    def of(cls, cache: ImageCache, cache_dir: Path) -> DatasetInfo:
         return cls(cache.labels, tuple(cache.groups), cache.key, cache.meta["fingerprint"], cache_dir)
 
 
@@ -51,9 +70,15 @@ def make_trainer(config: Config, params: dict, images: np.ndarray, info: Dataset
         info: labels, groups and cache keys of `images`.
     """
     data = config.data
-    train_idx, val_idx = split_indices(info.labels, info.groups, folds=data.folds, fold=params.get(FOLD, data.fold),
-                                       seed=data.seed, test_fraction=data.test_fraction,
-                                       repeat=int(params.get(REPEAT) or 0))
+    train_idx, val_idx = split_indices(
+        info.labels,
+        info.groups,
+        folds=data.folds,
+        fold=params.get(FOLD, data.fold),
+        seed=data.seed,
+        test_fraction=data.test_fraction,
+        repeat=int(params.get(REPEAT) or 0),
+    )
     init_name, backbone = params[INIT], config.model.backbone
     seed = int(params[TRAIN_SEED] if params.get(TRAIN_SEED) is not None else params[SEED])
     init = config.model.init_spec(init_name)
@@ -65,19 +90,42 @@ def make_trainer(config: Config, params: dict, images: np.ndarray, info: Dataset
         return build_feature_net(init, backbone, seed=seed, where=where)
 
     def load_features():
-        key = feature_cache_key(weights_id=weights, backbone=backbone, projection=init.projection,
-                                normalize=init.normalize, image_cache_key=info.image_cache_key)
-        return load_or_extract_features(key, info.cache_dir, build_net, images,
-                                        batch_size=config.training.eval_batch_size, device=device)
+        key = feature_cache_key(
+            weights_id=weights,
+            backbone=backbone,
+            projection=init.projection,
+            normalize=init.normalize,
+            image_cache_key=info.image_cache_key,
+        )
+        return load_or_extract_features(
+            key, info.cache_dir, build_net, images, batch_size=config.training.eval_batch_size, device=device
+        )
 
     t = config.training
     settings = TrainSettings(
-        strategy=params[STRATEGY], max_epochs=int(params.get("max_epochs") or config.search.max_epochs),
-        lp_lr=params.get(LP_LR), ft_lr=params.get(FT_LR), lp_epochs=int(params.get(LP_EPOCHS) or 0),
-        weight_decay=float(params[WEIGHT_DECAY]), batch_size=int(params[BATCH_SIZE]), seed=seed,
-        lp_solver=t.lp_solver, lp_c=t.lp_c, head_lr_mult=t.head_lr_mult, grad_clip=t.grad_clip,
-        eval_batch_size=t.eval_batch_size, augmentation=t.augmentation_spec(), device=device,
+        strategy=params[STRATEGY],
+        max_epochs=int(params.get("max_epochs") or config.search.max_epochs),
+        lp_lr=params.get(LP_LR),
+        ft_lr=params.get(FT_LR),
+        lp_epochs=int(params.get(LP_EPOCHS) or 0),
+        weight_decay=float(params[WEIGHT_DECAY]),
+        batch_size=int(params[BATCH_SIZE]),
+        seed=seed,
+        lp_solver=t.lp_solver,
+        lp_c=t.lp_c,
+        head_lr_mult=t.head_lr_mult,
+        grad_clip=t.grad_clip,
+        eval_batch_size=t.eval_batch_size,
+        augmentation=t.augmentation_spec(),
+        device=device,
     )
-    trainer = Trainer(settings, images=images, labels=info.labels, train_idx=train_idx, val_idx=val_idx,
-                      build_net=build_net, load_features=load_features)
+    trainer = Trainer(
+        settings,
+        images=images,
+        labels=info.labels,
+        train_idx=train_idx,
+        val_idx=val_idx,
+        build_net=build_net,
+        load_features=load_features,
+    )
     return trainer, {"weights_id": weights, "normalize": init.normalize}

@@ -8,7 +8,7 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import optuna
 import pandas as pd
@@ -20,8 +20,16 @@ from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 
 from fundus_search.data_io import ImageCache, prepare_images
 from fundus_search.results.layout import SearchFolder, write_atomic
-from fundus_search.vocabulary import (CONFIG_FILE, EPOCHS_FILE, ROW_LOG, RUNNING, STUDY_FILE, TENSORBOARD_DIR, TRIALS_FILE,
-                        check_name)
+from fundus_search.vocabulary import (
+    CONFIG_FILE,
+    EPOCHS_FILE,
+    ROW_LOG,
+    RUNNING,
+    STUDY_FILE,
+    TENSORBOARD_DIR,
+    TRIALS_FILE,
+    check_name,
+)
 
 from fundus_search.search.engine.callbacks import ParquetCallback, ProgressCallback
 from fundus_search.search.study.config import Config, load_config
@@ -49,7 +57,7 @@ class SearchPaths:
     local: Path  # config copy, Optuna study, TensorBoard runs, row log
 
     @classmethod
-    def of(cls, config: Config, name: str) -> "SearchPaths":
+    def of(cls, config: Config, name: str) -> SearchPaths:
         results = f"{config.storage.path.rstrip('/')}/{name}"
         remote = "://" in results
         local = config.data.to_spec().resolved_cache_dir() / "runs" / name if remote else Path(results)
@@ -81,66 +89,120 @@ def trainable_with_resources(config: Config, cache: ImageCache, train_fn: Callab
     return tune.with_resources(with_data, resources)
 
 
-def search_algorithms(config: Config, *, study_name: str, db_path: Path | None,
-                      num_samples: int) -> tuple[PruningOptunaSearch, TrialScheduler]:
+def search_algorithms(
+    config: Config, *, study_name: str, db_path: Path | None, num_samples: int
+) -> tuple[PruningOptunaSearch, TrialScheduler]:
     """The searcher (Optuna, persisted in `db_path`, or in memory if None) and the scheduler
     that `config.search` asks for."""
     s = config.search
     space = SearchSpace(config)
     cells = space.cell_points() if s.cover_cells else []
-    searcher = make_searcher(space, metric=s.metric, mode=s.mode, seed=s.seed, study_name=study_name,
-                             db_path=db_path, first_points=cells[:num_samples], sampler=s.sampler)
-    scheduler = make_scheduler(s.scheduler.type, stratify_by=tuple(s.scheduler.stratify_by), metric=s.metric,
-                               mode=s.mode, max_t=s.max_epochs, grace_period=s.scheduler.grace_period,
-                               reduction_factor=s.scheduler.reduction_factor)
+    searcher = make_searcher(
+        space,
+        metric=s.metric,
+        mode=s.mode,
+        seed=s.seed,
+        study_name=study_name,
+        db_path=db_path,
+        first_points=cells[:num_samples],
+        sampler=s.sampler,
+    )
+    scheduler = make_scheduler(
+        s.scheduler.type,
+        stratify_by=tuple(s.scheduler.stratify_by),
+        metric=s.metric,
+        mode=s.mode,
+        max_t=s.max_epochs,
+        grace_period=s.scheduler.grace_period,
+        reduction_factor=s.scheduler.reduction_factor,
+    )
     return searcher, scheduler
 
 
-def build_tuner(config: Config, paths: SearchPaths, cache: ImageCache, *, num_samples: int,
-                train_fn: Callable = train_trial, extra_callbacks: tuple = ()) -> tune.Tuner:
+def build_tuner(
+    config: Config,
+    paths: SearchPaths,
+    cache: ImageCache,
+    *,
+    num_samples: int,
+    train_fn: Callable = train_trial,
+    extra_callbacks: tuple = (),
+) -> tune.Tuner:
     """The Tuner of a new search (Ray must be connected); `extra_callbacks` are added to ours."""
     s = config.search
-    searcher, scheduler = search_algorithms(config, study_name=paths.name, db_path=paths.local / STUDY_FILE,
-                                            num_samples=num_samples)
+    searcher, scheduler = search_algorithms(
+        config, study_name=paths.name, db_path=paths.local / STUDY_FILE, num_samples=num_samples
+    )
     meta = provenance(config, cache.meta["fingerprint"])
     remote = "://" in paths.results
     callbacks = [
-        ParquetCallback(paths.results, search=paths.name, metric=s.metric, mode=s.mode, metadata=meta,
-                        log_path=paths.local / ROW_LOG if remote else None),
+        ParquetCallback(
+            paths.results,
+            search=paths.name,
+            metric=s.metric,
+            mode=s.mode,
+            metadata=meta,
+            log_path=paths.local / ROW_LOG if remote else None,
+        ),
         TensorBoardCallback(str(paths.local / TENSORBOARD_DIR)),
         ProgressCallback(metric=s.metric, mode=s.mode, total=num_samples),
         *extra_callbacks,
     ]
     # Ray's experiment is the search folder itself (or its remote location)
     storage, name = (config.storage.path, paths.name) if remote else (str(paths.local.parent), paths.local.name)
-    return make_tuner(trainable_with_resources(config, cache, train_fn), config, name=name, storage_path=storage,
-                      search_alg=searcher, scheduler=scheduler, num_samples=num_samples, callbacks=callbacks)
+    return make_tuner(
+        trainable_with_resources(config, cache, train_fn),
+        config,
+        name=name,
+        storage_path=storage,
+        search_alg=searcher,
+        scheduler=scheduler,
+        num_samples=num_samples,
+        callbacks=callbacks,
+    )
 
 
-def make_tuner(trainable, config: Config, *, name: str, storage_path: str, search_alg, scheduler, num_samples: int,
-               callbacks: list) -> tune.Tuner:
+def make_tuner(
+    trainable, config: Config, *, name: str, storage_path: str, search_alg, scheduler, num_samples: int, callbacks: list
+) -> tune.Tuner:
     """The Tuner a search and an evaluation share: concurrency from the resources, reused
     workers, retries from the last checkpoint, one checkpoint kept per trial."""
     concurrent = config.resources.max_concurrent_trials or max(
-        1, int(ray.cluster_resources().get("CPU", 1) // config.resources.cpus_per_trial))
+        1, int(ray.cluster_resources().get("CPU", 1) // config.resources.cpus_per_trial)
+    )
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(num_samples=num_samples, search_alg=search_alg, scheduler=scheduler,
-                                    max_concurrent_trials=concurrent, trial_dirname_creator=trial_dirname,
-                                    # a new trial reuses a finished trial's worker process (same
-                                    # resources): no torch import and array fetch per trial (B4)
-                                    reuse_actors=True),
+        tune_config=tune.TuneConfig(
+            num_samples=num_samples,
+            search_alg=search_alg,
+            scheduler=scheduler,
+            max_concurrent_trials=concurrent,
+            trial_dirname_creator=trial_dirname,
+            # a new trial reuses a finished trial's worker process (same
+            # resources): no torch import and array fetch per trial (B4)
+            reuse_actors=True,
+        ),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage_path, callbacks=callbacks, verbose=0,
+            name=name,
+            storage_path=storage_path,
+            callbacks=callbacks,
+            verbose=0,
             failure_config=tune.FailureConfig(max_failures=config.storage.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
 
 
-def start_search(config_path: Path, *, name: str | None = None, num_samples: int | None = None,
-                 address: str | None = None, train_fn: Callable = train_trial,
-                 extra_callbacks: tuple = (), study: dict | None = None) -> tuple[SearchPaths, tune.ResultGrid]:
+def start_search(
+    config_path: Path,
+    *,
+    name: str | None = None,
+    num_samples: int | None = None,
+    address: str | None = None,
+    train_fn: Callable = train_trial,
+    extra_callbacks: tuple = (),
+    study: dict | None = None,
+) -> tuple[SearchPaths, tune.ResultGrid]:
     """Validate everything, then write the search folder, then run the search.
 
     `train_fn` is the function each trial runs (tests inject failures by wrapping it);
@@ -159,8 +221,9 @@ def start_search(config_path: Path, *, name: str | None = None, num_samples: int
             raise SearchError(f"search name: {exc}") from None
     paths = SearchPaths.of(config, name or default_name(config))
     if "://" not in paths.results and Path(paths.results).exists():
-        raise SearchError(f"search folder {paths.results} already exists; pick another name or "
-                         f"`fundus-search resume {paths.results}`")
+        raise SearchError(
+            f"search folder {paths.results} already exists; pick another name or `fundus-search resume {paths.results}`"
+        )
     check_storage(paths.results)
     if address:
         check_address(address)  # seconds, not minutes, and before the images are decoded
@@ -172,20 +235,21 @@ def start_search(config_path: Path, *, name: str | None = None, num_samples: int
     try:
         paths.local.mkdir(parents=True)
     except FileExistsError:
-        raise SearchError(f"search folder {paths.local} was just created by another command; pick another name") \
-            from None
+        raise SearchError(
+            f"search folder {paths.local} was just created by another command; pick another name"
+        ) from None
     write_atomic(paths.local / CONFIG_FILE, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     remote = paths.results if "://" in paths.results else None
     SearchFolder(path=paths.local, name=paths.name, num_samples=total, remote=remote, study=study).write()
     return paths, _fit(config, paths, cache, total, train_fn, extra_callbacks)
 
 
-def _fit(config: Config, paths: SearchPaths, cache: ImageCache, total: int, train_fn: Callable,
-         extra_callbacks: tuple = ()) -> tune.ResultGrid:
+def _fit(
+    config: Config, paths: SearchPaths, cache: ImageCache, total: int, train_fn: Callable, extra_callbacks: tuple = ()
+) -> tune.ResultGrid:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate/group TPE
-        tuner = build_tuner(config, paths, cache, num_samples=total, train_fn=train_fn,
-                            extra_callbacks=extra_callbacks)
+        tuner = build_tuner(config, paths, cache, num_samples=total, train_fn=train_fn, extra_callbacks=extra_callbacks)
     return tuner.fit()
 
 
@@ -205,8 +269,9 @@ def ray_saved_state(folder: Path) -> bool:
     return any(folder.glob("experiment_state-*.json"))
 
 
-def resume_search(results_dir: Path, *, address: str | None = None,
-                  train_fn: Callable = train_trial) -> tuple[SearchPaths, tune.ResultGrid]:
+def resume_search(
+    results_dir: Path, *, address: str | None = None, train_fn: Callable = train_trial
+) -> tuple[SearchPaths, tune.ResultGrid]:
     """Continue an interrupted search to its full num_samples (same experiment, same trials),
     from `results_dir` and into it, wherever the folder was first written.
 
@@ -250,8 +315,10 @@ def check_ray_state(folder: Path) -> None:
         SearchError: a saved experiment state without the Tuner it belongs to.
     """
     if ray_saved_state(folder) and not (folder / TUNER_STATE).is_file():
-        raise SearchError(f"{folder}: Ray's experiment state is incomplete (no {TUNER_STATE}); this folder was "
-                          "not left so by fundus-search, so it is not resumed")
+        raise SearchError(
+            f"{folder}: Ray's experiment state is incomplete (no {TUNER_STATE}); this folder was "
+            "not left so by fundus-search, so it is not resumed"
+        )
 
 
 def restore_tuner(experiment: str, trainable, *, local: Path) -> tune.Tuner:

@@ -16,7 +16,7 @@ import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -28,14 +28,46 @@ from fundus_search.data_io import ImageCache, decode_image, held_out_indices, pr
 from fundus_search.models import Classifier, build_feature_net, cpu_ms_samples
 from fundus_search.models.backbones import Head
 from fundus_search.results import ResultsStore, load_trials
-from fundus_search.results.answer import (CV, TEST, Planned, default_primary, load_evaluation, paired_comparisons,
-                                write_comparisons)
+from fundus_search.results.answer import (
+    CV,
+    TEST,
+    Planned,
+    default_primary,
+    load_evaluation,
+    paired_comparisons,
+    write_comparisons,
+)
 from fundus_search.statistics import scored_protocol
 from fundus_search.results.layout import EvaluationFolder, SearchFolder
 from fundus_search.results.store import EVALUATION_TABLES
-from fundus_search.vocabulary import (BATCH_SIZE, COMPLETED, CONFIG_FILE, EPOCHS_FILE, ERROR, EVALUATION_DIR, FOLD, FT_LR, INIT,
-                        LP_EPOCHS, LP_LR, METRICS, PARAMS, PREDICTIONS_FILE, REPEAT, ROW_LOG, RUNNING, RUNS_FILE, SEED,
-                        STOPPED_EARLY, STRATEGY, TRAIN_SEED, WEIGHT_DECAY, best, check_name, val)
+from fundus_search.vocabulary import (
+    BATCH_SIZE,
+    COMPLETED,
+    CONFIG_FILE,
+    EPOCHS_FILE,
+    ERROR,
+    EVALUATION_DIR,
+    FOLD,
+    FT_LR,
+    INIT,
+    LP_EPOCHS,
+    LP_LR,
+    METRICS,
+    PARAMS,
+    PREDICTIONS_FILE,
+    REPEAT,
+    ROW_LOG,
+    RUNNING,
+    RUNS_FILE,
+    SEED,
+    STOPPED_EARLY,
+    STRATEGY,
+    TRAIN_SEED,
+    WEIGHT_DECAY,
+    best,
+    check_name,
+    val,
+)
 
 from fundus_search.search.engine.callbacks import ProgressCallback, epoch_row, error_line
 from fundus_search.search.study.config import Config, load_config
@@ -44,7 +76,14 @@ from fundus_search.search.ops.folders import check_resources, check_storage, che
 from fundus_search.search.engine.outcome import trial_status
 from fundus_search.search.ops.ray_session import check_address, connect
 from fundus_search.search.engine.trainable import train_trial
-from fundus_search.search.engine.tuner import check_ray_state, discard_unsaved, make_tuner, ray_saved_state, restore_tuner, trainable_with_resources
+from fundus_search.search.engine.tuner import (
+    check_ray_state,
+    discard_unsaved,
+    make_tuner,
+    ray_saved_state,
+    restore_tuner,
+    trainable_with_resources,
+)
 
 _CHOSEN = (INIT, STRATEGY, LP_LR, FT_LR, LP_EPOCHS, WEIGHT_DECAY, BATCH_SIZE)  # what a configuration fixes
 
@@ -61,13 +100,14 @@ class EvaluationRequest:
     epochs: str = "best"
     repeats: int | None = None
 
-    def resolved(self, config: Config) -> "EvaluationRequest":
+    def resolved(self, config: Config) -> EvaluationRequest:
         """This request with the config's repeats and seeds where it leaves them open."""
-        return replace(self, seeds=self.seeds or config.evaluation.seeds,
-                       repeats=self.repeats or config.evaluation.repeats)
+        return replace(
+            self, seeds=self.seeds or config.evaluation.seeds, repeats=self.repeats or config.evaluation.repeats
+        )
 
     @classmethod
-    def from_json(cls, stored: dict) -> "EvaluationRequest":
+    def from_json(cls, stored: dict) -> EvaluationRequest:
         """The request as evaluation.json or search.json store it (folds as a list)."""
         folds = stored.get("folds")
         # a request stored before repeats existed ran one partition
@@ -84,8 +124,10 @@ def plan_runs(trials: pd.DataFrame, config: Config, request: EvaluationRequest, 
     folds = request.folds if request.folds is not None else tuple(range(config.data.folds))
     bad = [f for f in folds if not 0 <= f < config.data.folds]
     if bad:
-        raise SearchError(f"folds: {bad} not in the search's {config.data.folds}-fold split "
-                          f"(0..{config.data.folds - 1}); pick folds from it")
+        raise SearchError(
+            f"folds: {bad} not in the search's {config.data.folds}-fold split "
+            f"(0..{config.data.folds - 1}); pick folds from it"
+        )
     score = best(config.search.metric)
     done = trials[trials["status"].isin([COMPLETED, STOPPED_EARLY]) & trials["best_epoch"].notna()]
     if done.empty:
@@ -93,9 +135,11 @@ def plan_runs(trials: pd.DataFrame, config: Config, request: EvaluationRequest, 
     cells = [(i, s) for i in config.inits for s in config.search.space.strategy]
     missing = [f"{i}/{s}" for i, s in cells if not ((done[INIT] == i) & (done[STRATEGY] == s)).any()]
     if missing:
-        raise SearchError(f"no finished trial in cell(s) {', '.join(missing)}; every cell needs one: run a new "
-                          "search with search.num_samples of at least the number of cells (its first trials cover "
-                          "every cell while search.cover_cells is on)")
+        raise SearchError(
+            f"no finished trial in cell(s) {', '.join(missing)}; every cell needs one: run a new "
+            "search with search.num_samples of at least the number of cells (its first trials cover "
+            "every cell while search.cover_cells is on)"
+        )
     runs = []
     for init, strategy in cells:
         cell = done[(done[INIT] == init) & (done[STRATEGY] == strategy)]
@@ -107,17 +151,35 @@ def plan_runs(trials: pd.DataFrame, config: Config, request: EvaluationRequest, 
 
 def _runs_of(trial: dict, rank: int, config: Config, request: EvaluationRequest, folds, score: str) -> list[dict]:
     config_id = f"{trial[INIT]}-{trial[STRATEGY]}-{rank}"
-    common = {**{k: None if pd.isna(trial[k]) else trial[k] for k in _CHOSEN}, "config_id": config_id, "rank": rank,
-              "max_epochs": int(trial["best_epoch"]) if request.epochs == "best" else config.search.max_epochs,
-              "source_trial_id": trial["trial_id"], "source_optuna_number": int(trial["optuna_number"]),
-              "search_score": float(trial[score]), "keep_predictions": True}
-    runs = [{**common, "split": CV, REPEAT: repeat, FOLD: fold, SEED: seed,
-             TRAIN_SEED: train_seed(repeat, fold, seed, config.data.folds),
-             "run_id": f"{config_id}-{f'repeat{repeat}-' if repeat else ''}fold{fold}-seed{seed}"}
-            for repeat in range(request.repeats) for fold in folds for seed in range(request.seeds)]
+    common = {
+        **{k: None if pd.isna(trial[k]) else trial[k] for k in _CHOSEN},
+        "config_id": config_id,
+        "rank": rank,
+        "max_epochs": int(trial["best_epoch"]) if request.epochs == "best" else config.search.max_epochs,
+        "source_trial_id": trial["trial_id"],
+        "source_optuna_number": int(trial["optuna_number"]),
+        "search_score": float(trial[score]),
+        "keep_predictions": True,
+    }
+    runs = [
+        {
+            **common,
+            "split": CV,
+            REPEAT: repeat,
+            FOLD: fold,
+            SEED: seed,
+            TRAIN_SEED: train_seed(repeat, fold, seed, config.data.folds),
+            "run_id": f"{config_id}-{f'repeat{repeat}-' if repeat else ''}fold{fold}-seed{seed}",
+        }
+        for repeat in range(request.repeats)
+        for fold in folds
+        for seed in range(request.seeds)
+    ]
     if config.data.test_fraction > 0:
-        runs += [{**common, "split": TEST, REPEAT: None, FOLD: None, SEED: seed,
-                  "run_id": f"{config_id}-test-seed{seed}"} for seed in range(request.seeds)]
+        runs += [
+            {**common, "split": TEST, REPEAT: None, FOLD: None, SEED: seed, "run_id": f"{config_id}-test-seed{seed}"}
+            for seed in range(request.seeds)
+        ]
     return runs
 
 
@@ -199,12 +261,23 @@ class EvaluationCallback(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self.store.put(EPOCHS_FILE, epoch_row(trial, result))
         run = trial.config
-        for row, prob in zip(result.get("scored_rows") or [], result.get("scored_probabilities") or []):
-            self.store.put(PREDICTIONS_FILE, {
-                "run_id": run["run_id"], "config_id": run["config_id"], "split": run["split"],
-                REPEAT: run.get(REPEAT), "fold": run[FOLD],
-                "seed": run[SEED], "row": row, "image": self.images["paths"][row], "group": self.images["groups"][row],
-                "label": self.images["labels"][row], "prob_positive": prob})
+        for row, prob in zip(result.get("scored_rows") or [], result.get("scored_probabilities") or [], strict=True):
+            self.store.put(
+                PREDICTIONS_FILE,
+                {
+                    "run_id": run["run_id"],
+                    "config_id": run["config_id"],
+                    "split": run["split"],
+                    REPEAT: run.get(REPEAT),
+                    "fold": run[FOLD],
+                    "seed": run[SEED],
+                    "row": row,
+                    "image": self.images["paths"][row],
+                    "group": self.images["groups"][row],
+                    "label": self.images["labels"][row],
+                    "prob_positive": prob,
+                },
+            )
         self.store.put(RUNS_FILE, self.run_row(trial, result, status=RUNNING))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
@@ -222,16 +295,30 @@ class EvaluationCallback(tune.Callback):
         run, resources = trial.config, trial.placement_group_factory.required_resources
         epochs = self.store.rows(EPOCHS_FILE, trial.trial_id)
         return {
-            "run_id": run["run_id"], "config_id": run["config_id"], "rank": run["rank"], "split": run["split"],
-            "trial_id": trial.trial_id, "status": status, **{p: run.get(p) for p in PARAMS}, REPEAT: run.get(REPEAT),
+            "run_id": run["run_id"],
+            "config_id": run["config_id"],
+            "rank": run["rank"],
+            "split": run["split"],
+            "trial_id": trial.trial_id,
+            "status": status,
+            **{p: run.get(p) for p in PARAMS},
+            REPEAT: run.get(REPEAT),
             TRAIN_SEED: run.get(TRAIN_SEED),
-            "epochs": run["max_epochs"], "source_trial_id": run["source_trial_id"],
-            "source_optuna_number": run["source_optuna_number"], "search_score": run["search_score"],
+            "epochs": run["max_epochs"],
+            "source_trial_id": run["source_trial_id"],
+            "source_optuna_number": run["source_optuna_number"],
+            "search_score": run["search_score"],
             **{m: final.get(val(m)) for m in METRICS},
-            "n_train": final.get("n_train"), "n_scored": len(final["scored_rows"]) if final.get("scored_rows") else None,
-            "train_seconds": sum(r.get("epoch_seconds") or 0.0 for r in epochs), "wall_seconds": final.get("time_total_s"),
-            "cpus": resources.get("CPU"), "gpus": resources.get("GPU", 0.0), "node": final.get("node"), "error": error,
-            "weights_id": final.get("weights_id"), "normalize": final.get("normalize"),
+            "n_train": final.get("n_train"),
+            "n_scored": len(final["scored_rows"]) if final.get("scored_rows") else None,
+            "train_seconds": sum(r.get("epoch_seconds") or 0.0 for r in epochs),
+            "wall_seconds": final.get("time_total_s"),
+            "cpus": resources.get("CPU"),
+            "gpus": resources.get("GPU", 0.0),
+            "node": final.get("node"),
+            "error": error,
+            "weights_id": final.get("weights_id"),
+            "normalize": final.get("normalize"),
             "dataset_fingerprint": final.get("dataset_fingerprint"),
         }
 
@@ -245,8 +332,14 @@ def _search_folder(search_dir: Path) -> tuple[SearchFolder, Config, pd.DataFrame
     return search, load_config(search.path / CONFIG_FILE), load_trials([search.path])
 
 
-def start_evaluation(search_dir: Path, request: EvaluationRequest = EvaluationRequest(), *, name: str | None = None,
-                     address: str | None = None, train_fn: Callable = train_trial) -> Path:
+def start_evaluation(
+    search_dir: Path,
+    request: EvaluationRequest = EvaluationRequest(),
+    *,
+    name: str | None = None,
+    address: str | None = None,
+    train_fn: Callable = train_trial,
+) -> Path:
     """Validate everything, then write the evaluation folder, then run every planned run.
 
     Returns:
@@ -264,8 +357,9 @@ def start_evaluation(search_dir: Path, request: EvaluationRequest = EvaluationRe
         raise SearchError(f"evaluation name: {exc}") from None
     folder = search.path / name
     if folder.exists():
-        raise SearchError(f"{folder} already exists; continue it with `fundus-search resume {folder}` or pass "
-                          "another --name")
+        raise SearchError(
+            f"{folder} already exists; continue it with `fundus-search resume {folder}` or pass another --name"
+        )
     check_storage(str(folder))
     if address:
         check_address(address)
@@ -277,11 +371,19 @@ def start_evaluation(search_dir: Path, request: EvaluationRequest = EvaluationRe
     try:
         folder.mkdir()
     except FileExistsError:  # another evaluate got here first: it owns the folder
-        raise SearchError(f"{folder}: another `fundus-search evaluate` is writing it; wait for it, or pass "
-                          "another --name") from None
-    EvaluationFolder(path=folder, name=name, search_name=search.name, request=request.__dict__, runs=len(runs),
-                     protocol=protocol(config, request, cache), cpu_ms_per_image=cpu,
-                     planned=[_planned(r) for r in runs]).write()
+        raise SearchError(
+            f"{folder}: another `fundus-search evaluate` is writing it; wait for it, or pass another --name"
+        ) from None
+    EvaluationFolder(
+        path=folder,
+        name=name,
+        search_name=search.name,
+        request=request.__dict__,
+        runs=len(runs),
+        protocol=protocol(config, request, cache),
+        cpu_ms_per_image=cpu,
+        planned=[_planned(r) for r in runs],
+    ).write()
     _run(folder, config, cache, runs, train_fn)
     return folder
 
@@ -303,26 +405,44 @@ def protocol(config: Config, request: EvaluationRequest, cache: ImageCache) -> d
     """What evaluation.json declares before any run: the partitions, the test images, the question."""
     data = config.data
     test = held_out_indices(cache.labels, cache.groups, fraction=data.test_fraction, seed=data.seed)
-    return {"folds": len(request.folds) if request.folds is not None else data.folds, "k": data.folds,
-            "repeats": request.repeats, "seeds": request.seeds, "test_images": len(test),
-            "images": len(cache.labels), "dataset": cache.meta.get("fingerprint"),
-            "primary": [p.key for p in primary_question(config)], "rope": config.evaluation.rope}
+    return {
+        "folds": len(request.folds) if request.folds is not None else data.folds,
+        "k": data.folds,
+        "repeats": request.repeats,
+        "seeds": request.seeds,
+        "test_images": len(test),
+        "images": len(cache.labels),
+        "dataset": cache.meta.get("fingerprint"),
+        "primary": [p.key for p in primary_question(config)],
+        "rope": config.evaluation.rope,
+    }
 
 
 def _run(folder: Path, config: Config, cache: ImageCache, runs: list[dict], train_fn: Callable) -> None:
     """Every planned run as one Ray Tune experiment, `folder` itself, then the comparisons."""
-    tuner = make_tuner(trainable_with_resources(config, cache, train_fn), config, name=folder.name,
-                       storage_path=str(folder.parent), search_alg=FixedRuns(runs), scheduler=None,
-                       num_samples=len(runs), callbacks=_callbacks(folder, folder.name, config, cache, len(runs)))
+    tuner = make_tuner(
+        trainable_with_resources(config, cache, train_fn),
+        config,
+        name=folder.name,
+        storage_path=str(folder.parent),
+        search_alg=FixedRuns(runs),
+        scheduler=None,
+        num_samples=len(runs),
+        callbacks=_callbacks(folder, folder.name, config, cache, len(runs)),
+    )
     tuner.fit()
     finish_evaluation(folder)
 
 
 def _callbacks(folder: Path, name: str, config: Config, cache: ImageCache, total: int) -> list:
-    return [EvaluationCallback(str(folder), name=name, images=_image_rows(cache),
-                               metadata=provenance(config, cache.meta["fingerprint"])),
-            ProgressCallback(metric=config.search.metric, mode=config.search.mode, total=total,
-                             label=evaluation_label, best_epoch=False)]
+    return [
+        EvaluationCallback(
+            str(folder), name=name, images=_image_rows(cache), metadata=provenance(config, cache.meta["fingerprint"])
+        ),
+        ProgressCallback(
+            metric=config.search.metric, mode=config.search.mode, total=total, label=evaluation_label, best_epoch=False
+        ),
+    ]
 
 
 def resume_evaluation(folder: Path, *, address: str | None = None, train_fn: Callable = train_trial) -> Path:
@@ -358,13 +478,23 @@ def finish_evaluation(folder: Path, *, resamples: int = 2000) -> pd.DataFrame:
     runs give the same file)."""
     config = load_config(Path(folder).parent / CONFIG_FILE)  # an evaluation sits in its search's folder
     declared = EvaluationFolder.open(folder).protocol
-    primary = ([Planned.parse(t) for t in declared["primary"]] if declared.get("primary") is not None
-               else primary_question(config))
+    primary = (
+        [Planned.parse(t) for t in declared["primary"]]
+        if declared.get("primary") is not None
+        else primary_question(config)
+    )
     sources = {name: init.source for name, init in config.model.inits.items()}
     runs, predictions = load_evaluation(folder)
-    comparisons = paired_comparisons(runs, predictions, sources, primary=primary,
-                                     rope=declared.get("rope", config.evaluation.rope), resamples=resamples,
-                                     seed=config.search.seed, protocol=scored_protocol(declared))
+    comparisons = paired_comparisons(
+        runs,
+        predictions,
+        sources,
+        primary=primary,
+        rope=declared.get("rope", config.evaluation.rope),
+        resamples=resamples,
+        seed=config.search.seed,
+        protocol=scored_protocol(declared),
+    )
     write_comparisons(folder, comparisons)
     return comparisons
 
@@ -384,5 +514,13 @@ def measure_cpu(config: Config, cache: ImageCache, *, repeats: int = 20) -> dict
         times = cpu_ms_samples(classifier, image, preprocessing, threads=n_threads, repeats=repeats)
         return [float(x) for x in np.percentile(times, [50, 25, 75])]
 
-    return {arch: {"inits": list(config.inits), "ms_1_thread": summary(1), "ms_all_threads": summary(threads),
-                   "threads": threads, "repeats": repeats, "torch": torch.__version__}}
+    return {
+        arch: {
+            "inits": list(config.inits),
+            "ms_1_thread": summary(1),
+            "ms_all_threads": summary(threads),
+            "threads": threads,
+            "repeats": repeats,
+            "torch": torch.__version__,
+        }
+    }

@@ -47,8 +47,10 @@ def check_storage(results: str) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as exc:
-        raise SearchError(f"storage.path: cannot write results under {folder} ([Errno {exc.errno}] {exc.strerror}); "
-                         "choose a writable folder") from exc
+        raise SearchError(
+            f"storage.path: cannot write results under {folder} ([Errno {exc.errno}] {exc.strerror}); "
+            "choose a writable folder"
+        ) from exc
 
 
 def check_trusted(folder: Path) -> Path:
@@ -76,15 +78,21 @@ def check_trusted(folder: Path) -> Path:
 def _check_entry(path: Path, folder: Path) -> None:
     info = path.lstat()
     if stat.S_ISLNK(info.st_mode):
-        raise SearchError(f"{path}: a symlink (to {os.readlink(path)}); resuming unpickles files from this folder, "
-                         "so it follows no link: remove the link, or resume a folder without links")
+        raise SearchError(
+            f"{path}: a symlink (to {os.readlink(path)}); resuming unpickles files from this folder, "
+            "so it follows no link: remove the link, or resume a folder without links"
+        )
     if info.st_uid != os.getuid():
-        raise SearchError(f"{path}: owned by user id {info.st_uid}, not you; resuming unpickles files from this "
-                         "folder, so only folders you wrote are resumed (a copy of another user's folder still holds "
-                         "their pickles); `report`, `table` and `best` read it safely")
+        raise SearchError(
+            f"{path}: owned by user id {info.st_uid}, not you; resuming unpickles files from this "
+            "folder, so only folders you wrote are resumed (a copy of another user's folder still holds "
+            "their pickles); `report`, `table` and `best` read it safely"
+        )
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise SearchError(f"{path}: writable by other users (mode {stat.filemode(info.st_mode)}); resuming "
-                         f"unpickles files from this folder: `chmod -R go-w {folder}` if you trust its contents")
+        raise SearchError(
+            f"{path}: writable by other users (mode {stat.filemode(info.st_mode)}); resuming "
+            f"unpickles files from this folder: `chmod -R go-w {folder}` if you trust its contents"
+        )
 
 
 def check_resources(config: Config) -> None:
@@ -101,14 +109,18 @@ def check_resources(config: Config) -> None:
     gpus = max((n.get("GPU", 0) for n in nodes), default=0)
     want = config.resources.cpus_per_trial
     if want > cpus:
-        raise SearchError(f"resources.cpus_per_trial: {want:g} CPUs per trial, but the largest node of the Ray "
-                          f"cluster has {cpus:g}; ask for at most {cpus:g}")
+        raise SearchError(
+            f"resources.cpus_per_trial: {want:g} CPUs per trial, but the largest node of the Ray "
+            f"cluster has {cpus:g}; ask for at most {cpus:g}"
+        )
     if gpus:  # without GPUs every trial runs on CPUs (search.engine.tuner.trainable_with_resources)
         strategies = set(config.search.space.strategy)
         over = {s: g for s, g in config.resources.gpus_per_trial.items() if s in strategies and g > gpus}
         if over:
-            raise SearchError(f"resources.gpus_per_trial: {over} GPUs per trial, but the largest node of the Ray "
-                              f"cluster has {gpus:g}; ask for at most {gpus:g}")
+            raise SearchError(
+                f"resources.gpus_per_trial: {over} GPUs per trial, but the largest node of the Ray "
+                f"cluster has {gpus:g}; ask for at most {gpus:g}"
+            )
 
 
 def provenance(config: Config, fingerprint: str) -> dict[str, str]:
@@ -116,13 +128,21 @@ def provenance(config: Config, fingerprint: str) -> dict[str, str]:
     packages = ("fundus-search", "ray", "optuna", "torch", "torchvision", "pyarrow", "numpy")
     versions = {p: _version(p) for p in packages}
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                                text=True, timeout=5).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.TimeoutExpired):
         commit = None
-    return {"config": yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False),
-            "versions": json.dumps(versions), "git_commit": commit or "unknown", "dataset_fingerprint": fingerprint,
-            "machine": machine()}
+    return {
+        "config": yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False),
+        "versions": json.dumps(versions),
+        "git_commit": commit or "unknown",
+        "dataset_fingerprint": fingerprint,
+        "machine": machine(),
+    }
 
 
 def machine() -> str:
@@ -130,13 +150,15 @@ def machine() -> str:
     import torch
 
     cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError, StopIteration):
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as info:
+        cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
     memory = ""
-    with contextlib.suppress(OSError, ValueError, StopIteration):
-        kib = int(next(line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal")))
+    with contextlib.suppress(OSError, ValueError, StopIteration), open("/proc/meminfo") as info:
+        kib = int(next(line.split()[1] for line in info if line.startswith("MemTotal")))
         memory = f", {kib / 2**20:.0f} GiB"
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    gpus = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    )
     return f"{cpu} ({os.cpu_count()} cores{memory}), GPUs: {', '.join(gpus) or 'none'}"
 
 

@@ -23,8 +23,17 @@ from fundus_search.search.ops.ray_session import token_path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # search/ops/jobs.py -> the checkout
 # .gitignore too: what it lists is excluded here already, and Ray would log a line about it
-EXCLUDED = (".venv", ".cache", "runs", ".git", ".gitignore", "__pycache__", "*.egg-info", ".pytest_cache",
-            "benchmarks/results")
+EXCLUDED = (
+    ".venv",
+    ".cache",
+    "runs",
+    ".git",
+    ".gitignore",
+    "__pycache__",
+    "*.egg-info",
+    ".pytest_cache",
+    "benchmarks/results",
+)
 JOB_CONFIG = "submitted-config.yaml"
 _CONNECT_TIMEOUT_S = 10
 
@@ -42,8 +51,10 @@ def job_client(address: str):
     Ray Jobs API, no token, wrong token)."""
     token = read_token()
     if token is None:
-        raise ClusterError("Ray token: none in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; copy the "
-                           "cluster's token there")
+        raise ClusterError(
+            "Ray token: none in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; copy the "
+            "cluster's token there"
+        )
     import requests
     from ray.job_submission import JobSubmissionClient
 
@@ -52,18 +63,23 @@ def job_client(address: str):
     try:  # a short probe first: JobSubmissionClient itself retries for much longer
         reply = requests.get(url, timeout=_CONNECT_TIMEOUT_S, headers=headers)
     except requests.RequestException as exc:
-        raise ClusterError(f"Jobs API {address}: cannot reach it ({type(exc).__name__}); start the cluster or "
-                           "open the SSH tunnel") from None
+        raise ClusterError(
+            f"Jobs API {address}: cannot reach it ({type(exc).__name__}); start the cluster or open the SSH tunnel"
+        ) from None
     if reply.status_code in (401, 403):
-        raise ClusterError(f"Jobs API {address}: refused the Ray token (HTTP {reply.status_code}); use the "
-                           "cluster's token (RAY_AUTH_TOKEN or ~/.ray/auth_token)")
+        raise ClusterError(
+            f"Jobs API {address}: refused the Ray token (HTTP {reply.status_code}); use the "
+            "cluster's token (RAY_AUTH_TOKEN or ~/.ray/auth_token)"
+        )
     try:
         is_ray = reply.ok and "ray_version" in reply.json()
     except ValueError:  # not JSON
         is_ray = False
     if not is_ray:
-        raise ClusterError(f"Jobs API {address}: {url} answered HTTP {reply.status_code} but is not a Ray Jobs "
-                           "API; pass the cluster's dashboard address (e.g. http://127.0.0.1:8265)")
+        raise ClusterError(
+            f"Jobs API {address}: {url} answered HTTP {reply.status_code} but is not a Ray Jobs "
+            "API; pass the cluster's dashboard address (e.g. http://127.0.0.1:8265)"
+        )
     return JobSubmissionClient(address, headers=headers)
 
 
@@ -82,12 +98,15 @@ def entrypoint(name: str) -> str:
     release it); Tune then fails on a vanished current directory. So the driver imports the
     project from there (PYTHONPATH) but runs from $HOME.
     """
-    return (f'export PYTHONPATH="$PWD${{PYTHONPATH:+:$PYTHONPATH}}" && config="$PWD/{JOB_CONFIG}" && cd "$HOME" && '
-            f'python -m fundus_search run "$config" --name {shlex.quote(name)} --address auto')
+    return (
+        f'export PYTHONPATH="$PWD${{PYTHONPATH:+:$PYTHONPATH}}" && config="$PWD/{JOB_CONFIG}" && cd "$HOME" && '
+        f'python -m fundus_search run "$config" --name {shlex.quote(name)} --address auto'
+    )
 
 
 def follow(client, job_id: str) -> int:
     """Stream the job's logs to stdout until it ends; 0 if it succeeded, 1 otherwise."""
+
     async def tail() -> None:
         async for lines in client.tail_job_logs(job_id):
             sys.stdout.write(lines)

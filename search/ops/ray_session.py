@@ -45,15 +45,24 @@ def connect(address: str | None) -> None:
         try:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         except ConnectionError as exc:
-            raise ClusterError(f"Ray address {address}: cannot connect ({str(exc).splitlines()[0]}); start the "
-                               "cluster or fix the address") from None
+            raise ClusterError(
+                f"Ray address {address}: cannot connect ({str(exc).splitlines()[0]}); start the "
+                "cluster or fix the address"
+            ) from None
         return
     os.environ[_LOOPBACK_SWITCH] = "0"  # for the processes Ray starts
     ray_constants.ENABLE_RAY_CLUSTER = False  # for this one, which imported Ray already
     with _private_files():  # the auth token Ray may write, its logs and sockets: owner only
         # address="local": always a new embedded instance, never a cluster found on this machine
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, _temp_dir=str(private_temp_dir()),
-                 object_store_memory=_OBJECT_STORE_BYTES, logging_level=logging.WARNING, log_to_driver=False)
+        ray.init(
+            address="local",
+            num_cpus=os.cpu_count(),
+            include_dashboard=False,
+            _temp_dir=str(private_temp_dir()),
+            object_store_memory=_OBJECT_STORE_BYTES,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+        )
     tighten_token_file()
 
 
@@ -71,8 +80,10 @@ def check_address(address: str) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as exc:
-        raise ClusterError(f"Ray address {address}: no Ray cluster answers ({exc.strerror or exc}); start it "
-                           "(e.g. cluster/local.sh up) or fix the address") from None
+        raise ClusterError(
+            f"Ray address {address}: no Ray cluster answers ({exc.strerror or exc}); start it "
+            "(e.g. cluster/local.sh up) or fix the address"
+        ) from None
 
 
 def private_temp_dir() -> Path:
@@ -89,8 +100,10 @@ def private_temp_dir() -> Path:
         parent.mkdir(mode=0o700)
     info = parent.lstat()
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        raise ClusterError(f"{parent}: not a folder of yours (it holds Ray's temporary files); remove it, or set "
-                           "TMPDIR to a folder only you can write")
+        raise ClusterError(
+            f"{parent}: not a folder of yours (it holds Ray's temporary files); remove it, or set "
+            "TMPDIR to a folder only you can write"
+        )
     if stat.S_IMODE(info.st_mode) != 0o700:
         parent.chmod(0o700)
     return parent / "ray"

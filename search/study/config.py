@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -12,7 +12,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from fundus_search.data_io import SOURCES, Augmentation, DataSpec, SyntheticSpec
 from fundus_search.models import BACKBONES, NORMALIZATIONS, WEIGHT_SOURCES, InitSpec, TrainSettings
 from fundus_search.results.answer import Planned
-from fundus_search.vocabulary import AVERAGE, FT, LP, LP_FT, STRATEGIES, TRAIN_LOSS, VAL_METRICS, UserError, check_name, val
+from fundus_search.vocabulary import (
+    AVERAGE,
+    FT,
+    LP,
+    LP_FT,
+    STRATEGIES,
+    TRAIN_LOSS,
+    VAL_METRICS,
+    UserError,
+    check_name,
+    val,
+)
 
 Strategy = Literal[STRATEGIES]  # type: ignore[valid-type]
 Normalization = Literal[tuple(NORMALIZATIONS)]  # type: ignore[valid-type]
@@ -62,7 +73,7 @@ class DataConfig(_Strict):
     cache_dir: Path | None = None
 
     @model_validator(mode="after")
-    def _check(self, info: ValidationInfo) -> "DataConfig":
+    def _check(self, info: ValidationInfo) -> DataConfig:
         if self.fold >= self.folds:
             raise ValueError(f"fold must be < folds={self.folds} (got {self.fold})")
         if self.source != "synthetic" and self.root is None:
@@ -78,10 +89,19 @@ class DataConfig(_Strict):
 
     def to_spec(self) -> DataSpec:
         return DataSpec(
-            source=self.source, root=self.root, task=self.task, csv=self.csv,
-            classes=tuple(self.classes), synthetic=SyntheticSpec(**self.synthetic.model_dump()),
-            image_size=self.image_size, crop_foreground=self.crop_foreground, folds=self.folds,
-            fold=self.fold, seed=self.seed, test_fraction=self.test_fraction, skip_bad=self.skip_bad,
+            source=self.source,
+            root=self.root,
+            task=self.task,
+            csv=self.csv,
+            classes=tuple(self.classes),
+            synthetic=SyntheticSpec(**self.synthetic.model_dump()),
+            image_size=self.image_size,
+            crop_foreground=self.crop_foreground,
+            folds=self.folds,
+            fold=self.fold,
+            seed=self.seed,
+            test_fraction=self.test_fraction,
+            skip_bad=self.skip_bad,
             cache_dir=self.cache_dir,
         )
 
@@ -94,7 +114,7 @@ class InitConfig(_Strict):
     normalize: Normalization | None = None  # default: the source's (torchvision: imagenet; flair, random: none)
 
     @model_validator(mode="after")
-    def _check(self, info: ValidationInfo) -> "InitConfig":
+    def _check(self, info: ValidationInfo) -> InitConfig:
         if self.source == "torchvision" and not (self.weights or self.path):
             raise ValueError("torchvision source needs weights (e.g. IMAGENET1K_V1) or path")
         if self.source == "flair" and self.path is None:
@@ -122,8 +142,13 @@ class ModelConfig(_Strict):
     def init_spec(self, name: str) -> InitSpec:
         """The init's weight source; normalisation is the source's unless the config sets it."""
         init = self.inits[name]
-        return InitSpec(source=init.source, weights=init.weights, path=init.path, projection=init.projection,
-                        normalize=init.normalize)
+        return InitSpec(
+            source=init.source,
+            weights=init.weights,
+            path=init.path,
+            projection=init.projection,
+            normalize=init.normalize,
+        )
 
 
 class AugmentationConfig(_Strict):
@@ -161,8 +186,8 @@ class IntChoices(_Strict):
     choices: list[int] = Field(min_length=1)
 
 
-FloatRange = Union[float, tuple[float, float], FloatChoices]
-IntRange = Union[int, tuple[int, int], IntChoices]
+FloatRange = float | tuple[float, float] | FloatChoices
+IntRange = int | tuple[int, int] | IntChoices
 
 
 def _check_range(value, name: str, minimum: float, strict: bool):
@@ -202,17 +227,25 @@ class SpaceConfig(_Strict):
         integer = info.field_name == "lp_epochs"
         number = (int,) if integer else (int, float)
         kind = "an integer" if integer else "a number"
-        if isinstance(value, bool) or not (isinstance(value, number) or isinstance(value, (list, tuple, dict))):
+        if isinstance(value, bool) or not isinstance(value, (*number, list, tuple, dict)):
             raise ValueError(f"expected {kind}, [low, high] or {{choices: [...]}} (got {value!r})")
         if isinstance(value, (list, tuple)) and (len(value) != 2 or not all(isinstance(v, number) for v in value)):
-            raise ValueError(f"[low, high] needs two {'integers' if integer else 'numbers'} (got {list(value)}); "
-                             f"for a set of values write {{choices: {list(value)}}}")
+            raise ValueError(
+                f"[low, high] needs two {'integers' if integer else 'numbers'} (got {list(value)}); "
+                f"for a set of values write {{choices: {list(value)}}}"
+            )
         if isinstance(value, dict):
             choices = value.get("choices")
-            if set(value) != {"choices"} or not isinstance(choices, list) or not choices or not all(
-                    isinstance(v, number) and not isinstance(v, bool) for v in choices):
-                raise ValueError(f"{{choices: [...]}} needs a non-empty list of {'integers' if integer else 'numbers'}"
-                                 f" and no other key (got {value})")
+            if (
+                set(value) != {"choices"}
+                or not isinstance(choices, list)
+                or not choices
+                or not all(isinstance(v, number) and not isinstance(v, bool) for v in choices)
+            ):
+                raise ValueError(
+                    f"{{choices: [...]}} needs a non-empty list of {'integers' if integer else 'numbers'}"
+                    f" and no other key (got {value})"
+                )
         return value
 
     @field_validator("lp_lr", "ft_lr", "weight_decay")
@@ -317,7 +350,7 @@ class Config(_Strict):
         return check_name(value)
 
     @model_validator(mode="after")
-    def _cross_check(self, info: ValidationInfo) -> "Config":
+    def _cross_check(self, info: ValidationInfo) -> Config:
         unknown = [n for n in self.search.space.init or [] if n not in self.model.inits]
         if unknown:
             raise ValueError(f"search.space.init: {unknown} not in model.inits ({', '.join(self.model.inits)})")
@@ -326,11 +359,15 @@ class Config(_Strict):
         for text in self.evaluation.primary or []:
             plan = Planned.parse(text)
             inits, strategies = set(self.inits), set(self.search.space.strategy)
-            if not ((plan.within in strategies and {plan.a, plan.b} <= inits and plan.a != plan.b)
-                    or (plan.within in inits and {plan.a, plan.b} <= strategies and plan.a != plan.b)):
-                raise ValueError(f"evaluation.primary: {text!r} compares no two searched cells; write "
-                                 f"'STRATEGY: INIT_A - INIT_B' (strategies {sorted(strategies)}, inits "
-                                 f"{sorted(inits)}) or 'INIT: STRATEGY_A - STRATEGY_B'")
+            if not (
+                (plan.within in strategies and {plan.a, plan.b} <= inits and plan.a != plan.b)
+                or (plan.within in inits and {plan.a, plan.b} <= strategies and plan.a != plan.b)
+            ):
+                raise ValueError(
+                    f"evaluation.primary: {text!r} compares no two searched cells; write "
+                    f"'STRATEGY: INIT_A - INIT_B' (strategies {sorted(strategies)}, inits "
+                    f"{sorted(inits)}) or 'INIT: STRATEGY_A - STRATEGY_B'"
+                )
         if not self.storage.path.startswith("s3://"):
             base = Path((info.context or {}).get("base_dir", "."))
             object.__setattr__(self.storage, "path", os.path.abspath(base / Path(self.storage.path).expanduser()))
@@ -349,8 +386,12 @@ def _describe(error: dict) -> str:
     loc = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function-"))
     ctx = error.get("ctx") or {}
     kind = error["type"]
-    bounds = {"greater_than_equal": ">= {ge}", "greater_than": "> {gt}", "less_than_equal": "<= {le}",
-              "less_than": "< {lt}"}
+    bounds = {
+        "greater_than_equal": ">= {ge}",
+        "greater_than": "> {gt}",
+        "less_than_equal": "<= {le}",
+        "less_than": "< {lt}",
+    }
     if kind in bounds:
         what = "must be " + bounds[kind].format(**ctx)
     elif kind == "extra_forbidden":

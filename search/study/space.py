@@ -6,7 +6,19 @@ import numpy as np
 import optuna
 
 from fundus_search.models import TRANSFER_STRATEGIES
-from fundus_search.vocabulary import BATCH_SIZE, FOLD, FT, FT_LR, INIT, LP, LP_EPOCHS, LP_LR, SEED, STRATEGY, WEIGHT_DECAY
+from fundus_search.vocabulary import (
+    BATCH_SIZE,
+    FOLD,
+    FT,
+    FT_LR,
+    INIT,
+    LP,
+    LP_EPOCHS,
+    LP_LR,
+    SEED,
+    STRATEGY,
+    WEIGHT_DECAY,
+)
 
 from fundus_search.search.study.config import Config, FloatChoices, IntChoices
 
@@ -21,17 +33,22 @@ class SearchSpace:
 
     Only `trial.suggest_*` happens here. `lp_lr` exists for strategies with a linear probe
     trained by AdamW (lp, lp_ft), `ft_lr` for those that fine-tune (ft, lp_ft), `lp_epochs`
-    for the AdamW warm-up of lp_ft (an L-BFGS probe is one fit: neither is searched then). A scalar in the config fixes a parameter (returned as a
-    constant, not searched); a [low, high] pair is searched (log scale for rates); `{choices:
-    [...]}` is searched as a categorical over exactly those values.
+    for the AdamW warm-up of lp_ft (an L-BFGS probe is one fit: neither is searched then). A
+    scalar in the config fixes a parameter (returned as a constant, not searched); a [low, high]
+    pair is searched (log scale for rates); `{choices: [...]}` is searched as a categorical over
+    exactly those values.
     """
 
     def __init__(self, config: Config):
         space = config.search.space
         self.inits = list(config.inits)
         self.strategies = list(space.strategy)
-        self.ranges = {LP_LR: space.lp_lr, FT_LR: space.ft_lr, WEIGHT_DECAY: space.weight_decay,
-                       LP_EPOCHS: space.lp_epochs}
+        self.ranges = {
+            LP_LR: space.lp_lr,
+            FT_LR: space.ft_lr,
+            WEIGHT_DECAY: space.weight_decay,
+            LP_EPOCHS: space.lp_epochs,
+        }
         self.batch_sizes = list(space.batch_size)
         self.adamw_probe = config.training.lp_solver == "adamw"
         self.search_seed, self.fold, self.max_epochs = config.search.seed, config.data.fold, config.search.max_epochs
@@ -48,8 +65,13 @@ class SearchSpace:
             self._number(trial, LP_EPOCHS, fixed, log=False)
         self._number(trial, WEIGHT_DECAY, fixed, log=True)
         self._choose(trial, BATCH_SIZE, self.batch_sizes, fixed)
-        return {**fixed, SEED: trial_seed(self.search_seed, trial.number), FOLD: self.fold,
-                "optuna_number": trial.number, "max_epochs": self.max_epochs}
+        return {
+            **fixed,
+            SEED: trial_seed(self.search_seed, trial.number),
+            FOLD: self.fold,
+            "optuna_number": trial.number,
+            "max_epochs": self.max_epochs,
+        }
 
     def cell_points(self) -> list[dict]:
         """One partial point per init x strategy cell, naming only the searched keys."""
