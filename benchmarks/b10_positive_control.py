@@ -24,13 +24,12 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from benchmarks.common import local_ray, main, write
 from fundus_search.results.tables import verdict_sentences
 from fundus_search.search.demo.weights import FLAIR_FILE, IMAGENET_FILE, make_demo_weights
-from fundus_search.search.evaluate.retrain import EvaluationRequest, start_evaluation
 from fundus_search.search.engine.tuner import start_search
+from fundus_search.search.evaluate.retrain import EvaluationRequest, start_evaluation
 from fundus_search.vocabulary import COMPARISONS_FILE
-
-from benchmarks.common import local_ray, main, write
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "search" / "configs" / "demo.yaml"
@@ -88,8 +87,8 @@ def run(tiny: bool = False) -> dict:
             began = time.perf_counter()
             request = EvaluationRequest(folds=(0,), repeats=1) if tiny else EvaluationRequest()
             with contextlib.redirect_stdout(io.StringIO()):
-                paths, _ = start_search(study_config(folder, seed, weights, tiny=tiny), name=f"seed{seed}")
-                evaluation = start_evaluation(Path(paths.results), request)
+                search, _ = start_search(study_config(folder, seed, weights, tiny=tiny), name=f"seed{seed}")
+                evaluation = start_evaluation(search.path, request)
             studies[seed] = {
                 **summarize(pd.read_parquet(evaluation / COMPARISONS_FILE)),
                 "seconds": round(time.perf_counter() - began, 1),

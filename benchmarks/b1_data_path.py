@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from functools import partial
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from benchmarks.common import REPEATS, main, median, timed, write
 from fundus_search.data_io import (
     DataSpec,
     augment,
@@ -29,8 +30,6 @@ from fundus_search.data_io import (
 )
 from fundus_search.data_io.preprocess import Preprocessing
 from fundus_search.data_io.synthetic import generate_image
-
-from benchmarks.common import REPEATS, main, median, timed, write
 
 BATCH = 32
 

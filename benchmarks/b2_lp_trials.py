@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common import REPEATS, main, median, timed, write
 from fundus_search.data_io import DataSpec, SyntheticSpec, fold_indices, prepare_images
 from fundus_search.models import (
     InitSpec,
@@ -22,8 +23,6 @@ from fundus_search.models import (
     extract_features,
     load_or_extract_features,
 )
-
-from benchmarks.common import REPEATS, main, median, timed, write
 
 
 def run(tiny: bool = False) -> dict:

@@ -20,14 +20,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from fundus_search.data_io import prepare_images
-from fundus_search.search.study.config import Config, load_config
-from fundus_search.search.demo.weights import make_demo_weights
-from fundus_search.search.study.space import trial_seed
-from fundus_search.search.engine.trial import DatasetInfo, make_trainer
-
 from benchmarks.b3_replay import HYPER
 from benchmarks.common import machine, versions
+from fundus_search.data_io import prepare_images
+from fundus_search.search.demo.weights import make_demo_weights
+from fundus_search.search.engine.trial import DatasetInfo, TrialConfig, make_trainer
+from fundus_search.search.study.config import Config, load_config
+from fundus_search.search.study.space import trial_seed
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = Path(__file__).parent / "data" / "b3_curves.parquet"
@@ -109,7 +108,7 @@ def build_table(path: Path, *, tiny: bool = False) -> pa.Table:
             "fold": config.data.fold,
             "max_epochs": max_epochs,
         }
-        trainer, _ = make_trainer(config, params, cache.images, info)
+        trainer, _ = make_trainer(config, TrialConfig.of(params), cache.images, info)
         for metrics in trainer.epochs():
             rows.append(
                 {

@@ -28,12 +28,11 @@ from pathlib import Path
 import numpy as np
 from ray import tune
 
-from fundus_search.search.study.config import Config
-from fundus_search.search.engine.tuner import search_algorithms
-
 from benchmarks.b3_curves import HYPER, TABLE, build_table, read_table
 from benchmarks.b3_replay import Curves, replay_trial
 from benchmarks.common import local_ray, main, median, write
+from fundus_search.search.engine.tuner import search_algorithms
+from fundus_search.search.study.config import Config
 
 TOLERANCE = 0.01
 LOOSER = (0.02, 0.04)  # the same figure for looser targets: how much hinges on one lucky epoch

@@ -16,9 +16,8 @@ import ray
 import yaml
 from ray import tune
 
-from fundus_search.search.engine.tuner import start_search
-
 from benchmarks.common import REPEATS, local_ray, main, median, write
+from fundus_search.search.engine.tuner import start_search
 
 REPORTS = 5
 

@@ -18,11 +18,10 @@ import torch
 import torch.nn.functional as F
 from ray import tune
 
+from benchmarks.common import REPEATS, local_ray, main, median, write
 from fundus_search.data_io import to_float
 from fundus_search.models import InitSpec, build_feature_net
 from fundus_search.models.backbones import Classifier, Head
-
-from benchmarks.common import REPEATS, local_ray, main, median, write
 
 
 def trial(params: dict, *, images: np.ndarray | None = None, path: str | None = None) -> None:

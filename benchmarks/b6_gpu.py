@@ -18,10 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.common import REPEATS, main, median, results_dir, write
 from fundus_search.models import InitSpec, Trainer, TrainSettings, build_feature_net, extract_features
 from fundus_search.models.backbones import Classifier, Head
-
-from benchmarks.common import REPEATS, main, median, results_dir, write
 
 EPOCH_IMAGES = 570  # CGI-HRDC: 712 training images, 4/5 of them train in a 5-fold split
 DATASET_IMAGES = 712

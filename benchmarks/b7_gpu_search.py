@@ -33,13 +33,11 @@ import torch
 import yaml
 from ray import tune
 
+from benchmarks.common import local_ray, machine, main, median, results_dir, write
 from fundus_search.models import InitSpec, build_feature_net
 from fundus_search.models.backbones import Classifier, Head
 from fundus_search.models.pretrain import save_flair_checkpoint
 from fundus_search.search.engine.tuner import start_search
-from fundus_search.vocabulary import EPOCHS_FILE
-
-from benchmarks.common import local_ray, machine, main, median, results_dir, write
 
 CONFIG = Path(__file__).parent / "b7_search.yaml"
 REPORTS = 5
@@ -227,9 +225,9 @@ def gpu_search(folder: Path, weights: dict[str, Path], name: str, overrides: dic
     config = search_config(folder, weights, overrides, tiny)
     with GpuSampler() as gpu:
         start = time.monotonic()
-        paths, _ = start_search(config, name=name, extra_callbacks=(clock,))
+        search, _ = start_search(config, name=name, extra_callbacks=(clock,))
         wall = time.monotonic() - start
-    epochs = pd.read_parquet(Path(paths.results) / EPOCHS_FILE).sort_values(["trial_id", "epoch"])
+    epochs = pd.read_parquet(search.epochs_file).sort_values(["trial_id", "epoch"])
     ft = epochs[epochs["phase"] == "ft"]
     ft_images = float((ft["images_per_second"] * ft["epoch_seconds"]).sum())
     # between two epoch reports of a trial, what the epochs themselves did not take: report + checkpoint

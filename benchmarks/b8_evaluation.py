@@ -19,13 +19,12 @@ import pandas as pd
 import ray
 import yaml
 
+from benchmarks.common import REPEATS, local_ray, main, median, write
 from fundus_search.data_io import prepare_images
 from fundus_search.results.store import TRIALS_SCHEMA
-from fundus_search.search.study.config import load_config
 from fundus_search.search.evaluate.retrain import EvaluationRequest, start_evaluation
+from fundus_search.search.study.config import load_config
 from fundus_search.vocabulary import CONFIG_FILE, RUNS_FILE, SEARCH_FILE, TRIALS_FILE
-
-from benchmarks.common import REPEATS, local_ray, main, median, write
 
 
 def search_folder(folder: Path, cache: Path, *, tiny: bool) -> Path:

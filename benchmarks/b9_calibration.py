@@ -32,10 +32,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from benchmarks.common import main, write
 from fundus_search.results.answer import Planned, paired_comparisons
 from fundus_search.statistics import average_of_predictions, bayesian_correlated_ttest, corrected_cv_ttest, holm
-
-from benchmarks.common import main, write
 
 POSITIVE = 0.41
 NOISE_IMAGE, NOISE_RUN, BETA = 0.8, 0.6, 0.5

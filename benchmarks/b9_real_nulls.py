@@ -30,12 +30,11 @@ import torchvision
 import yaml
 from scipy import stats
 
-from fundus_search.search.study.config import EvaluationConfig
-from fundus_search.search.evaluate.retrain import EvaluationRequest, start_evaluation
-from fundus_search.search.engine.tuner import start_search
-from fundus_search.vocabulary import COMPARISONS_FILE
-
 from benchmarks.common import local_ray, main, write
+from fundus_search.search.engine.tuner import start_search
+from fundus_search.search.evaluate.retrain import EvaluationRequest, start_evaluation
+from fundus_search.search.study.config import EvaluationConfig
+from fundus_search.vocabulary import COMPARISONS_FILE
 
 
 def permuted_twin(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
@@ -102,8 +101,8 @@ def one_study(folder: Path, study: int, *, tiny: bool) -> pd.DataFrame:
     config = study_config(folder, study, tiny=tiny)
     request = EvaluationRequest(folds=(0, 1), repeats=1, seeds=1) if tiny else EvaluationRequest()
     with contextlib.redirect_stdout(io.StringIO()):
-        paths, _ = start_search(config, name=f"null{study}")
-        evaluation = start_evaluation(Path(paths.results), request)
+        search, _ = start_search(config, name=f"null{study}")
+        evaluation = start_evaluation(search.path, request)
     comparisons = pd.read_parquet(evaluation / COMPARISONS_FILE)
     return comparisons[(comparisons["split"] == "cv") & (comparisons["family"] == "primary")].assign(study=study)
 

@@ -9,9 +9,9 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from collections.abc import Callable
 
 RESULTS = Path(__file__).parent / "results"
 RESULTS_ENV = "FUNDUS_BENCH_RESULTS"  # another folder for the JSON (the tests' tiny runs use a temporary one)

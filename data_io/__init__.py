@@ -1,7 +1,7 @@
 """Datasets, preprocessing, the decoded-image cache, folds, synthetic data and augmentation."""
 
 from fundus_search.data_io.augment import Augmentation, augment, to_float
-from fundus_search.data_io.folds import FoldError, fold_indices, split_indices, held_out_indices
+from fundus_search.data_io.folds import FoldError, fold_indices, held_out_indices, split_indices
 from fundus_search.data_io.image_cache import ImageCache, fingerprint_manifest, load_or_build_image_cache, scan_images
 from fundus_search.data_io.manifest import SOURCES, BadFile, BadFilesError, Manifest, ManifestError, build_manifest
 from fundus_search.data_io.prepare import prepare_images

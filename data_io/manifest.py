@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import ast
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 
 import numpy as np
-
-from fundus_search.vocabulary import UserError
 
 from fundus_search.data_io.cgi_hrdc import CGI_HRDC_CLASSES, CGI_HRDC_TASKS, GROUNDTRUTHS, IMAGES
 from fundus_search.data_io.spec import DataSpec
 from fundus_search.data_io.synthetic import ensure_synthetic_dataset
+from fundus_search.vocabulary import UserError
 
 MAX_LISTED_BAD_FILES = 20
 

@@ -37,7 +37,8 @@ class SyntheticSpec:
 
 @dataclass(frozen=True)
 class DataSpec:
-    """Where the images are, how to label them, and how to preprocess and split them.
+    """Where the images are, how to label them, and how to preprocess them. How they are split
+    into folds is the search's business (`data_io.folds`, called with the config's data.folds).
 
     `root` and `csv` are absolute by the time they reach here (the config resolves them).
     """
@@ -50,10 +51,6 @@ class DataSpec:
     synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
     image_size: int = 512
     crop_foreground: bool = False
-    folds: int = 5
-    fold: int = 0
-    seed: int = 0
-    test_fraction: float = 0.0  # held-out test split, excluded from every fold (data_io.folds)
     skip_bad: bool = False
     cache_dir: Path | None = None
 

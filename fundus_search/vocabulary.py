@@ -50,6 +50,7 @@ INIT, STRATEGY, LP_LR, FT_LR, LP_EPOCHS, WEIGHT_DECAY, BATCH_SIZE, SEED, FOLD = 
     "fold",
 )
 PARAMS = (INIT, STRATEGY, LP_LR, FT_LR, LP_EPOCHS, WEIGHT_DECAY, BATCH_SIZE, SEED, FOLD)
+SPLIT, CV, TEST = "split", "cv", "test"  # a run's `split`: a fold of the cross-validation, or the held-out test split
 REPEAT = "repeat"  # an evaluation run's partition of the repeated k-fold (0: the search's)
 TRAIN_SEED = "train_seed"  # an evaluation run's training seed, when it is not its `seed` (see search.evaluate.retrain)
 NUMERIC_PARAMS = (LP_LR, FT_LR, LP_EPOCHS, WEIGHT_DECAY)  # ranges in the config; lp_epochs an integer

@@ -3,7 +3,7 @@
 from fundus_search.models.backbones import BACKBONES, NORMALIZATIONS, Classifier, FeatureNet, build_backbone
 from fundus_search.models.features import extract_features, feature_cache_key, load_or_extract_features
 from fundus_search.models.inference import cpu_ms_per_image, cpu_ms_samples
-from fundus_search.models.transfer import TRANSFER_STRATEGIES, Trainer, TrainSettings
+from fundus_search.models.transfer import Trainer, TrainSettings
 from fundus_search.models.weights import WEIGHT_SOURCES, InitSpec, WeightsError, build_feature_net, weights_id
 
 __all__ = [
@@ -17,7 +17,6 @@ __all__ = [
     "load_or_extract_features",
     "cpu_ms_per_image",
     "cpu_ms_samples",
-    "TRANSFER_STRATEGIES",
     "Trainer",
     "TrainSettings",
     "WEIGHT_SOURCES",

@@ -6,15 +6,14 @@ import hashlib
 import json
 import logging
 import os
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 from filelock import FileLock
 
 from fundus_search.data_io import to_float
-
 from fundus_search.models.backbones import FeatureNet
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,6 @@ from safetensors.torch import save_file
 from torch import nn
 
 from fundus_search.data_io import augment, to_float
-
 from fundus_search.models.backbones import FeatureNet
 from fundus_search.models.weights import FLAIR_PREFIX, FLAIR_PROJECTION_KEY
 

@@ -13,9 +13,9 @@ loss serve all strategies, so they differ only in what is trained.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
-from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -25,11 +25,10 @@ from torch import nn
 
 from fundus_search.data_io import Augmentation, augment, to_float
 from fundus_search.metrics import classification_metrics
-from fundus_search.vocabulary import FT, LP, LP_FT, TRAIN_LOSS, lp_warmup, val
-
 from fundus_search.models.backbones import Classifier, FeatureNet, Head
 from fundus_search.models.features import autocast
-
+from fundus_search.strategy import TRANSFER_STRATEGIES
+from fundus_search.vocabulary import LP, TRAIN_LOSS, lp_warmup, val
 
 RESIDENT_SHARE = 0.25  # of free GPU memory that the uint8 image array may take to stay on the GPU
 
@@ -49,20 +48,6 @@ def batch_slices(n: int, batch_size: int) -> list[slice]:
     if len(starts) > 1 and n - starts[-1] == 1:
         starts.pop()
     return [slice(start, end) for start, end in zip(starts, starts[1:] + [n], strict=True)]
-
-
-@dataclass(frozen=True)
-class Strategy:
-    warmup: bool  # LP warm-up on cached features before the main phase
-    main: str  # LP (head on cached features) or FT (whole network on images)
-
-
-# One entry per name in vocabulary.STRATEGIES.
-TRANSFER_STRATEGIES: dict[str, Strategy] = {
-    LP: Strategy(warmup=False, main=LP),
-    FT: Strategy(warmup=False, main=FT),
-    LP_FT: Strategy(warmup=True, main=FT),
-}
 
 
 @dataclass(frozen=True)

@@ -5,18 +5,17 @@ from __future__ import annotations
 import hashlib
 import pickle
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 
 import torch
 import torchvision
 from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors
 
-from fundus_search.vocabulary import UserError
-
 from fundus_search.models.backbones import BACKBONES, FeatureNet, FlairProjection, build_backbone
+from fundus_search.vocabulary import UserError
 
 FLAIR_PREFIX = "vision_model.model."
 FLAIR_PROJECTION_KEY = "vision_model.projection_head_vision.projection.weight"

@@ -15,30 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fundus_search.vocabulary import (
-    AUC,
-    AVERAGE,
-    CHALLENGE_METRICS,
-    COMPARISONS_FILE,
-    COMPLETED,
-    EVALUATION_DIR,
-    EVALUATION_FILE,
-    FT,
-    INIT,
-    LP,
-    LP_FT,
-    PREDICTIONS_FILE,
-    REPEAT,
-    RUNS_FILE,
-    SEARCH_FILE,
-    STRATEGY,
-    held_out,
-)
-
 from fundus_search.metrics import classification_metrics, predict
 from fundus_search.results.layout import EvaluationFolder, SearchFolder, write_atomic
 from fundus_search.results.query import ResultsError, read_parquet
 from fundus_search.results.store import EVALUATION_TABLES, current_table
+from fundus_search.results.tables import describe_params
 from fundus_search.statistics import (
     BOOTSTRAP_ASSUMES,
     CALIBRATED_PROTOCOLS,
@@ -49,9 +30,27 @@ from fundus_search.statistics import (
     corrected_cv_ttest,
     holm,
 )
-from fundus_search.results.tables import describe_params
+from fundus_search.vocabulary import (
+    AUC,
+    AVERAGE,
+    CHALLENGE_METRICS,
+    COMPARISONS_FILE,
+    COMPLETED,
+    CV,
+    EVALUATION_DIR,
+    EVALUATION_FILE,
+    FT,
+    INIT,
+    LP,
+    LP_FT,
+    PREDICTIONS_FILE,
+    REPEAT,
+    RUNS_FILE,
+    STRATEGY,
+    TEST,
+    held_out,
+)
 
-CV, TEST = "cv", "test"  # the two splits a run scores
 PRIMARY, SECONDARY = "primary", "secondary"  # the declared question (Holm) and the rest (Benjamini-Hochberg)
 SOURCE_ORDER = ("flair", "torchvision", "random")  # comparisons read "the first minus the later"
 
@@ -67,13 +66,8 @@ def find_evaluation(path: str | Path, name: str | None = None) -> Path:
     path = Path(path)
     if name is None and (path / EVALUATION_FILE).is_file():
         return EvaluationFolder.open(path).path
-    if not (path / SEARCH_FILE).is_file():
-        raise ResultsError(
-            f"{path}: neither a search nor an evaluation folder; pass a folder `fundus-search run` "
-            "or `fundus-search evaluate` printed"
-        )
-    search = SearchFolder.open(path)
-    if not (path / (name or EVALUATION_DIR) / EVALUATION_FILE).is_file():
+    search = SearchFolder.open(path)  # or FolderError: not a search folder
+    if not (search.path / (name or EVALUATION_DIR) / EVALUATION_FILE).is_file():
         raise ResultsError(
             f"{path}: no evaluation {name or EVALUATION_DIR!r} here; run "
             f"`fundus-search evaluate {path}{f' --name {name}' if name else ''}` first"

@@ -10,14 +10,15 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window
 
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from fundus_search.vocabulary import COMPLETED, FT, INIT, LP, LP_FT, RATES, STOPPED_EARLY, STRATEGY  # noqa: E402
-
+from fundus_search.direction import Direction  # noqa: E402
 from fundus_search.metrics import classification_metrics, predict  # noqa: E402
+from fundus_search.results.query import cell_winners  # noqa: E402
+from fundus_search.vocabulary import COMPLETED, FT, INIT, LP, LP_FT, RATES, STOPPED_EARLY, STRATEGY  # noqa: E402
 
 _STRATEGY_ORDER = (LP, FT, LP_FT)
 _WIDTH = 10  # inches: the report's column at 100 dpi
@@ -118,14 +119,12 @@ def best_so_far(trials: pd.DataFrame, epochs: pd.DataFrame, column: str, metric:
     spent, for each cell and overall."""
     done = trials[trials["status"].isin([COMPLETED, STOPPED_EARLY])].sort_values("optuna_number")
     spent = epochs.groupby("trial_id")["epoch"].max().reindex(done["trial_id"]).fillna(0).to_numpy()
-    better = np.fmax.accumulate if mode == "max" else np.fmin.accumulate
     fig, (by_trial, by_epoch) = plt.subplots(1, 2, figsize=(_WIDTH, 3.6), sharey=True)
     for label, mask in [("overall", np.ones(len(done), bool))] + [
         (f"{i}/{s}", ((done[INIT] == i) & (done[STRATEGY] == s)).to_numpy()) for i, s in _cells(done)
     ]:
         values = np.where(mask, done[column].to_numpy(dtype=float), np.nan)
-        curve = better(np.nan_to_num(values, nan=-np.inf if mode == "max" else np.inf))
-        curve = np.where(np.isfinite(curve), curve, np.nan)
+        curve = Direction(mode).running_best(values)
         style = {"color": "black", "lw": 2} if label == "overall" else {"lw": 1}
         by_trial.step(np.arange(1, len(done) + 1), curve, where="post", label=label, **style)
         by_epoch.step(np.cumsum(spent), curve, where="post", **style)
@@ -145,7 +144,8 @@ def learning_curves(trials: pd.DataFrame, epochs: pd.DataFrame, metric: str, mod
     column = f"best_{metric}"
     for ax, (init, strategy) in zip(axes.flat, cells, strict=False):
         cell = trials[(trials[INIT] == init) & (trials[STRATEGY] == strategy) & trials[column].notna()]
-        winner = cell.sort_values(column, ascending=mode == "min")["trial_id"].iloc[0] if len(cell) else None
+        winners = cell_winners(cell, column, mode)["trial_id"]  # never an errored trial
+        winner = winners.iloc[0] if len(winners) else None
         for t in cell.itertuples():
             curve = epochs[epochs["trial_id"] == t.trial_id].sort_values("epoch")
             if t.trial_id == winner:

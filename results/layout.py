@@ -17,10 +17,25 @@ import contextlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from fundus_search.vocabulary import EVALUATION_DIR, EVALUATION_FILE, SEARCH_FILE, UserError
+from fundus_search.vocabulary import (
+    COMPARISONS_FILE,
+    CONFIG_FILE,
+    EPOCHS_FILE,
+    EVALUATION_DIR,
+    EVALUATION_FILE,
+    PREDICTIONS_FILE,
+    REPORT_FILE,
+    ROW_LOG,
+    RUNS_FILE,
+    SEARCH_FILE,
+    STUDY_FILE,
+    TENSORBOARD_DIR,
+    TRIALS_FILE,
+    UserError,
+)
 
 
 class FolderError(UserError):
@@ -65,17 +80,64 @@ def open_append(path: str | Path):
 
 
 @dataclass(frozen=True)
-class SearchFolder:
-    """One search's folder and its `search.json`.
+class SearchFacts:
+    """What a search fixed when it started, derived from its config (`Config.facts()`) and kept
+    in search.json, so that the report and the tables never read the config.
 
     Attributes:
-        path: the folder (absolute).
+        metric, mode: what ranks trials (search.metric, search.mode).
+        max_epochs: main-phase epochs of a trial (search.max_epochs).
+        rungs: ASHA's rung epochs, max_epochs last; () without early stopping (FIFO).
+        params: per searched strategy, the hyperparameters its trials carry (`Strategy.params`).
+        dataset: what the images are, in words (`CGI-HRDC task 1`).
+    """
+
+    metric: str
+    mode: str
+    max_epochs: int
+    rungs: tuple[int, ...]
+    params: dict[str, tuple[str, ...]]
+    dataset: str
+
+    @classmethod
+    def from_json(cls, meta: object, where: Path) -> SearchFacts:
+        """Raises FolderError when `meta` is not what fundus-search writes."""
+        try:
+            facts = cls(
+                metric=_checked(meta["metric"], str),
+                mode=_checked(meta["mode"], str),
+                max_epochs=_checked(meta["max_epochs"], int),
+                rungs=tuple(_checked(r, int) for r in meta["rungs"]),
+                params={_checked(s, str): tuple(_checked(p, str) for p in ps) for s, ps in meta["params"].items()},
+                dataset=_checked(meta["dataset"], str),
+            )
+        except (KeyError, TypeError, AttributeError, ValueError):
+            raise FolderError(f"{where}: its `facts` are not what fundus-search writes; run the search again") from None
+        if facts.mode not in ("max", "min") or facts.max_epochs < 1 or list(facts.rungs) != sorted(set(facts.rungs)):
+            raise FolderError(f"{where}: its `facts` are not what fundus-search writes; run the search again")
+        return facts
+
+
+def _checked(value, kind: type):
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise TypeError(value)
+    return value
+
+
+@dataclass(frozen=True)
+class SearchFolder:
+    """One search's folder: the handle every command and the report open it through, after
+    Optuna's `load_study` -> `Study`. It knows the layout, and checks once that a path is one.
+
+    Attributes:
+        path: the folder (absolute): the config, the Optuna study, TensorBoard, the row log.
         name: the search's name (its Optuna study is named so).
         num_samples: trials planned.
         remote: an `s3://` results location when Ray's experiment and the Parquet files live
             there; None when this folder holds everything.
         study: what `fundus-search study` runs after the search (the evaluation request and its
             folder name), or None for a plain `run`: `resume` finishes it.
+        facts: what the search fixed when it started; None in folders of older versions.
     """
 
     path: Path
@@ -83,9 +145,20 @@ class SearchFolder:
     num_samples: int
     remote: str | None = None
     study: dict | None = None
+    facts: SearchFacts | None = None
+
+    @classmethod
+    def new(cls, storage: str, name: str, *, scratch: Path, **fields) -> SearchFolder:
+        """The folder a new search `name` will write under `storage.path`: there, or, for an
+        `s3://` storage, in `scratch` (this machine's cache) beside its remote results."""
+        results = f"{storage.rstrip('/')}/{name}"
+        if "://" in results:
+            return cls(path=Path(scratch).absolute() / "runs" / name, name=name, remote=results, **fields)
+        return cls(path=Path(results).absolute(), name=name, **fields)
 
     @classmethod
     def open(cls, path: str | Path) -> SearchFolder:
+        """Raises FolderError: `path` holds no search.json, or one fundus-search did not write."""
         path = Path(path).absolute()
         meta = _read_json(
             path / SEARCH_FILE,
@@ -95,21 +168,70 @@ class SearchFolder:
         # s3:// is the one remote storage a config can name; any other URL (file://...) would be
         # a way for a crafted search.json to point `resume` at someone else's files
         remote = results if isinstance(results, str) and results.startswith("s3://") else None
+        facts = meta.get("facts")
         return cls(
             path=path,
             name=str(meta.get("name", path.name)),
             num_samples=int(meta.get("num_samples", 0)),
             remote=remote,
             study=meta.get("study"),
+            facts=None if facts is None else SearchFacts.from_json(facts, path / SEARCH_FILE),
         )
+
+    @property
+    def ranking(self) -> tuple[str, str]:
+        """(metric, mode) that rank this search's trials; folders of versions before `facts`
+        ranked by the only ones they could: (val_average, max)."""
+        return (self.facts.metric, self.facts.mode) if self.facts else ("val_average", "max")
 
     @property
     def results(self) -> str:
         """Where Ray's experiment and the Parquet files are: this folder, or the remote location."""
         return self.remote or str(self.path)
 
+    def table(self, name: str) -> str:
+        """A Parquet file of the search (`trials.parquet`, `epochs.parquet`), where it lives."""
+        return f"{self.results}/{name}"
+
+    @property
+    def trials_file(self) -> str:
+        return self.table(TRIALS_FILE)
+
+    @property
+    def epochs_file(self) -> str:
+        return self.table(EPOCHS_FILE)
+
+    @property
+    def config_file(self) -> Path:
+        """The resolved config the search ran with."""
+        return self.path / CONFIG_FILE
+
+    @property
+    def study_file(self) -> Path:
+        """The Optuna study (SQLite)."""
+        return self.path / STUDY_FILE
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / TENSORBOARD_DIR
+
+    @property
+    def row_log(self) -> Path:
+        """The local log of rows not yet in the remote Parquet files (remote storage only)."""
+        return self.path / ROW_LOG
+
+    @property
+    def report_file(self) -> Path:
+        return self.path / REPORT_FILE
+
     def write(self) -> None:
-        meta = {"name": self.name, "num_samples": self.num_samples, "results": self.remote, "study": self.study}
+        meta = {
+            "name": self.name,
+            "num_samples": self.num_samples,
+            "results": self.remote,
+            "study": self.study,
+            "facts": None if self.facts is None else asdict(self.facts),
+        }
         write_atomic(self.path / SEARCH_FILE, json.dumps(meta, indent=2))
 
     def evaluation(self, name: str = EVALUATION_DIR) -> EvaluationFolder:
@@ -171,6 +293,22 @@ class EvaluationFolder:
     def search(self) -> SearchFolder:
         """The search this evaluation retrains: always the folder it sits in."""
         return SearchFolder.open(self.path.parent)
+
+    @property
+    def runs_file(self) -> Path:
+        return self.path / RUNS_FILE
+
+    @property
+    def predictions_file(self) -> Path:
+        return self.path / PREDICTIONS_FILE
+
+    @property
+    def comparisons_file(self) -> Path:
+        return self.path / COMPARISONS_FILE
+
+    @property
+    def epochs_file(self) -> Path:
+        return self.path / EPOCHS_FILE
 
     def write(self) -> None:
         meta = {

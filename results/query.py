@@ -6,23 +6,23 @@ from pathlib import Path
 
 import pandas as pd
 
+from fundus_search.direction import Direction
+from fundus_search.results.filters import FilterError, filter_rows
 from fundus_search.vocabulary import (
     AUC,
     AVERAGE,
+    EPOCHS_FILE,
     ERROR,
     F1,
     INIT,
     KAPPA,
     SPECIFICITY,
     STRATEGY,
-    EPOCHS_FILE,
     TRIALS_FILE,
     UserError,
     best,
     val,
 )
-
-from fundus_search.results.filters import FilterError, filter_rows
 
 
 class ResultsError(UserError):
@@ -91,10 +91,24 @@ def best_configs(
             rows = filter_rows(rows, where)
         except FilterError as exc:
             raise ResultsError(f"--where: {exc} (got {where!r})") from None
-    return rows.sort_values(column, ascending=mode == "min", na_position="last").head(top)
+    return rows.sort_values(column, ascending=Direction(mode).ascending, na_position="last").head(top)
 
 
 DATASET = "dataset_fingerprint"  # searches of different data are never pooled into one cell
+
+
+def cell_winners(
+    trials: pd.DataFrame, column: str, mode: str = "max", *, top: int = 1, cell: tuple[str, ...] = (INIT, STRATEGY)
+) -> pd.DataFrame:
+    """The `top` trials of each cell by `column` (e.g. best_val_average), best first.
+
+    The one rule for "the winner of a cell": errored trials and trials without a value never
+    win, and a tie goes to the earlier trial (lower optuna_number). Callers choose the
+    candidates (the evaluation takes finished trials only).
+    """
+    rows = trials[(trials["status"] != ERROR) & trials[column].notna()]
+    order = rows.sort_values([column, "optuna_number"], ascending=[Direction(mode).ascending, True])
+    return order.groupby(list(cell), as_index=False, sort=False).head(top)
 
 
 def init_strategy_table(trials: pd.DataFrame, *, metric: str = val(AVERAGE), mode: str = "max") -> pd.DataFrame:
@@ -108,10 +122,8 @@ def init_strategy_table(trials: pd.DataFrame, *, metric: str = val(AVERAGE), mod
     """
     column = metric_column(trials, metric)
     trials = with_dataset(trials)
-    rows = trials[trials["status"] != ERROR].dropna(subset=[column])
-    order = rows.sort_values([column, "optuna_number"], ascending=[mode == "min", True])  # ties: the earlier trial
     cell = [DATASET, INIT, STRATEGY]
-    winners = order.groupby(cell, as_index=False).head(1)
+    winners = cell_winners(trials, column, mode, cell=tuple(cell))
     counts = trials.groupby(cell).size().rename("trials").reset_index()
     keep = [*cell, column, *(best(val(m)) for m in (KAPPA, F1, SPECIFICITY, AUC)), "trial_id", "search"]
     table = counts.merge(winners[list(dict.fromkeys(keep))], on=cell, how="left")

@@ -14,24 +14,6 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
-import yaml
-
-from fundus_search.vocabulary import (
-    CONFIG_FILE,
-    EVALUATION_DIR,
-    FT_LR,
-    INIT,
-    LP_EPOCHS,
-    LP_LR,
-    REPORT_FILE,
-    SEARCH_FILE,
-    STRATEGY,
-    STUDY_FILE,
-    TRIALS_FILE,
-    WEIGHT_DECAY,
-    UserError,
-    best,
-)
 
 from fundus_search.results import figures
 from fundus_search.results.answer import (
@@ -54,6 +36,15 @@ from fundus_search.results.tables import (
     test_split_sentences,
     verdict_sentences,
 )
+from fundus_search.strategy import TRANSFER_STRATEGIES
+from fundus_search.vocabulary import (
+    EVALUATION_DIR,
+    INIT,
+    STRATEGIES,
+    STRATEGY,
+    UserError,
+    best,
+)
 
 SECTIONS = {
     "answer": "The answer",
@@ -62,7 +53,6 @@ SECTIONS = {
     "parameters": "What matters",
     "provenance": "Provenance",
 }
-_SEARCHED = {"lp": [LP_LR, WEIGHT_DECAY], "ft": [FT_LR, WEIGHT_DECAY], "lp_ft": [LP_LR, FT_LR, LP_EPOCHS, WEIGHT_DECAY]}
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1300px; margin: 2em auto; padding: 0 1em; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
@@ -101,19 +91,15 @@ def write_report(search_dir: str | Path, out: str | Path | None = None, *, evalu
         FolderError: the evaluation belongs to another search.
         ReportError: the output folder does not exist.
     """
-    search_dir = Path(search_dir)
-    if not (search_dir / SEARCH_FILE).is_file() or not (search_dir / TRIALS_FILE).is_file():
-        raise ResultsError(
-            f"{search_dir}: not a search folder (no {SEARCH_FILE} and {TRIALS_FILE}); pass the "
-            "folder `fundus-search run` printed"
-        )
-    out = Path(out) if out else search_dir / REPORT_FILE
+    search = SearchFolder.open(search_dir)
+    out = Path(out) if out else search.report_file
     if not out.parent.is_dir():
         raise ReportError(f"-o: no folder {out.parent}; create it or write the report elsewhere")
-    trials = load_trials([search_dir])
+    trials = load_trials([search.path]) if Path(search.trials_file).is_file() else pd.DataFrame()
     if trials.empty:
-        raise ResultsError(f"{search_dir}: the search has no trials yet; run or resume it first")
-    study = Study(search_dir, trials, evaluation)
+        raise ResultsError(f"{search.path}: the search has no trials yet; run or resume it first")
+    study = Study(search, trials, evaluation)
+    search_dir = search.path
     body = "\n".join(section(study) for section in (_answer, _diagnostics, _search, _parameters, _provenance))
     nav = " ".join(f'<a href="#{key}">{title}</a>' for key, title in SECTIONS.items())
     page = (
@@ -129,18 +115,18 @@ def write_report(search_dir: str | Path, out: str | Path | None = None, *, evalu
 
 
 class Study:
-    """What the report reads: the search's files, its config and its evaluation, if any."""
+    """What the report reads: the search's files, the facts it fixed when it started, and its
+    evaluation, if any (never its config)."""
 
-    def __init__(self, folder: Path, trials: pd.DataFrame, evaluation: str | None = None):
-        self.folder, self.trials = folder, trials
+    def __init__(self, search: SearchFolder, trials: pd.DataFrame, evaluation: str | None = None):
+        folder = search.path
+        self.search, self.folder, self.trials = search, folder, trials
         self.epochs = load_epochs([folder])
-        self.name = SearchFolder.open(folder).name
-        self.config = yaml.safe_load((folder / CONFIG_FILE).read_text()) if (folder / CONFIG_FILE).is_file() else {}
-        search = self.config.get("search", {})
-        self.metric, self.mode = search.get("metric", "val_average"), search.get("mode", "max")
+        self.name, self.facts = search.name, search.facts  # facts: None in folders of older versions
+        self.metric, self.mode = search.ranking
         self.metadata = {
             k.decode().removeprefix("fundus_search."): v.decode()
-            for k, v in (pq.read_schema(folder / TRIALS_FILE).metadata or {}).items()
+            for k, v in (pq.read_schema(search.trials_file).metadata or {}).items()
             if k.startswith(b"fundus_search.")
         }
         self.foreign = None  # why the default evaluation folder is not shown, if it is not
@@ -265,15 +251,7 @@ def _cv_rows(comparisons: pd.DataFrame) -> pd.DataFrame:
 
 def header(study: Study) -> str:
     """Dataset, task and protocol: what the page is about, under its title."""
-    data = study.config.get("data", {})
-    source = data.get("source", "synthetic")
-    listed = f"images listed in {Path(str(data.get('csv') or 'a CSV')).name}"
-    dataset = {
-        "cgi-hrdc": f"CGI-HRDC task {data.get('task', 1)}",
-        "synthetic": "synthetic fundus images (demo)",
-        "csv": listed,
-        "flair-csv": listed,
-    }.get(source, source)
+    dataset = study.facts.dataset if study.facts else "not recorded (a search of an older version)"
     text = f"Dataset: {dataset}; metric: {study.metric} ({study.mode})"
     if study.evaluation is not None:
         _, _, table = study.evaluated
@@ -319,35 +297,29 @@ def _search(study: Study) -> str:
             "Every trial's learning curve by cell: faded = stopped early by ASHA, red = the cell's winner",
         ),
     ]
-    scheduler = study.config.get("search", {}).get("scheduler", {})
-    rungs = _rungs(scheduler, study.config.get("search", {}).get("max_epochs", 1))
+    rungs = study.facts.rungs if study.facts else None
     if rungs:
-        parts.append(_figure(figures.asha_survival(study.trials, rungs), "Trials of each cell reaching each ASHA rung"))
+        parts.append(
+            _figure(figures.asha_survival(study.trials, list(rungs)), "Trials of each cell reaching each ASHA rung")
+        )
+    elif rungs is None:
+        parts.append("<p class='note'>ASHA's rungs are not recorded in this search's search.json.</p>")
     else:
         parts.append("<p class='note'>No early stopping (FIFO scheduler): every trial ran its epochs.</p>")
     return _section("search", "".join(parts))
 
 
-def _rungs(scheduler: dict, max_epochs: int) -> list[int]:
-    """ASHA's rungs, grace x rf^k below max_epochs, and max_epochs itself."""
-    if scheduler.get("type", "asha") != "asha":
-        return []
-    rungs, rung = [], scheduler.get("grace_period", 3)
-    factor = scheduler.get("reduction_factor", 3)
-    if not (isinstance(rung, (int, float)) and isinstance(factor, (int, float)) and rung >= 1 and factor >= 2):
-        raise ResultsError(
-            f"search.scheduler: grace_period {rung!r} and reduction_factor {factor!r} are not a "
-            "config fundus-search wrote (grace_period >= 1, reduction_factor >= 2)"
-        )
-    while rung < max_epochs:
-        rungs.append(int(rung))
-        rung *= factor
-    return rungs + [max_epochs]
+def _searched(study: Study) -> dict[str, tuple[str, ...]]:
+    """Each searched strategy's hyperparameters, as the search recorded them (older searches:
+    the AdamW rule, over the strategies their trials ran)."""
+    if study.facts:
+        return study.facts.params
+    return {s: TRANSFER_STRATEGIES[s].params() for s in STRATEGIES if (study.trials[STRATEGY] == s).any()}
 
 
 def _parameters(study: Study) -> str:
     column, parts = best(study.metric), []
-    for strategy, params in _SEARCHED.items():
+    for strategy, params in _searched(study).items():
         searched = [p for p in params if study.trials.loc[study.trials[STRATEGY] == strategy, p].nunique() > 1]
         if searched and (study.trials[STRATEGY] == strategy).sum() >= 2:
             parts.append(
@@ -365,7 +337,7 @@ def _importances(study: Study) -> str:
     completed trials, and per strategy over the parameters that strategy searches."""
     import optuna
 
-    path = study.folder / STUDY_FILE
+    path = study.search.study_file
     if not path.is_file():
         return "<p class='note'>No Optuna study in this folder: no parameter importances.</p>"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -377,7 +349,7 @@ def _importances(study: Study) -> str:
         return f"<p class='note'>Cannot read the Optuna study in {where} ({kind}): no parameter importances.</p>"
     complete = stored.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     groups = {"all strategies": complete}
-    for strategy in _SEARCHED:
+    for strategy in _searched(study):
         groups[strategy] = [t for t in complete if t.params.get(STRATEGY, strategy) == strategy]
     parts = []
     for title, trials in groups.items():
@@ -436,7 +408,8 @@ def _provenance(study: Study) -> str:
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts.items())
     rows += "".join(f"<tr><th>weights: {html.escape(i)}</th><td>{html.escape(w)}</td></tr>" for i, w in weights.items())
     rows += "".join(f"<tr><th>{html.escape(p)}</th><td>{html.escape(str(v))}</td></tr>" for p, v in versions.items())
-    config = meta.get("config") or yaml.safe_dump(study.config, sort_keys=False)
+    stored = study.search.config_file
+    config = meta.get("config") or (stored.read_text(encoding="utf-8") if stored.is_file() else "not recorded")
     return _section(
         "provenance", f"<table class='data'>{rows}</table><h3>Resolved config</h3><pre>{html.escape(config)}</pre>"
     )

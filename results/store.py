@@ -253,7 +253,22 @@ class ResultsStore:
         return list(self._rows[name].get(first_key, {}).values())
 
     def put(self, name: str, row: dict) -> None:
-        """Add a row, or replace the row with the same key."""
+        """Add a row, or replace the row with the same key.
+
+        Raises:
+            ValueError: `name` is not a table of this store, the row names a column its schema
+                does not have (a misspelt key would otherwise be dropped and leave a null), or
+                it lacks a key column.
+        """
+        table = self.tables.get(name)
+        if table is None:
+            raise ValueError(f"{name}: not a table of this store ({', '.join(self.tables)})")
+        unknown = sorted(row.keys() - set(table.schema.names))
+        if unknown:
+            raise ValueError(f"{name}: no column {unknown}; add it to the table's schema in results/store.py")
+        missing = [k for k in table.key if row.get(k) is None]
+        if missing:
+            raise ValueError(f"{name}: a row without its key column(s) {missing}")
         row = {"search": self.search, **row}
         self._keep(name, row)
         try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from fundus_search.results.query import DATASET, metric_column
+from fundus_search.statistics import CALIBRATED_PROTOCOLS, scored_protocol
 from fundus_search.vocabulary import (
     AUC,
     AVERAGE,
@@ -25,9 +27,6 @@ from fundus_search.vocabulary import (
     held_out,
     val,
 )
-
-from fundus_search.results.query import DATASET, metric_column
-from fundus_search.statistics import CALIBRATED_PROTOCOLS, scored_protocol
 
 _SHOWN_WITH_BEST = tuple(best(val(m)) for m in (KAPPA, F1, SPECIFICITY, AUC))
 
@@ -104,7 +103,8 @@ def format_winners(table: pd.DataFrame, trials: pd.DataFrame, metric: str = val(
 def describe_params(row) -> str:
     """`lp_lr=0.001 ft_lr=3e-05 weight_decay=0.0001 lp_epochs=5`, the parameters that apply."""
     rates = " ".join(f"{k}={row[k]:.2g}" for k in (LP_LR, FT_LR, WEIGHT_DECAY) if pd.notna(row[k]))
-    return rates + (f" {LP_EPOCHS}={int(row[LP_EPOCHS])}" if pd.notna(row[LP_EPOCHS]) else "")
+    text = rates + (f" {LP_EPOCHS}={int(row[LP_EPOCHS])}" if pd.notna(row[LP_EPOCHS]) else "")
+    return text.strip() or "no searched parameters"
 
 
 def _plus_minus(mean: float, std: float, digits: int = 3) -> str:

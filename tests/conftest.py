@@ -53,9 +53,9 @@ def pretrained_flair(tmp_path_factory) -> Path:
     """
     import torch
 
-    from fundus_search.search.demo.corpora import generate_pretraining_corpus
     from fundus_search.models import InitSpec, build_feature_net
     from fundus_search.models.pretrain import pretrain, save_flair_checkpoint
+    from fundus_search.search.demo.corpora import generate_pretraining_corpus
 
     torch.set_num_threads(2)
     images, targets, _ = generate_pretraining_corpus(240, 48, seed=100)

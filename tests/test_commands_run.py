@@ -17,6 +17,7 @@ CLI = str(Path(sys.executable).parent / "fundus-search")
 
 def _weights_that_do_not_fit(kind: str, folder: Path) -> Path:
     import os
+
     import torch
     import torchvision
 

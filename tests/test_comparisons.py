@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from fundus_search.results.answer import Planned, default_primary, evaluation_table, paired_comparisons
-from fundus_search.statistics import benjamini_hochberg, holm
 from fundus_search.results.tables import verdict_sentences
+from fundus_search.statistics import benjamini_hochberg, holm
 
 SOURCES = {"flair": "flair", "imagenet": "torchvision", "random": "random"}
 N, K, REPEATS, SEEDS = 60, 3, 2, 2

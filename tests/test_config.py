@@ -21,6 +21,8 @@ from fundus_search.search.study.config import load_config
         ("search", {"space": {"ft_lr": [1e-5, 1e-4, 1e-3]}}, "search.space.ft_lr: [low, high] needs two numbers"),
         ("search", {"space": {"lp_epochs": {"choices": [2, 8.5]}}}, "search.space.lp_epochs: {choices: [...]} needs"),
         ("search", {"metric": "val_magic"}, "search.metric: unknown 'val_magic'"),
+        # a URL the results store cannot write would otherwise become a local folder named gs:
+        ("storage", {"path": "gs://bucket/runs"}, "storage.path: gs:// storage is not supported"),
         (
             "resources",
             {"gpus_per_trial": {"lp": -1}},

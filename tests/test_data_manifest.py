@@ -225,3 +225,19 @@ def test_debug_flag_shows_the_traceback(cgi_tree, write_config):
 
     with pytest.raises(ConfigError):
         main(["--debug", "data", "check", str(write_config(cfg))])
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--positive-fraction", "2"], "--positive-fraction: must be < 1.0 (got 2.0)"),
+        (["--difficulty", "-0.5"], "--difficulty: must be >= 0.0 (got -0.5)"),
+    ],
+)
+def test_data_synth_checks_the_configs_ranges_and_writes_nothing(flags, message, tmp_path, capsys):
+    out = tmp_path / "synthetic"
+    rc, _, err = run_cli(capsys, "data", "synth", out, "--n", 20, "--size", 32, *flags)
+    assert rc == 2 and err.strip() == f"error: {message}"
+    assert not out.exists()
+    rc, printed, _ = run_cli(capsys, "data", "synth", out, "--n", 20, "--size", 32, "--positive-fraction", 0.5)
+    assert rc == 0 and "wrote 20 images" in printed

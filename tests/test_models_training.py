@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fundus_search.data_io import DataSpec, SyntheticSpec, fold_indices, prepare_images
+from fundus_search.metrics import classification_metrics
 from fundus_search.models import (
     WEIGHT_SOURCES,
     InitSpec,
@@ -19,7 +20,6 @@ from fundus_search.models import (
 )
 from fundus_search.models.inference import cpu_ms_per_image
 from fundus_search.models.transfer import upload_uint8
-from fundus_search.metrics import classification_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -276,7 +276,7 @@ def small_dataset(tmp_path_factory):
 
 
 def test_the_strategy_registry_covers_the_vocabulary():
-    from fundus_search.models import TRANSFER_STRATEGIES
+    from fundus_search.strategy import TRANSFER_STRATEGIES
     from fundus_search.vocabulary import STRATEGIES
 
     assert tuple(TRANSFER_STRATEGIES) == STRATEGIES

@@ -9,9 +9,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from fundus_search.results import EPOCHS_SCHEMA, TRIALS_SCHEMA, ResultsStore, init_strategy_table, load_trials
+from fundus_search.results import ResultsStore, init_strategy_table, load_trials
+from fundus_search.vocabulary import EPOCHS_FILE, TRIALS_FILE
 from tests.helpers import run_on_a_small_filesystem, write_results_dir
-from fundus_search.vocabulary import EPOCHS_FILE, PARAMS, VAL_METRICS, best
 
 
 @pytest.fixture
@@ -19,10 +19,43 @@ def results_dir(tmp_path):
     return write_results_dir(tmp_path / "s1")
 
 
-def test_every_metric_and_parameter_has_a_column():
-    epoch_columns, trial_columns = set(EPOCHS_SCHEMA.names), set(TRIALS_SCHEMA.names)
-    assert set(VAL_METRICS) <= epoch_columns and set(PARAMS) <= trial_columns
-    assert {best(m) for m in VAL_METRICS} <= trial_columns
+@pytest.mark.parametrize(
+    "row,message",
+    [
+        ({"trial_id": "t", "statuss": "completed"}, r"no column \['statuss'\]"),
+        ({"status": "completed"}, r"without its key column\(s\) \['trial_id'\]"),
+        ({"trial_id": None, "status": "completed"}, "without its key column"),
+    ],
+    ids=["misspelt-column", "no-key", "null-key"],
+)
+def test_the_store_refuses_a_row_it_would_not_store_faithfully(tmp_path, row, message):
+    store = ResultsStore(str(tmp_path / "s"), search="s", flush_seconds=0)
+    with pytest.raises(ValueError, match=message):
+        store.put(TRIALS_FILE, row)
+    with pytest.raises(ValueError, match="not a table"):
+        store.put("trails.parquet", {"trial_id": "t"})
+    store.put(TRIALS_FILE, {"trial_id": "t", "status": "completed"})
+    store.close()
+    assert pd.read_parquet(tmp_path / "s" / TRIALS_FILE)["status"].tolist() == ["completed"]
+
+
+def test_cell_winners_is_the_one_ranking_rule():
+    """Best first by the direction; ties to the earlier trial; errored or unscored trials never win."""
+    from fundus_search.results.query import cell_winners
+
+    trials = pd.DataFrame(
+        {
+            "init": ["a"] * 5 + ["b"] * 2,
+            "strategy": ["lp"] * 7,
+            "status": ["error", "completed", "completed", "stopped_early", "completed", "completed", "error"],
+            "optuna_number": [0, 1, 2, 3, 4, 5, 6],
+            "score": [0.99, 0.5, 0.7, 0.7, None, 0.2, 0.9],
+        }
+    )
+    top = cell_winners(trials, "score", "max", top=2)
+    assert top.groupby("init")["optuna_number"].apply(list).to_dict() == {"a": [2, 3], "b": [5]}
+    low = cell_winners(trials, "score", "min")
+    assert low.groupby("init")["optuna_number"].apply(list).to_dict() == {"a": [1], "b": [5]}
 
 
 def test_rows_are_idempotent_on_trial_and_epoch(tmp_path):

@@ -31,7 +31,7 @@ def _kill_group(pgid: int) -> None:
 
 _KILL_AFTER_SUGGESTION = """
 import os, signal, sys
-from fundus_search.search import searcher
+from fundus_search.search.engine import searcher
 real_suggest, count = searcher.PruningOptunaSearch.suggest, []
 
 def suggest(self, trial_id):

@@ -45,9 +45,9 @@ def search(ray_2_cpus, pretrained_flair, tmp_path_factory):
     config = folder / "config.yaml"
     config.write_text(yaml.safe_dump(tiny_search_config(storage=folder / "runs", flair=pretrained_flair)))
     with contextlib.redirect_stdout(io.StringIO()) as printed:  # the progress lines (the driver prints them)
-        paths, _ = start_search(config, name="s1")
+        folder, _ = start_search(config, name="s1")
     (folder / "printed.txt").write_text(printed.getvalue())
-    return Path(paths.results)
+    return folder.path
 
 
 def test_parquet_files_have_the_documented_schema(search):
@@ -149,16 +149,16 @@ def test_a_failed_trial_is_retried_exactly_from_its_last_checkpoint(ray_2_cpus, 
     )
     config["storage"]["checkpoint_every"] = 2
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    paths, _ = start_search(tmp_path / "c.yaml", name="retry", train_fn=_fail_once_after_epoch_3)
+    folder, _ = start_search(tmp_path / "c.yaml", name="retry", train_fn=_fail_once_after_epoch_3)
     assert len(list((tmp_path / "runs").glob("failed-*"))) == 2, "each trial failed once"
-    trials = pd.read_parquet(Path(paths.results) / "trials.parquet")
-    epochs = pd.read_parquet(Path(paths.results) / "epochs.parquet")
+    trials = pd.read_parquet(Path(folder.trials_file))
+    epochs = pd.read_parquet(Path(folder.epochs_file))
     assert (trials["status"] == "completed").all() and (trials["epochs_run"] == 4).all()
     assert not epochs.duplicated(["trial_id", "epoch"]).any()
     assert sorted(epochs.groupby("trial_id").size()) == [4, 4]
     # The retry resumed from the epoch-2 checkpoint (checkpoint_every 2): Ray's own log shows epoch 3
     # twice, and the redone epoch equals the first one bit for bit (exact resume).
-    for trial_dir in Path(paths.results).glob("trial_*"):
+    for trial_dir in folder.path.glob("trial_*"):
         results = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
         assert [r["epoch"] for r in results] == [1, 2, 3, 3, 4]
         first, redone = results[2], results[3]
@@ -200,14 +200,14 @@ def test_failed_trials_carry_their_error_and_the_run_says_how_many(ray_2_cpus, p
     )
     config["storage"]["max_failures"] = 0
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    paths, _ = start_search(tmp_path / "c.yaml", name="some-fail", train_fn=_raise_in_flair_trials)
-    trials = pd.read_parquet(Path(paths.results) / "trials.parquet")
+    folder, _ = start_search(tmp_path / "c.yaml", name="some-fail", train_fn=_raise_in_flair_trials)
+    trials = pd.read_parquet(Path(folder.trials_file))
     failed = trials[trials["status"] == "error"]
     assert set(failed["init"]) == {"flair"} and len(failed) == 1
     assert all(e.startswith("RuntimeError: injected failure in trial") for e in failed["error"]), failed["error"]
     assert trials.loc[trials["status"] != "error", "error"].isna().all()
     capsys.readouterr()
-    assert summarise(paths) == 1
+    assert summarise(folder) == 1
     out = capsys.readouterr().out
     assert "1 of 2 trials failed" in out and "RuntimeError: injected failure" in out
 
@@ -215,20 +215,20 @@ def test_failed_trials_carry_their_error_and_the_run_says_how_many(ray_2_cpus, p
 def test_a_killed_worker_is_an_error_with_a_message_and_all_failing_is_one_line(ray_2_cpus, tmp_path):
     import yaml
 
-    from fundus_search.vocabulary import UserError
     from fundus_search.search.cli.run import summarise
+    from fundus_search.vocabulary import UserError
 
     config = tiny_search_config(
         storage=tmp_path / "runs", num_samples=2, max_epochs=1, strategies=("lp",), scheduler={"type": "fifo"}
     )
     config["storage"]["max_failures"] = 0
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    paths, _ = start_search(tmp_path / "c.yaml", name="killed-workers", train_fn=_kill_the_worker)
-    trials = pd.read_parquet(Path(paths.results) / "trials.parquet")
+    folder, _ = start_search(tmp_path / "c.yaml", name="killed-workers", train_fn=_kill_the_worker)
+    trials = pd.read_parquet(Path(folder.trials_file))
     assert (trials["status"] == "error").all() and trials["error"].notna().all()
     assert trials["error"].str.contains("died|exit", case=False).all(), list(trials["error"])
     with pytest.raises(UserError, match=r"all 2 trials failed; the first: .*error column"):
-        summarise(paths)
+        summarise(folder)
 
 
 # ---- refused before anything is written ----

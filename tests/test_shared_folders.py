@@ -54,9 +54,18 @@ def their_pickle(folder: Path, uid: int, marker: Path, name: str = "tuner.pkl") 
 
 def a_search_folder(folder: Path, **config) -> Path:
     """A search folder with six made-up trials, its search.json and config.yaml (no Ray)."""
+    from pydantic import ValidationError
+
+    from fundus_search.search.study.config import Config
+
     write_results_dir(folder)
-    SearchFolder(path=folder, name=folder.name, num_samples=6).write()
-    (folder / "config.yaml").write_text(yaml.safe_dump(tiny_search_config(storage=folder.parent, **config)))
+    raw = tiny_search_config(storage=folder.parent, **config)
+    (folder / "config.yaml").write_text(yaml.safe_dump(raw))
+    try:
+        facts = Config.model_validate(raw).facts()
+    except ValidationError:  # a config `run` refuses: no facts to write
+        facts = None
+    SearchFolder(path=folder, name=folder.name, num_samples=6, facts=facts).write()
     return folder
 
 
@@ -201,8 +210,13 @@ def test_report_checks_the_stored_config_as_run_does_and_never_hangs(scheduler, 
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (search / "report.html").exists()
+    from fundus_search.results.layout import FolderError
     from fundus_search.results.report import write_report
-    from fundus_search.results.query import ResultsError
 
-    with pytest.raises(ResultsError, match="not a config fundus-search wrote"):  # the library alone: no loop either
-        write_report(search)
+    # the library alone reads the facts search.json holds, never the config: crafted ones are refused
+    meta = json.loads((search / "search.json").read_text())
+    bad_rungs = {"metric": "val_average", "mode": "max", "max_epochs": 9, "rungs": [3, 1], "params": {}, "dataset": ""}
+    for facts in (bad_rungs, {**bad_rungs, "rungs": [1, 3, 9], "mode": "sideways"}, {"metric": 1}, ["x"]):
+        (search / "search.json").write_text(json.dumps({**meta, "facts": facts}))
+        with pytest.raises(FolderError, match="not what fundus-search writes"):
+            write_report(search)

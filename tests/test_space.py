@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import optuna
 import pytest
 
-from fundus_search.search.study.config import Config
 from fundus_search.search.engine.searcher import make_sampler
+from fundus_search.search.study.config import Config
 from fundus_search.search.study.space import SearchSpace
 
 
@@ -24,8 +22,8 @@ def space_of(lp_solver: str = "adamw", **space) -> SearchSpace:
     )
 
 
-def sample(space: SearchSpace, n: int = 60) -> list[dict]:
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+def sample(space: SearchSpace, n: int = 60, sampler: optuna.samplers.BaseSampler | None = None) -> list[dict]:
+    study = optuna.create_study(sampler=sampler or optuna.samplers.RandomSampler(seed=0))
     points = []
     for _ in range(n):
         trial = study.ask()
@@ -35,18 +33,43 @@ def sample(space: SearchSpace, n: int = 60) -> list[dict]:
     return points
 
 
+TUNED = ("lp_lr", "ft_lr", "lp_epochs", "weight_decay", "batch_size")
+ADAMW_USES = {
+    "lp": {"lp_lr", "weight_decay", "batch_size"},
+    "ft": {"ft_lr", "weight_decay", "batch_size"},
+    "lp_ft": {"lp_lr", "ft_lr", "lp_epochs", "weight_decay", "batch_size"},
+}
+
+
 def test_each_strategy_gets_exactly_its_own_parameters():
     for point in sample(space_of()):
-        uses = {"lp": {"lp_lr"}, "ft": {"ft_lr"}, "lp_ft": {"lp_lr", "ft_lr", "lp_epochs"}}[point["strategy"]]
-        assert {k for k in ("lp_lr", "ft_lr", "lp_epochs") if k in point} == uses
-        assert point["init"] in ("a", "b") and "weight_decay" in point and "seed" in point
+        assert {k for k in TUNED if k in point} == ADAMW_USES[point["strategy"]]
+        assert point["init"] in ("a", "b") and "seed" in point
 
 
-def test_an_lbfgs_probe_searches_no_probe_learning_rate_or_warm_up_length():
-    """One L-BFGS fit replaces the probe's AdamW epochs, so neither parameter would change a trial."""
-    for point in sample(space_of("lbfgs")):
-        uses = {"lp": set(), "ft": {"ft_lr"}, "lp_ft": {"ft_lr"}}[point["strategy"]]
-        assert {k for k in ("lp_lr", "ft_lr", "lp_epochs") if k in point} == uses
+def test_an_lbfgs_probe_searches_none_of_the_probes_adamw_parameters():
+    """One L-BFGS fit (its own C) replaces the probe's AdamW epochs: its learning rate, warm-up
+    length, weight decay and batch size would not change a trial, so they are not searched."""
+    lbfgs_uses = {"lp": set(), "ft": ADAMW_USES["ft"], "lp_ft": {"ft_lr", "weight_decay", "batch_size"}}
+    for point in sample(space_of("lbfgs", batch_size=[8, 16])):
+        assert {k for k in TUNED if k in point} == lbfgs_uses[point["strategy"]]
+
+
+@pytest.mark.parametrize("solver", ["adamw", "lbfgs"])
+def test_the_space_train_and_the_strategy_rule_agree(solver):
+    """`Strategy.params` is the rule; the space asks for exactly it, and `train` requires its
+    rates and warm-up length (weight decay and batch size have defaults)."""
+    from fundus_search.search.cli._args import UsageError
+    from fundus_search.search.cli.train import check_params
+    from fundus_search.strategy import TRANSFER_STRATEGIES
+
+    for point in sample(space_of(solver, batch_size=[8, 16])):
+        strategy = TRANSFER_STRATEGIES[point["strategy"]]
+        assert {k for k in TUNED if k in point} == set(strategy.params(solver))
+        check_params(point, lp_solver=solver)  # what the space gives, train accepts
+        for rate in {"lp_lr", "ft_lr", "lp_epochs"} & set(strategy.params(solver)):
+            with pytest.raises(UsageError, match=rate.replace("_", "-")):
+                check_params({**point, rate: None}, lp_solver=solver)
 
 
 def test_ranges_are_respected_and_choices_are_exact():
@@ -72,6 +95,15 @@ def test_sampler_kinds(kind, expected):
     assert isinstance(make_sampler(kind, seed=0), expected)
 
 
-def test_random_sampler_is_seeded():
-    first, second = (sample(space_of(), n=10) for _ in range(2))
-    assert all(math.isclose(a.get("ft_lr", 0), b.get("ft_lr", 0)) for a, b in zip(first, second, strict=True))
+@pytest.mark.parametrize("kind", ["random", "tpe"])
+def test_search_seed_fixes_the_samplers_proposals(kind):
+    """The project's own sampler under `search.seed`: the same seed proposes the same points,
+    another seed other points."""
+    space = space_of(lp_solver="adamw")
+
+    def proposals(seed: int) -> list[dict]:
+        return sample(space, n=12, sampler=make_sampler(kind, seed=seed))
+
+    first, again, other = proposals(space.search_seed), proposals(space.search_seed), proposals(space.search_seed + 1)
+    assert first == again
+    assert first != other

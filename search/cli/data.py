@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
-from fundus_search.search.cli._args import number_above
+from fundus_search.search.cli._args import UsageError, number_above
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -37,7 +38,6 @@ def check_command(args: argparse.Namespace) -> int:
 
     from fundus_search.data_io import BadFile, BadFilesError, build_manifest, scan_images
     from fundus_search.data_io.manifest import MAX_LISTED_BAD_FILES
-
     from fundus_search.search.study.config import load_config
 
     spec = load_config(args.config).data.to_spec()
@@ -69,7 +69,6 @@ def check_command(args: argparse.Namespace) -> int:
 
 def cache_command(args: argparse.Namespace) -> int:
     from fundus_search.data_io import prepare_images
-
     from fundus_search.search.study.config import load_config
 
     cache = prepare_images(load_config(args.config).data.to_spec())
@@ -80,8 +79,10 @@ def cache_command(args: argparse.Namespace) -> int:
 
 
 def synth_command(args: argparse.Namespace) -> int:
-    from fundus_search.data_io import SyntheticSpec
+    from pydantic import ValidationError
+
     from fundus_search.data_io.synthetic import write_cgi_hrdc
+    from fundus_search.search.study.config import SyntheticConfig, format_validation_error
 
     given = {
         "n": args.n,
@@ -90,7 +91,11 @@ def synth_command(args: argparse.Namespace) -> int:
         "difficulty": args.difficulty,
         "positive_fraction": args.positive_fraction,
     }
-    spec = SyntheticSpec(**{k: v for k, v in given.items() if v is not None})
+    try:  # the config's ranges, checked before anything is written
+        spec = SyntheticConfig(**{k: v for k, v in given.items() if v is not None}).to_spec()
+    except ValidationError as exc:
+        message = format_validation_error(exc, prefix="--")  # --positive_fraction -> --positive-fraction
+        raise UsageError(re.sub(r"--\w+", lambda flag: flag.group().replace("_", "-"), message)) from None
     root = write_cgi_hrdc(spec, args.out_dir, task=args.task)
     print(f"wrote {spec.n} images ({spec.size} px) in the CGI-HRDC layout under {root.absolute()}")
     return 0

@@ -6,9 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fundus_search.vocabulary import COMPARISONS_FILE, PREDICTIONS_FILE, RUNS_FILE
-
 from fundus_search.search.cli._args import UsageError, folder_name, number_above, quiet_optuna
+from fundus_search.vocabulary import RUNS_FILE
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -93,10 +92,11 @@ def summarise_evaluation(folder: Path) -> int:
     print()
     if not progress.complete:
         print(f"INCOMPLETE: {progress.sentence()}\n")
-    print(format_answer(evaluation_table(runs, predictions), load_comparisons(folder), EvaluationFolder.open(folder)))
-    print(f"\nruns:        {folder / RUNS_FILE}")
-    print(f"predictions: {folder / PREDICTIONS_FILE}")
-    print(f"comparisons: {folder / COMPARISONS_FILE}")
+    evaluation = EvaluationFolder.open(folder)
+    print(format_answer(evaluation_table(runs, predictions), load_comparisons(folder), evaluation))
+    print(f"\nruns:        {evaluation.runs_file}")
+    print(f"predictions: {evaluation.predictions_file}")
+    print(f"comparisons: {evaluation.comparisons_file}")
     print(f"again:       fundus-search table {folder} --evaluation")
     if not progress.complete:
         print(f"\n{progress.sentence(folder)}")

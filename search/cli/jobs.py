@@ -35,8 +35,8 @@ def submit_command(args: argparse.Namespace) -> int:
     import tempfile
     import time
 
-    from fundus_search.search.study.config import load_config
     from fundus_search.search.ops.jobs import entrypoint, follow, job_client, stage_working_dir
+    from fundus_search.search.study.config import load_config
 
     config = load_config(args.config)  # a bad config fails here, before the cluster is contacted
     client = job_client(args.address)

@@ -10,9 +10,8 @@ import logging
 import os
 import sys
 
-from fundus_search.vocabulary import UserError
-
 from fundus_search.search.cli import COMMAND_MODULES
+from fundus_search.vocabulary import UserError
 
 
 class _Parser(argparse.ArgumentParser):

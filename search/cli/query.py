@@ -7,9 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from fundus_search.vocabulary import AVERAGE, TENSORBOARD_DIR, val
-
 from fundus_search.search.cli._args import number_above
+from fundus_search.vocabulary import AVERAGE, TENSORBOARD_DIR, val
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:

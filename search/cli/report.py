@@ -26,7 +26,6 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
 def report_command(args: argparse.Namespace) -> int:
     from fundus_search.results.report import write_report
-
     from fundus_search.search.study.config import load_config
     from fundus_search.vocabulary import CONFIG_FILE
 

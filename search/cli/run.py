@@ -5,19 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fundus_search.results.layout import SearchFolder
+from fundus_search.search.cli._args import UsageError, folder_name, number_above, quiet_optuna
+from fundus_search.search.cli.evaluate import add_request_arguments, evaluation_request, summarise_evaluation
 from fundus_search.vocabulary import (
-    AVERAGE,
-    EPOCHS_FILE,
     ERROR,
     EVALUATION_DIR,
     EVALUATION_FILE,
     RUNNING,
     TRIALS_FILE,
-    val,
 )
-
-from fundus_search.search.cli._args import UsageError, folder_name, number_above, quiet_optuna
-from fundus_search.search.cli.evaluate import add_request_arguments, evaluation_request, summarise_evaluation
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -48,40 +45,38 @@ def run_command(args: argparse.Namespace) -> int:
     from fundus_search.search.engine.tuner import start_search
 
     quiet_optuna()
-    paths, _ = start_search(args.config, name=args.name, num_samples=args.num_samples, address=args.address)
-    return summarise(paths)
+    folder, _ = start_search(args.config, name=args.name, num_samples=args.num_samples, address=args.address)
+    return summarise(folder)
 
 
 def study_command(args: argparse.Namespace) -> int:
     """`run`, then `evaluate` (every fold of --repeats partitions x --seeds), then `report`,
     printing each one's screen. search.json records the evaluation to come, so `resume`
     finishes a killed study."""
-    from fundus_search.search.study.config import load_config
     from fundus_search.search.engine.tuner import start_search
+    from fundus_search.search.study.config import load_config
 
     quiet_optuna()
     folds = load_config(args.config).data.folds  # a bad --folds is an error now, not after the search
     if outside := [f for f in args.folds or () if f >= folds]:
         raise UsageError(f"--folds: {outside} not in the config's {folds}-fold split (0..{folds - 1})")
     request = evaluation_request(args)
-    paths, _ = start_search(
+    folder, _ = start_search(
         args.config,
         name=args.name,
         address=args.address,
         study={"request": request.__dict__, "evaluation": EVALUATION_DIR},
     )
-    searched = summarise(paths)
-    return max(searched, _finish_study(paths.local, address=args.address))
+    searched = summarise(folder)
+    return max(searched, _finish_study(folder, address=args.address))
 
 
-def _finish_study(search_dir: Path, *, address: str | None) -> int:
+def _finish_study(search: SearchFolder, *, address: str | None) -> int:
     """The evaluation and the report of a study whose search has finished: started, or resumed
     where a killed study left it."""
-    from fundus_search.results.layout import SearchFolder
-
     from fundus_search.search.evaluate.retrain import EvaluationRequest, resume_evaluation, start_evaluation
 
-    study = SearchFolder.open(search_dir).study
+    study, search_dir = search.study, search.path
     folder = search_dir / study["evaluation"]
     if folder.exists():
         evaluated = summarise_evaluation(resume_evaluation(folder, address=address))
@@ -107,7 +102,7 @@ def resume_command(args: argparse.Namespace) -> int:
     from fundus_search.results.layout import EvaluationFolder, SearchFolder
 
     quiet_optuna()
-    if (args.results / EVALUATION_FILE).is_file():
+    if (args.results / EVALUATION_FILE).is_file():  # an evaluation folder; otherwise a search's, or an error
         from fundus_search.search.evaluate.retrain import resume_evaluation
 
         folder = resume_evaluation(args.results, address=args.address)
@@ -116,20 +111,18 @@ def resume_command(args: argparse.Namespace) -> int:
         if study.study and study.study["evaluation"] == folder.name:  # the study's own evaluation: its report too
             _report(study.path, folder.name)
         return evaluated
-    from fundus_search.search.engine.tuner import SearchPaths, resume_search, search_ended
+    from fundus_search.search.engine.tuner import resume_search, search_ended
 
     folder = SearchFolder.open(args.results)
-    if folder.study and folder.remote is None and search_ended(folder):  # only the evaluation and report are left
-        paths = SearchPaths(name=folder.name, results=folder.results, local=folder.path)
-    else:
-        paths, _ = resume_search(args.results, address=args.address)
-    searched = summarise(paths)
+    if not (folder.study and folder.remote is None and search_ended(folder)):  # else: only the study's rest is left
+        folder, _ = resume_search(args.results, address=args.address)
+    searched = summarise(folder)
     if folder.study:
-        return max(searched, _finish_study(paths.local, address=args.address))
+        return max(searched, _finish_study(folder, address=args.address))
     return searched
 
 
-def summarise(paths) -> int:
+def summarise(folder: SearchFolder) -> int:
     """The ending screen: table, best config, where the files are, how to look at them.
 
     Returns:
@@ -139,37 +132,36 @@ def summarise(paths) -> int:
         UsageError: every trial failed (one line: the first error and where the others are).
     """
     from fundus_search.results import best_configs, init_strategy_table, load_trials
-    from fundus_search.results.layout import SearchFolder
     from fundus_search.results.tables import best_columns, format_best, format_table, format_winners
-
     from fundus_search.search.cli.query import tensorboard_command
 
-    trials = load_trials([paths.results])
-    planned = SearchFolder.open(paths.local).num_samples
+    trials = load_trials([folder.results])
+    metric, mode = folder.ranking
+    planned = folder.num_samples
     finished = trials[trials["status"] != RUNNING]
     failed = trials[trials["status"] == ERROR]
     if len(failed) and len(failed) == len(trials):
         raise UsageError(
             f"all {len(trials)} trials failed; the first: {failed['error'].iloc[0]}; every error is in "
-            f"the error column of {paths.results}/{TRIALS_FILE} and in trial_*/error.txt"
+            f"the error column of {folder.trials_file} and in trial_*/error.txt"
         )
-    table = init_strategy_table(trials)
+    table = init_strategy_table(trials, metric=metric, mode=mode)
     print()
-    print(format_table(table))
-    print(format_winners(table, trials))
-    top = best_configs(trials, top=1)
+    print(format_table(table, metric))
+    print(format_winners(table, trials, metric))
+    top = best_configs(trials, metric=metric, mode=mode, top=1)
     if len(top):
         print("\nbest configuration:")
-        print(format_best(top[best_columns(top, val(AVERAGE))]))
-    print(f"\nresults:     {paths.results}/{TRIALS_FILE}")
-    print(f"             {paths.results}/{EPOCHS_FILE}")
-    print(f"tensorboard: {tensorboard_command([paths.local])}")
-    print(f"query:       fundus-search best {paths.results} --top 5")
+        print(format_best(top[best_columns(top, metric)]))
+    print(f"\nresults:     {folder.trials_file}")
+    print(f"             {folder.epochs_file}")
+    print(f"tensorboard: {tensorboard_command([folder.path])}")
+    print(f"query:       fundus-search best {folder.results} --top 5")
     if len(failed):
         print(f"\n{len(failed)} of {len(trials)} trials failed (column error of {TRIALS_FILE}):")
         for r in failed.head(10).itertuples():
             print(f"  #{r.optuna_number} {r.init:<9} {r.strategy:<6} {r.error}")
     if len(finished) < planned:
-        print(f"\nstopped after {len(finished)} of {planned} trials; continue with: fundus-search resume {paths.local}")
+        print(f"\nstopped after {len(finished)} of {planned} trials; continue with: fundus-search resume {folder.path}")
         return 1
     return 1 if len(failed) else 0

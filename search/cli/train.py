@@ -4,25 +4,22 @@ from __future__ import annotations
 
 import argparse
 
+from fundus_search.search.cli._args import UsageError, number_above
+from fundus_search.strategy import TRANSFER_STRATEGIES
 from fundus_search.vocabulary import (
     AUC,
     AVERAGE,
+    BATCH_SIZE,
     F1,
-    FT,
-    FT_LR,
     KAPPA,
-    LP,
-    LP_EPOCHS,
-    LP_FT,
-    LP_LR,
     SPECIFICITY,
     STRATEGIES,
+    STRATEGY,
     TRAIN_LOSS,
+    WEIGHT_DECAY,
     lp_warmup,
     val,
 )
-
-from fundus_search.search.cli._args import UsageError, number_above
 
 _SHOWN = (TRAIN_LOSS, *(val(m) for m in (AVERAGE, KAPPA, F1, SPECIFICITY, AUC)))
 
@@ -49,20 +46,20 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     train.set_defaults(handler=train_command)
 
 
-def check_params(params: dict, *, lbfgs: bool) -> None:
-    """Each strategy names the learning rates it uses, and only those."""
-    needed = {LP: [] if lbfgs else [LP_LR], FT: [FT_LR], LP_FT: [FT_LR, LP_EPOCHS] + ([] if lbfgs else [LP_LR])}
-    missing = [k for k in needed[params["strategy"]] if params.get(k) is None]
+def check_params(params: dict, *, lp_solver: str) -> None:
+    """A strategy needs the learning rates and warm-up length its training reads
+    (`Strategy.params`); weight decay and batch size have defaults."""
+    needed = TRANSFER_STRATEGIES[params[STRATEGY]].params(lp_solver)
+    missing = [k for k in needed if k not in (WEIGHT_DECAY, BATCH_SIZE) and params.get(k) is None]
     if missing:
         flags = ", ".join("--" + k.replace("_", "-") for k in missing)
-        raise UsageError(f"--strategy {params['strategy']} needs {flags}")
+        raise UsageError(f"--strategy {params[STRATEGY]} needs {flags}")
 
 
 def train_command(args: argparse.Namespace) -> int:
     from fundus_search.data_io import prepare_images
-
+    from fundus_search.search.engine.trial import DatasetInfo, TrialConfig, make_trainer
     from fundus_search.search.study.config import load_config
-    from fundus_search.search.engine.trial import DatasetInfo, make_trainer
 
     config = load_config(args.config)
     if args.init not in config.model.inits:
@@ -79,10 +76,11 @@ def train_command(args: argparse.Namespace) -> int:
         "fold": config.data.fold if args.fold is None else args.fold,
         "max_epochs": args.epochs,
     }
-    check_params(params, lbfgs=config.training.lp_solver == "lbfgs")
+    check_params(params, lp_solver=config.training.lp_solver)
     spec = config.data.to_spec()
     cache = prepare_images(spec)
-    trainer, provenance = make_trainer(config, params, cache.images, DatasetInfo.of(cache, spec.resolved_cache_dir()))
+    info = DatasetInfo.of(cache, spec.resolved_cache_dir())
+    trainer, provenance = make_trainer(config, TrialConfig.of(params), cache.images, info)
     print(
         f"{args.init} / {args.strategy} on {len(cache)} images ({cache.images.shape[1]} px), fold "
         f"{params['fold']}, weights {provenance['weights_id'][:12]} (normalize: {provenance['normalize']}), "

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -26,7 +26,6 @@ import torch
 from fundus_search.models import WEIGHT_SOURCES, FeatureNet, InitSpec, build_feature_net
 from fundus_search.models.pretrain import pretrain, save_flair_checkpoint
 from fundus_search.models.weights import file_sha256
-
 from fundus_search.search.demo.corpora import generate_pretraining_corpus, generate_shapes_corpus
 
 IMAGENET_FILE, FLAIR_FILE, MANIFEST_FILE = (

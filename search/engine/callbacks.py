@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
-from collections.abc import Callable
 
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 from ray.tune.result import AUTO_RESULT_KEYS, DONE, EXPERIMENT_TAG, SHOULD_CHECKPOINT, TRIAL_ID
 
-from fundus_search.results.store import EPOCHS_SCHEMA, PREDICTION_REPORT_KEYS, TRIAL_REPORT_KEYS, ResultsStore
+from fundus_search.direction import Direction
+from fundus_search.results.store import (
+    EPOCHS_SCHEMA,
+    PREDICTION_REPORT_KEYS,
+    SEARCH_TABLES,
+    TRIAL_REPORT_KEYS,
+    ResultsStore,
+)
+from fundus_search.search.engine.outcome import trial_status
 from fundus_search.vocabulary import (
     COMPLETED,
     EPOCHS_FILE,
@@ -25,8 +33,6 @@ from fundus_search.vocabulary import (
     best,
     last,
 )
-
-from fundus_search.search.engine.outcome import trial_status
 
 _EPOCH_COLUMNS = [f.name for f in EPOCHS_SCHEMA if f.name not in ("search", "trial_id")]
 _TUNE_KEYS = {*AUTO_RESULT_KEYS, DONE, EXPERIMENT_TAG, SHOULD_CHECKPOINT, TRIAL_ID}  # filled in by Tune itself
@@ -72,47 +78,48 @@ def epoch_row(trial: Trial, result: dict) -> dict:
     return {"trial_id": trial.trial_id, **{k: result.get(k) for k in _EPOCH_COLUMNS}}
 
 
-class ParquetCallback(Callback):
-    """Keeps `trials.parquet` and `epochs.parquet` of the search current (see results.store).
+class StoreCallback(Callback):
+    """Keeps a ResultsStore's Parquet files current: the one base of the search's and the
+    evaluation's callbacks. Every report is an epochs.parquet row, then `on_result`; a trial's
+    end, completed or errored, is `on_end` (as Ray's LoggerCallback merges the two).
 
     Args:
-        results_uri: the search's results folder.
-        search: search name written in every row.
-        metric, mode: pick each trial's best epoch.
+        root: the results folder (or its s3:// location).
+        name: written in every row's `search` column.
         metadata: provenance for the Parquet key-value metadata.
-        log_path: local row log (see ResultsStore).
+        log_path: the local row log, when `root` is remote (see ResultsStore).
     """
 
+    tables = SEARCH_TABLES
+
     def __init__(
-        self,
-        results_uri: str,
-        *,
-        search: str,
-        metric: str,
-        mode: str,
-        metadata: dict[str, str],
-        log_path: Path | None = None,
-        flush_seconds: float = 30.0,
+        self, root: str, *, name: str, metadata: dict[str, str], log_path: Path | None = None, flush_seconds=30.0
     ):
-        self.results_uri, self.search, self.metric, self.mode = results_uri, search, metric, mode
-        self.metadata, self.log_path, self.flush_seconds = metadata, log_path, flush_seconds
+        self.root, self.name, self.metadata, self.log_path, self.flush_seconds = (
+            root,
+            name,
+            metadata,
+            log_path,
+            flush_seconds,
+        )
         self.store: ResultsStore | None = None  # opened in setup: the callback is pickled before
 
     def __getstate__(self):  # the store holds an open log; a restored callback reopens it in setup
         return {**self.__dict__, "store": None}
 
     def relocate(self, folder: Path) -> None:
-        """Write into `folder`, the search being resumed (the paths this callback was pickled with
-        are those of the folder's first location)."""
+        """Write into `folder`, the experiment being resumed (the paths this callback was pickled
+        with are those of the folder's first location)."""
         if self.log_path is None:
-            self.results_uri = str(folder)
+            self.root = str(folder)
         else:  # Parquet files on remote storage; the row log in the local folder
             self.log_path = Path(folder) / self.log_path.name
 
     def setup(self, **info) -> None:
         self.store = ResultsStore(
-            self.results_uri,
-            search=self.search,
+            self.root,
+            search=self.name,
+            tables=self.tables,
             metadata=self.metadata,
             log_path=self.log_path,
             flush_seconds=self.flush_seconds,
@@ -120,24 +127,48 @@ class ParquetCallback(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self.store.put(EPOCHS_FILE, epoch_row(trial, result))
-        self.store.put(TRIALS_FILE, self.trial_row(trial, result, status=RUNNING))
+        self.on_result(trial, result)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self.store.put(
-            TRIALS_FILE, self.trial_row(trial, trial.last_result, status=trial_status(trial.last_result, error=False))
-        )
+        final = trial.last_result or {}
+        self.on_end(trial, final, status=trial_status(final, error=False), error=None)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.store.put(TRIALS_FILE, self.trial_row(trial, trial.last_result, status=ERROR, error=error_line(trial)))
+        self.on_end(trial, trial.last_result or {}, status=ERROR, error=error_line(trial))
 
     def on_experiment_end(self, trials, **info) -> None:
         self.store.close()
+
+    def on_result(self, trial: Trial, result: dict) -> None:
+        """A report of a running trial, after its epoch row."""
+
+    def on_end(self, trial: Trial, final: dict, *, status: str, error: str | None) -> None:
+        """A trial ended: completed, stopped early or errored (`error`: its last line)."""
+
+
+class ParquetCallback(StoreCallback):
+    """Keeps `trials.parquet` and `epochs.parquet` of the search current (see results.store).
+
+    Args:
+        metric, mode: pick each trial's best epoch.
+        (the rest as StoreCallback)
+    """
+
+    def __init__(self, root: str, *, metric: str, mode: str, **store):
+        super().__init__(root, **store)
+        self.metric, self.mode = metric, mode
+
+    def on_result(self, trial: Trial, result: dict) -> None:
+        self.store.put(TRIALS_FILE, self.trial_row(trial, result, status=RUNNING))
+
+    def on_end(self, trial: Trial, final: dict, *, status: str, error: str | None) -> None:
+        self.store.put(TRIALS_FILE, self.trial_row(trial, final, status=status, error=error))
 
     def trial_row(self, trial: Trial, final: dict | None, *, status: str, error: str | None = None) -> dict:
         """The trials.parquet row: parameters, best and last epoch metrics, resources, provenance."""
         config, final = trial.config, final or {}
         epochs = self.store.rows(EPOCHS_FILE, trial.trial_id)
-        sign = 1 if self.mode == "max" else -1
+        sign = Direction(self.mode).sign
         scored = [r for r in epochs if r.get(self.metric) is not None and not math.isnan(r[self.metric])]
         top = max(scored, key=lambda r: (sign * r[self.metric], -r["epoch"]), default={})
         resources = trial.placement_group_factory.required_resources
@@ -194,7 +225,7 @@ class ProgressCallback(Callback):
         self.done = 0
 
     def _better(self, value: float, than: float | None) -> bool:
-        return than is None or (value > than if self.mode == "max" else value < than)
+        return Direction(self.mode).better(value, than)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         value = result.get(self.metric)

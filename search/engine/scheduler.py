@@ -5,6 +5,8 @@ from __future__ import annotations
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
+from fundus_search.direction import Direction
+
 
 class StratifiedASHA(FIFOScheduler):
     """Delegates each trial to the AsyncHyperBandScheduler of its cell.
@@ -32,8 +34,7 @@ class StratifiedASHA(FIFOScheduler):
         time_attr: str = "epoch",
     ):
         super().__init__()
-        if mode not in ("max", "min"):
-            raise ValueError(f"search.mode: must be 'max' or 'min' (got {mode!r})")
+        Direction(mode)  # raises on anything but "max" or "min"
         self.stratify_by, self._metric, self._mode, self._time_attr = tuple(stratify_by), metric, mode, time_attr
         self._asha = dict(
             time_attr=time_attr,

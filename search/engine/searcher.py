@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
+from fundus_search.direction import Direction
 from fundus_search.search.engine.outcome import COMPLETED, ERROR, trial_status
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ class PruningOptunaSearch(OptunaSearch):
         values = [v for v in values if v is not None and v == v]  # NaN epochs never win
         if not values:
             return None
-        return max(values) if self.mode == "max" else min(values)
+        return Direction(self.mode).best(values)
 
 
 def make_sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:

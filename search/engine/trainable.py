@@ -17,8 +17,8 @@ import ray
 import torch
 from ray import tune
 
+from fundus_search.search.engine.trial import DatasetInfo, TrialConfig, make_trainer
 from fundus_search.search.study.config import Config
-from fundus_search.search.engine.trial import DatasetInfo, make_trainer
 
 STATE_FILE = "trainer.pt"
 
@@ -27,13 +27,14 @@ def train_trial(params: dict, *, images: np.ndarray, info: DatasetInfo, config: 
     """Train one configuration, reporting each main-phase epoch to Tune.
 
     Args:
-        params: the trial config from the search space (see `search.space.SearchSpace`).
+        params: Tune's trial config: a search-space point or an evaluation run (see `TrialConfig`).
         images: (N, S, S, 3) uint8 from the object store (zero-copy, read-only).
         info: labels, groups and cache keys of `images`.
         config: the validated search config.
     """
     torch.set_num_threads(max(1, int(config.resources.cpus_per_trial)))
-    trainer, provenance = make_trainer(config, params, images, info)
+    trial = TrialConfig.of(params)
+    trainer, provenance = make_trainer(config, trial, images, info)
     # host:node-id, unique even for several Ray nodes on one machine (cluster/local.sh)
     node = f"{socket.gethostname()}:{ray.get_runtime_context().get_node_id()[:12]}"
     checkpoint = tune.get_checkpoint()
@@ -42,7 +43,7 @@ def train_trial(params: dict, *, images: np.ndarray, info: DatasetInfo, config: 
             trainer.load_state_dict(torch.load(Path(folder) / STATE_FILE, weights_only=True))
     for metrics in trainer.epochs():
         last = metrics["epoch"] == trainer.main_epochs
-        scored = predictions(trainer) if last and params.get("keep_predictions") else {}
+        scored = predictions(trainer) if last and trial.keep_predictions else {}
         report = {
             **metrics,
             "epochs_planned": trainer.main_epochs,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -17,22 +17,89 @@ from fundus_search.models import (
     load_or_extract_features,
     weights_id,
 )
-
+from fundus_search.search.study.config import Config
 from fundus_search.vocabulary import (
     BATCH_SIZE,
+    CV,
     FOLD,
     FT_LR,
-    INIT,
     LP_EPOCHS,
     LP_LR,
     REPEAT,
     SEED,
-    STRATEGY,
+    SPLIT,
+    TEST,
     TRAIN_SEED,
     WEIGHT_DECAY,
 )
 
-from fundus_search.search.study.config import Config
+_INTS = {SEED, FOLD, REPEAT, LP_EPOCHS, BATCH_SIZE, TRAIN_SEED, "max_epochs", "optuna_number"}
+_FLOATS = {LP_LR, FT_LR, WEIGHT_DECAY}
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """What a trial's config carries: the search space's point (`SearchSpace`) or an evaluation's
+    planned run (`search.evaluate.retrain`). Parameters a strategy does not read are None.
+
+    Attributes:
+        split: `cv` trains on the other folds and scores fold `fold` of partition `repeat`;
+            `test` trains on every row outside the test split and scores the test split.
+        train_seed: the seed training uses when it is not `seed` (an evaluation's CV runs).
+        max_epochs: main-phase epochs; None: search.max_epochs.
+        keep_predictions: report the last epoch's scored rows and P(positive) (evaluation runs).
+        run: an evaluation run's bookkeeping (run_id, config_id, rank, source trial...), kept
+            in its rows and never read by training.
+    """
+
+    init: str
+    strategy: str
+    seed: int
+    split: str = CV
+    fold: int | None = None
+    repeat: int = 0
+    lp_lr: float | None = None
+    ft_lr: float | None = None
+    lp_epochs: int | None = None
+    weight_decay: float | None = None
+    batch_size: int | None = None
+    train_seed: int | None = None
+    max_epochs: int | None = None
+    optuna_number: int | None = None
+    keep_predictions: bool = False
+    run: dict = field(default_factory=dict)
+
+    RUN_KEYS = ("run_id", "config_id", "rank", "source_trial_id", "source_optuna_number", "search_score")
+
+    @classmethod
+    def of(cls, params: dict) -> TrialConfig:
+        """Parse a trial config dict strictly.
+
+        Raises:
+            ValueError: a key no part of the product writes, or a split without its fold.
+        """
+        names = {f.name for f in fields(cls)} - {"run"}
+        unknown = sorted(set(params) - names - set(cls.RUN_KEYS))
+        if unknown:
+            raise ValueError(f"trial config: unknown key(s) {unknown}; known: {sorted(names | set(cls.RUN_KEYS))}")
+        values = {k: v for k, v in params.items() if k in names and v is not None}
+        for k in values.keys() & _INTS:  # numpy scalars from pandas rows, floats from JSON
+            values[k] = int(values[k])
+        for k in values.keys() & _FLOATS:
+            values[k] = float(values[k])
+        values.setdefault(SPLIT, CV)
+        if values[SPLIT] not in (CV, TEST):
+            raise ValueError(f"trial config: split must be {CV!r} or {TEST!r} (got {values[SPLIT]!r})")
+        if values[SPLIT] == CV and FOLD not in values:
+            raise ValueError("trial config: a cv run needs its fold")
+        if values[SPLIT] == TEST:
+            values.pop(FOLD, None)
+            values[REPEAT] = 0
+        return cls(**values, run={k: params[k] for k in cls.RUN_KEYS if k in params})
+
+    @property
+    def training_seed(self) -> int:
+        return self.seed if self.train_seed is None else self.train_seed
 
 
 @dataclass(frozen=True)
@@ -56,16 +123,13 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def make_trainer(config: Config, params: dict, images: np.ndarray, info: DatasetInfo) -> tuple[Trainer, dict]:
+def make_trainer(config: Config, trial: TrialConfig, images: np.ndarray, info: DatasetInfo) -> tuple[Trainer, dict]:
     """The Trainer of one configuration, and its provenance: the id of its init's weights and the
     input normalisation they are used with (results.store.TRIAL_REPORT_KEYS).
 
     Args:
         config: the validated search config.
-        params: search-space values; keys of vocabulary.PARAMS, absent (or None) where they do not apply,
-            except `fold`: None trains on every row outside the test split and scores the test split;
-            and, in evaluation runs, `repeat` (the partition of the repeated k-fold, 0 when absent)
-            and `train_seed` (the seed training uses, when it is not `seed`).
+        trial: the trial's config (`TrialConfig.of(tune's config dict)`).
         images: (N, S, S, 3) uint8, the whole cached dataset.
         info: labels, groups and cache keys of `images`.
     """
@@ -74,13 +138,13 @@ def make_trainer(config: Config, params: dict, images: np.ndarray, info: Dataset
         info.labels,
         info.groups,
         folds=data.folds,
-        fold=params.get(FOLD, data.fold),
+        fold=trial.fold if trial.split == CV else None,
         seed=data.seed,
         test_fraction=data.test_fraction,
-        repeat=int(params.get(REPEAT) or 0),
+        repeat=trial.repeat,
     )
-    init_name, backbone = params[INIT], config.model.backbone
-    seed = int(params[TRAIN_SEED] if params.get(TRAIN_SEED) is not None else params[SEED])
+    init_name, backbone = trial.init, config.model.backbone
+    seed = trial.training_seed
     init = config.model.init_spec(init_name)
     where = f"model.inits.{init_name}"
     device = resolve_device(config.training.device)
@@ -102,14 +166,15 @@ def make_trainer(config: Config, params: dict, images: np.ndarray, info: Dataset
         )
 
     t = config.training
+    # None where the strategy does not read them: TrainSettings' defaults stand in, unused
+    optional = {k: v for k, v in ((WEIGHT_DECAY, trial.weight_decay), (BATCH_SIZE, trial.batch_size)) if v is not None}
     settings = TrainSettings(
-        strategy=params[STRATEGY],
-        max_epochs=int(params.get("max_epochs") or config.search.max_epochs),
-        lp_lr=params.get(LP_LR),
-        ft_lr=params.get(FT_LR),
-        lp_epochs=int(params.get(LP_EPOCHS) or 0),
-        weight_decay=float(params[WEIGHT_DECAY]),
-        batch_size=int(params[BATCH_SIZE]),
+        strategy=trial.strategy,
+        max_epochs=trial.max_epochs or config.search.max_epochs,
+        lp_lr=trial.lp_lr,
+        ft_lr=trial.ft_lr,
+        lp_epochs=trial.lp_epochs or 0,
+        **optional,
         seed=seed,
         lp_solver=t.lp_solver,
         lp_c=t.lp_c,

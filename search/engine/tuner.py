@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 import shutil
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from collections.abc import Callable
 
 import optuna
 import pandas as pd
@@ -20,8 +19,18 @@ from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 
 from fundus_search.data_io import ImageCache, prepare_images
 from fundus_search.results.layout import SearchFolder, write_atomic
+from fundus_search.search.engine.callbacks import ParquetCallback, ProgressCallback
+from fundus_search.search.engine.scheduler import make_scheduler
+from fundus_search.search.engine.searcher import PruningOptunaSearch, make_searcher
+from fundus_search.search.engine.tensorboard import TensorBoardCallback
+from fundus_search.search.engine.trainable import train_trial
+from fundus_search.search.engine.trial import DatasetInfo
+from fundus_search.search.errors import SearchError
+from fundus_search.search.ops.folders import check_resources, check_storage, check_trusted, check_weights, provenance
+from fundus_search.search.ops.ray_session import check_address, connect
+from fundus_search.search.study.config import Config, load_config
+from fundus_search.search.study.space import SearchSpace
 from fundus_search.vocabulary import (
-    CONFIG_FILE,
     EPOCHS_FILE,
     ROW_LOG,
     RUNNING,
@@ -31,37 +40,9 @@ from fundus_search.vocabulary import (
     check_name,
 )
 
-from fundus_search.search.engine.callbacks import ParquetCallback, ProgressCallback
-from fundus_search.search.study.config import Config, load_config
-from fundus_search.search.errors import SearchError
-from fundus_search.search.ops.folders import check_resources, check_storage, check_trusted, check_weights, provenance
-from fundus_search.search.ops.ray_session import check_address, connect
-from fundus_search.search.engine.scheduler import make_scheduler
-from fundus_search.search.engine.searcher import PruningOptunaSearch, make_searcher
-from fundus_search.search.study.space import SearchSpace
-from fundus_search.search.engine.tensorboard import TensorBoardCallback
-from fundus_search.search.engine.trainable import train_trial
-from fundus_search.search.engine.trial import DatasetInfo
-
 log = logging.getLogger(__name__)
 
 TUNER_STATE = "tuner.pkl"  # what Ray's Tuner writes first in an experiment folder
-
-
-@dataclass(frozen=True)
-class SearchPaths:
-    """Where one search keeps things. `results` may be s3://; `local` is always on this machine."""
-
-    name: str
-    results: str  # Ray experiment, Parquet files
-    local: Path  # config copy, Optuna study, TensorBoard runs, row log
-
-    @classmethod
-    def of(cls, config: Config, name: str) -> SearchPaths:
-        results = f"{config.storage.path.rstrip('/')}/{name}"
-        remote = "://" in results
-        local = config.data.to_spec().resolved_cache_dir() / "runs" / name if remote else Path(results)
-        return cls(name=name, results=results, local=local)
 
 
 def default_name(config: Config) -> str:
@@ -121,7 +102,7 @@ def search_algorithms(
 
 def build_tuner(
     config: Config,
-    paths: SearchPaths,
+    folder: SearchFolder,
     cache: ImageCache,
     *,
     num_samples: int,
@@ -131,25 +112,24 @@ def build_tuner(
     """The Tuner of a new search (Ray must be connected); `extra_callbacks` are added to ours."""
     s = config.search
     searcher, scheduler = search_algorithms(
-        config, study_name=paths.name, db_path=paths.local / STUDY_FILE, num_samples=num_samples
+        config, study_name=folder.name, db_path=folder.study_file, num_samples=num_samples
     )
     meta = provenance(config, cache.meta["fingerprint"])
-    remote = "://" in paths.results
     callbacks = [
         ParquetCallback(
-            paths.results,
-            search=paths.name,
+            folder.results,
+            name=folder.name,
             metric=s.metric,
             mode=s.mode,
             metadata=meta,
-            log_path=paths.local / ROW_LOG if remote else None,
+            log_path=folder.row_log if folder.remote else None,
         ),
-        TensorBoardCallback(str(paths.local / TENSORBOARD_DIR)),
+        TensorBoardCallback(str(folder.tensorboard_dir)),
         ProgressCallback(metric=s.metric, mode=s.mode, total=num_samples),
         *extra_callbacks,
     ]
     # Ray's experiment is the search folder itself (or its remote location)
-    storage, name = (config.storage.path, paths.name) if remote else (str(paths.local.parent), paths.local.name)
+    storage, name = (config.storage.path, folder.name) if folder.remote else (str(folder.path.parent), folder.path.name)
     return make_tuner(
         trainable_with_resources(config, cache, train_fn),
         config,
@@ -202,7 +182,7 @@ def start_search(
     train_fn: Callable = train_trial,
     extra_callbacks: tuple = (),
     study: dict | None = None,
-) -> tuple[SearchPaths, tune.ResultGrid]:
+) -> tuple[SearchFolder, tune.ResultGrid]:
     """Validate everything, then write the search folder, then run the search.
 
     `train_fn` is the function each trial runs (tests inject failures by wrapping it);
@@ -219,44 +199,52 @@ def start_search(
             check_name(name)
         except ValueError as exc:
             raise SearchError(f"search name: {exc}") from None
-    paths = SearchPaths.of(config, name or default_name(config))
-    if "://" not in paths.results and Path(paths.results).exists():
+    total = num_samples or config.search.num_samples
+    folder = SearchFolder.new(
+        config.storage.path,
+        name or default_name(config),
+        scratch=config.data.to_spec().resolved_cache_dir(),
+        num_samples=total,
+        study=study,
+        facts=config.facts(),
+    )
+    if folder.remote is None and folder.path.exists():
         raise SearchError(
-            f"search folder {paths.results} already exists; pick another name or `fundus-search resume {paths.results}`"
+            f"search folder {folder.path} already exists; pick another name or `fundus-search resume {folder.path}`"
         )
-    check_storage(paths.results)
+    check_storage(folder.results)
     if address:
         check_address(address)  # seconds, not minutes, and before the images are decoded
     check_weights(config)
     cache = prepare_images(config.data.to_spec())  # validates every image before anything is written
-    total = num_samples or config.search.num_samples
     connect(address)  # a wrong address fails here, before the search folder exists
     check_resources(config)
     try:
-        paths.local.mkdir(parents=True)
+        folder.path.mkdir(parents=True)
     except FileExistsError:
         raise SearchError(
-            f"search folder {paths.local} was just created by another command; pick another name"
+            f"search folder {folder.path} was just created by another command; pick another name"
         ) from None
-    write_atomic(paths.local / CONFIG_FILE, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    remote = paths.results if "://" in paths.results else None
-    SearchFolder(path=paths.local, name=paths.name, num_samples=total, remote=remote, study=study).write()
-    return paths, _fit(config, paths, cache, total, train_fn, extra_callbacks)
+    write_atomic(folder.config_file, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    folder.write()
+    return folder, _fit(config, folder, cache, total, train_fn, extra_callbacks)
 
 
 def _fit(
-    config: Config, paths: SearchPaths, cache: ImageCache, total: int, train_fn: Callable, extra_callbacks: tuple = ()
+    config: Config, folder: SearchFolder, cache: ImageCache, total: int, train_fn: Callable, extra_callbacks: tuple = ()
 ) -> tune.ResultGrid:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate/group TPE
-        tuner = build_tuner(config, paths, cache, num_samples=total, train_fn=train_fn, extra_callbacks=extra_callbacks)
+        tuner = build_tuner(
+            config, folder, cache, num_samples=total, train_fn=train_fn, extra_callbacks=extra_callbacks
+        )
     return tuner.fit()
 
 
 def search_ended(folder: SearchFolder) -> bool:
     """Whether the search ran to its end: trials.parquet, rewritten last as the search ends,
     holds `num_samples` trials and none still running."""
-    trials = folder.path / TRIALS_FILE
+    trials = Path(folder.trials_file)
     if not trials.is_file():
         return False
     status = pd.read_parquet(trials, columns=["status"])["status"]
@@ -271,7 +259,7 @@ def ray_saved_state(folder: Path) -> bool:
 
 def resume_search(
     results_dir: Path, *, address: str | None = None, train_fn: Callable = train_trial
-) -> tuple[SearchPaths, tune.ResultGrid]:
+) -> tuple[SearchFolder, tune.ResultGrid]:
     """Continue an interrupted search to its full num_samples (same experiment, same trials),
     from `results_dir` and into it, wherever the folder was first written.
 
@@ -282,8 +270,7 @@ def resume_search(
     folder = SearchFolder.open(check_trusted(results_dir) if Path(results_dir).is_dir() else results_dir)
     if folder.remote is None:
         check_ray_state(folder.path)
-    config = load_config(folder.path / CONFIG_FILE)
-    paths = SearchPaths(name=folder.name, results=folder.results, local=folder.path)
+    config = load_config(folder.config_file)
     cache = prepare_images(config.data.to_spec())
     connect(address)
     check_resources(config)
@@ -292,9 +279,9 @@ def resume_search(
         # starts again here (what was begun before is Ray's and Optuna's first seconds, dropped)
         log.info("%s: Ray saved no state before the search stopped; starting it again in this folder", folder.path)
         discard_unsaved(folder.path, (STUDY_FILE, ROW_LOG, TRIALS_FILE, EPOCHS_FILE, TENSORBOARD_DIR))
-        return paths, _fit(config, paths, cache, folder.num_samples, train_fn)
-    tuner = restore_tuner(paths.results, trainable_with_resources(config, cache, train_fn), local=folder.path)
-    return paths, tuner.fit()
+        return folder, _fit(config, folder, cache, folder.num_samples, train_fn)
+    tuner = restore_tuner(folder.results, trainable_with_resources(config, cache, train_fn), local=folder.path)
+    return folder, tuner.fit()
 
 
 def discard_unsaved(folder: Path, names: tuple[str, ...]) -> None:

@@ -14,20 +14,19 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 import torch
-from ray import tune
 from ray.tune.search import Searcher
 
 from fundus_search.data_io import ImageCache, decode_image, held_out_indices, prepare_images
 from fundus_search.models import Classifier, build_feature_net, cpu_ms_samples
 from fundus_search.models.backbones import Head
-from fundus_search.results import ResultsStore, load_trials
+from fundus_search.results import load_trials
 from fundus_search.results.answer import (
     CV,
     TEST,
@@ -37,15 +36,28 @@ from fundus_search.results.answer import (
     paired_comparisons,
     write_comparisons,
 )
-from fundus_search.statistics import scored_protocol
 from fundus_search.results.layout import EvaluationFolder, SearchFolder
+from fundus_search.results.query import cell_winners
 from fundus_search.results.store import EVALUATION_TABLES
+from fundus_search.search.engine.callbacks import ProgressCallback, StoreCallback
+from fundus_search.search.engine.trainable import train_trial
+from fundus_search.search.engine.tuner import (
+    check_ray_state,
+    discard_unsaved,
+    make_tuner,
+    ray_saved_state,
+    restore_tuner,
+    trainable_with_resources,
+)
+from fundus_search.search.errors import SearchError
+from fundus_search.search.ops.folders import check_resources, check_storage, check_trusted, check_weights, provenance
+from fundus_search.search.ops.ray_session import check_address, connect
+from fundus_search.search.study.config import Config, load_config
+from fundus_search.statistics import scored_protocol
 from fundus_search.vocabulary import (
     BATCH_SIZE,
     COMPLETED,
-    CONFIG_FILE,
     EPOCHS_FILE,
-    ERROR,
     EVALUATION_DIR,
     FOLD,
     FT_LR,
@@ -67,22 +79,6 @@ from fundus_search.vocabulary import (
     best,
     check_name,
     val,
-)
-
-from fundus_search.search.engine.callbacks import ProgressCallback, epoch_row, error_line
-from fundus_search.search.study.config import Config, load_config
-from fundus_search.search.errors import SearchError
-from fundus_search.search.ops.folders import check_resources, check_storage, check_trusted, check_weights, provenance
-from fundus_search.search.engine.outcome import trial_status
-from fundus_search.search.ops.ray_session import check_address, connect
-from fundus_search.search.engine.trainable import train_trial
-from fundus_search.search.engine.tuner import (
-    check_ray_state,
-    discard_unsaved,
-    make_tuner,
-    ray_saved_state,
-    restore_tuner,
-    trainable_with_resources,
 )
 
 _CHOSEN = (INIT, STRATEGY, LP_LR, FT_LR, LP_EPOCHS, WEIGHT_DECAY, BATCH_SIZE)  # what a configuration fixes
@@ -141,10 +137,10 @@ def plan_runs(trials: pd.DataFrame, config: Config, request: EvaluationRequest, 
             "every cell while search.cover_cells is on)"
         )
     runs = []
+    winners = cell_winners(done, score, config.search.mode, top=request.top)
     for init, strategy in cells:
-        cell = done[(done[INIT] == init) & (done[STRATEGY] == strategy)]
-        chosen = cell.sort_values([score, "optuna_number"], ascending=[config.search.mode == "min", True])
-        for rank, trial in enumerate(chosen.head(request.top).to_dict("records"), start=1):
+        chosen = winners[(winners[INIT] == init) & (winners[STRATEGY] == strategy)]
+        for rank, trial in enumerate(chosen.to_dict("records"), start=1):
             runs += _runs_of(trial, rank, config, request, folds, score)
     return runs
 
@@ -234,32 +230,21 @@ def evaluation_label(config: dict) -> str:
     return f"{config[INIT]:<9} {config[STRATEGY]:<6} {where} seed {config[SEED]}"
 
 
-class EvaluationCallback(tune.Callback):
+class EvaluationCallback(StoreCallback):
     """Keeps runs.parquet, predictions.parquet and epochs.parquet of an evaluation current.
 
     Args:
-        folder: the evaluation folder.
-        name: written in every row's `search` column.
         images: paths, groups and labels of the image array's rows (the predictions name them).
-        metadata: provenance for the Parquet metadata.
+        (the rest as StoreCallback: `root` is the evaluation folder)
     """
 
-    def __init__(self, folder: str, *, name: str, images: dict[str, list], metadata: dict[str, str]):
-        self.folder, self.name, self.images, self.metadata = folder, name, images, metadata
-        self.store: ResultsStore | None = None  # opened in setup: the callback is pickled before
+    tables = EVALUATION_TABLES
 
-    def __getstate__(self):  # the store holds an open log; a restored callback reopens it in setup
-        return {**self.__dict__, "store": None}
+    def __init__(self, root: str, *, images: dict[str, list], **store):
+        super().__init__(root, **store)
+        self.images = images
 
-    def relocate(self, folder: Path) -> None:
-        """Write into `folder`, the evaluation being resumed (see search.engine.callbacks.ParquetCallback)."""
-        self.folder = str(folder)
-
-    def setup(self, **info) -> None:
-        self.store = ResultsStore(self.folder, search=self.name, tables=EVALUATION_TABLES, metadata=self.metadata)
-
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        self.store.put(EPOCHS_FILE, epoch_row(trial, result))
+    def on_result(self, trial, result: dict) -> None:
         run = trial.config
         for row, prob in zip(result.get("scored_rows") or [], result.get("scored_probabilities") or [], strict=True):
             self.store.put(
@@ -269,7 +254,7 @@ class EvaluationCallback(tune.Callback):
                     "config_id": run["config_id"],
                     "split": run["split"],
                     REPEAT: run.get(REPEAT),
-                    "fold": run[FOLD],
+                    "fold": run.get(FOLD),
                     "seed": run[SEED],
                     "row": row,
                     "image": self.images["paths"][row],
@@ -280,15 +265,8 @@ class EvaluationCallback(tune.Callback):
             )
         self.store.put(RUNS_FILE, self.run_row(trial, result, status=RUNNING))
 
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        final = trial.last_result or {}
-        self.store.put(RUNS_FILE, self.run_row(trial, final, status=trial_status(final, error=False)))
-
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.store.put(RUNS_FILE, self.run_row(trial, trial.last_result or {}, status=ERROR, error=error_line(trial)))
-
-    def on_experiment_end(self, trials, **info) -> None:
-        self.store.close()
+    def on_end(self, trial, final: dict, *, status: str, error: str | None) -> None:
+        self.store.put(RUNS_FILE, self.run_row(trial, final, status=status, error=error))
 
     def run_row(self, trial, final: dict, *, status: str, error: str | None = None) -> dict:
         """The runs.parquet row: the configuration, the last epoch's metrics, sizes, time, provenance."""
@@ -329,7 +307,7 @@ def _image_rows(cache: ImageCache) -> dict[str, list]:
 
 def _search_folder(search_dir: Path) -> tuple[SearchFolder, Config, pd.DataFrame]:
     search = SearchFolder.open(search_dir)
-    return search, load_config(search.path / CONFIG_FILE), load_trials([search.path])
+    return search, load_config(search.config_file), load_trials([search.path])
 
 
 def start_evaluation(
@@ -456,7 +434,7 @@ def resume_evaluation(folder: Path, *, address: str | None = None, train_fn: Cal
     folder = evaluation.path
     check_ray_state(folder)
     search = evaluation.search
-    config = load_config(search.path / CONFIG_FILE)
+    config = load_config(search.config_file)
     cache = prepare_images(config.data.to_spec())
     connect(address)
     check_resources(config)
@@ -476,7 +454,7 @@ def finish_evaluation(folder: Path, *, resamples: int = 2000) -> pd.DataFrame:
     """Compute the paired comparisons of the finished runs, for the question evaluation.json
     declared, and write comparisons.parquet (the bootstrap is seeded with search.seed: the same
     runs give the same file)."""
-    config = load_config(Path(folder).parent / CONFIG_FILE)  # an evaluation sits in its search's folder
+    config = load_config(EvaluationFolder.open(folder).search.config_file)
     declared = EvaluationFolder.open(folder).protocol
     primary = (
         [Planned.parse(t) for t in declared["primary"]]

@@ -17,9 +17,8 @@ from pathlib import Path
 import yaml
 
 from fundus_search.models import build_feature_net
-
-from fundus_search.search.study.config import Config
 from fundus_search.search.errors import SearchError
+from fundus_search.search.study.config import Config
 
 
 def check_weights(config: Config) -> None:

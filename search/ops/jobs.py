@@ -17,9 +17,9 @@ from pathlib import Path
 
 import yaml
 
-from fundus_search.search.study.config import load_config
 from fundus_search.search.errors import ClusterError
 from fundus_search.search.ops.ray_session import token_path
+from fundus_search.search.study.config import load_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # search/ops/jobs.py -> the checkout
 # .gitignore too: what it lists is excluded here already, and Ray would log a line about it

@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from fundus_search.data_io import SOURCES, Augmentation, DataSpec, SyntheticSpec
 from fundus_search.models import BACKBONES, NORMALIZATIONS, WEIGHT_SOURCES, InitSpec, TrainSettings
 from fundus_search.results.answer import Planned
+from fundus_search.results.layout import SearchFacts
+from fundus_search.strategy import TRANSFER_STRATEGIES
 from fundus_search.vocabulary import (
     AVERAGE,
     FT,
@@ -55,6 +57,9 @@ class SyntheticConfig(_Strict):
     difficulty: float = Field(SyntheticSpec.difficulty, ge=0.0, le=1.0, description="0 separable .. 1 overlapping")
     positive_fraction: float = Field(SyntheticSpec.positive_fraction, gt=0.0, lt=1.0)
 
+    def to_spec(self) -> SyntheticSpec:
+        return SyntheticSpec(**self.model_dump())
+
 
 class DataConfig(_Strict):
     source: Literal[tuple(SOURCES)] = "synthetic"  # type: ignore[valid-type]
@@ -94,13 +99,9 @@ class DataConfig(_Strict):
             task=self.task,
             csv=self.csv,
             classes=tuple(self.classes),
-            synthetic=SyntheticSpec(**self.synthetic.model_dump()),
+            synthetic=self.synthetic.to_spec(),
             image_size=self.image_size,
             crop_foreground=self.crop_foreground,
-            folds=self.folds,
-            fold=self.fold,
-            seed=self.seed,
-            test_fraction=self.test_fraction,
             skip_bad=self.skip_bad,
             cache_dir=self.cache_dir,
         )
@@ -272,6 +273,18 @@ class SchedulerConfig(_Strict):
     reduction_factor: float = Field(3, ge=2)
     stratify_by: list[Literal["init", "strategy"]] = ["init", "strategy"]
 
+    def rungs(self, max_epochs: int) -> tuple[int, ...]:
+        """The epochs at which ASHA compares a trial with its cell (grace_period x
+        reduction_factor^k below max_epochs, as Ray's AsyncHyperBandScheduler places them), then
+        max_epochs; () for FIFO, which stops nothing."""
+        if self.type != "asha":
+            return ()
+        rungs, rung = [], min(self.grace_period, max_epochs)
+        while rung < max_epochs:
+            rungs.append(int(rung))
+            rung *= self.reduction_factor
+        return (*rungs, max_epochs)
+
 
 class SearchConfig(_Strict):
     num_samples: int = Field(60, ge=1)
@@ -306,6 +319,17 @@ class StorageConfig(_Strict):
     # last one and redoes the epochs since. A ResNet-50 + AdamW checkpoint is ~300 MB, so every
     # epoch costs most on fast GPU epochs (README "Checkpoints").
     checkpoint_every: int = Field(1, ge=1)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        scheme = value.split("://", 1)[0] if "://" in value else None
+        if scheme is not None and scheme != "s3":
+            raise ValueError(
+                f"{scheme}:// storage is not supported (got {value!r}); use s3://bucket/prefix, or a folder "
+                "(a shared mount on a cluster)"
+            )
+        return value
 
 
 class EvaluationConfig(_Strict):
@@ -348,6 +372,23 @@ class Config(_Strict):
     @classmethod
     def _name(cls, value):
         return check_name(value)
+
+    def facts(self) -> SearchFacts:
+        """What the search fixes when it starts, for search.json: the report and the tables
+        read these, never this config."""
+        s, data = self.search, self.data
+        dataset = {
+            "cgi-hrdc": f"CGI-HRDC task {data.task}",
+            "synthetic": "synthetic fundus images (demo)",
+        }.get(data.source, f"images listed in {data.csv.name if data.csv else 'a CSV'}")
+        return SearchFacts(
+            metric=s.metric,
+            mode=s.mode,
+            max_epochs=s.max_epochs,
+            rungs=s.scheduler.rungs(s.max_epochs),
+            params={k: TRANSFER_STRATEGIES[k].params(self.training.lp_solver) for k in s.space.strategy},
+            dataset=dataset,
+        )
 
     @model_validator(mode="after")
     def _cross_check(self, info: ValidationInfo) -> Config:

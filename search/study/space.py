@@ -5,22 +5,20 @@ from __future__ import annotations
 import numpy as np
 import optuna
 
-from fundus_search.models import TRANSFER_STRATEGIES
+from fundus_search.search.study.config import Config, FloatChoices, IntChoices
+from fundus_search.strategy import TRANSFER_STRATEGIES
 from fundus_search.vocabulary import (
     BATCH_SIZE,
     FOLD,
-    FT,
     FT_LR,
     INIT,
-    LP,
     LP_EPOCHS,
     LP_LR,
+    RATES,
     SEED,
     STRATEGY,
     WEIGHT_DECAY,
 )
-
-from fundus_search.search.study.config import Config, FloatChoices, IntChoices
 
 
 def trial_seed(search_seed: int, number: int) -> int:
@@ -31,12 +29,12 @@ def trial_seed(search_seed: int, number: int) -> int:
 class SearchSpace:
     """Callable define-by-run space built from a config (a class so Ray can pickle it).
 
-    Only `trial.suggest_*` happens here. `lp_lr` exists for strategies with a linear probe
-    trained by AdamW (lp, lp_ft), `ft_lr` for those that fine-tune (ft, lp_ft), `lp_epochs`
-    for the AdamW warm-up of lp_ft (an L-BFGS probe is one fit: neither is searched then). A
-    scalar in the config fixes a parameter (returned as a constant, not searched); a [low, high]
-    pair is searched (log scale for rates); `{choices: [...]}` is searched as a categorical over
-    exactly those values.
+    Only `trial.suggest_*` happens here. A trial has the parameters its strategy reads
+    (`fundus_search.strategy.Strategy.params`): `lp_lr` for a linear probe trained by AdamW
+    (lp, lp_ft), `ft_lr` for fine-tuning (ft, lp_ft), `lp_epochs` for the AdamW warm-up of
+    lp_ft; an L-BFGS probe is one fit and reads none of them. A scalar in the config fixes a
+    parameter (returned as a constant, not searched); a [low, high] pair is searched (log scale
+    for rates); `{choices: [...]}` is searched as a categorical over exactly those values.
     """
 
     def __init__(self, config: Config):
@@ -50,21 +48,18 @@ class SearchSpace:
             LP_EPOCHS: space.lp_epochs,
         }
         self.batch_sizes = list(space.batch_size)
-        self.adamw_probe = config.training.lp_solver == "adamw"
+        self.lp_solver = config.training.lp_solver
         self.search_seed, self.fold, self.max_epochs = config.search.seed, config.data.fold, config.search.max_epochs
 
     def __call__(self, trial: optuna.Trial) -> dict:
         fixed: dict = {}
         self._choose(trial, INIT, self.inits, fixed)
-        shape = TRANSFER_STRATEGIES[self._choose(trial, STRATEGY, self.strategies, fixed)]
-        if self.adamw_probe and (shape.main == LP or shape.warmup):
-            self._number(trial, LP_LR, fixed, log=True)
-        if shape.main == FT:
-            self._number(trial, FT_LR, fixed, log=True)
-        if self.adamw_probe and shape.warmup:
-            self._number(trial, LP_EPOCHS, fixed, log=False)
-        self._number(trial, WEIGHT_DECAY, fixed, log=True)
-        self._choose(trial, BATCH_SIZE, self.batch_sizes, fixed)
+        strategy = TRANSFER_STRATEGIES[self._choose(trial, STRATEGY, self.strategies, fixed)]
+        for name in strategy.params(self.lp_solver):  # only what this strategy's training reads
+            if name == BATCH_SIZE:
+                self._choose(trial, BATCH_SIZE, self.batch_sizes, fixed)
+            else:
+                self._number(trial, name, fixed, log=name in RATES)
         return {
             **fixed,
             SEED: trial_seed(self.search_seed, trial.number),

@@ -1,0 +1,53 @@
+"""What each transfer strategy trains, and so which hyperparameters it reads: the one rule that
+the search space, `train`, the tables, the report and the README derive from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fundus_search.vocabulary import BATCH_SIZE, FT, FT_LR, LP, LP_EPOCHS, LP_FT, LP_LR, WEIGHT_DECAY
+
+# The hyperparameters some strategies read and others do not, in table order.
+TRAINING_PARAMS = (LP_LR, FT_LR, LP_EPOCHS, WEIGHT_DECAY, BATCH_SIZE)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A strategy's shape: an optional LP warm-up on cached features, then a main phase.
+
+    Attributes:
+        name: `lp`, `ft` or `lp_ft` (vocabulary.STRATEGIES).
+        warmup: an LP warm-up on cached features before the main phase (lp_ft; Kumar et al., 2022).
+        main: LP (a head on cached features) or FT (the whole network on images).
+    """
+
+    name: str
+    warmup: bool
+    main: str
+
+    def params(self, lp_solver: str = "adamw") -> tuple[str, ...]:
+        """The hyperparameters this strategy's training reads, in table order.
+
+        A probe trained by AdamW reads a learning rate, a weight decay and a batch size, and as
+        a warm-up its number of epochs; an L-BFGS probe (`training.lp_solver: lbfgs`) is one fit
+        to convergence with its own C (`training.lp_c`) and reads none of them. Fine-tuning reads
+        its learning rate, a weight decay and a batch size.
+        """
+        adamw_probe = lp_solver == "adamw" and (self.main == LP or self.warmup)
+        trains_by_adamw = adamw_probe or self.main == FT
+        used = {
+            LP_LR: adamw_probe,
+            FT_LR: self.main == FT,
+            LP_EPOCHS: adamw_probe and self.warmup,
+            WEIGHT_DECAY: trains_by_adamw,
+            BATCH_SIZE: trains_by_adamw,
+        }
+        return tuple(p for p in TRAINING_PARAMS if used[p])
+
+
+# One entry per name in vocabulary.STRATEGIES, in that order.
+TRANSFER_STRATEGIES: dict[str, Strategy] = {
+    LP: Strategy(LP, warmup=False, main=LP),
+    FT: Strategy(FT, warmup=False, main=FT),
+    LP_FT: Strategy(LP_FT, warmup=True, main=FT),
+}
