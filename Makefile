@@ -29,8 +29,8 @@ $(DEMO_WEIGHTS)/demo-weights.json: $(STAMP) search/demo/weights.py search/demo/c
 
 # The house style first (seconds): `ruff format` to fix what --check reports.
 test: $(STAMP)
-	$(BIN)/ruff format --check --quiet .
-	$(BIN)/ruff check --quiet .
+	$(BIN)/python -m ruff format --check --quiet .
+	$(BIN)/python -m ruff check --quiet .
 	$(BIN)/python -m pytest tests -q --durations=15
 
 bench: $(STAMP)

@@ -22,7 +22,8 @@ import yaml
 
 from tests.helpers import exposed, listening_sockets, tiny_search_config
 
-pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+# Only the tests that start the 2-node cluster are slow (and `cluster`): the fail-fast and the
+# manifest checks are part of the quick loop.
 
 ROOT = Path(__file__).parent.parent
 CLI = str(Path(sys.executable).parent / "fundus-search")
@@ -81,6 +82,8 @@ def cluster(tmp_path_factory):
         assert not group_alive(pid), f"{name} (process group {pid}) survived `down`"
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_local_cluster_listens_on_loopback_only_and_keeps_its_token_private(cluster):
     groups = set(node_pids(cluster).values())
     processes = [p for p in psutil.process_iter() if _pgid(p.pid) in groups]
@@ -129,6 +132,8 @@ def in_process(argv: list[str], env: dict | None = None) -> tuple[subprocess.Com
     return subprocess.CompletedProcess(argv, code, "", err.getvalue()), time.monotonic() - start
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_local_cluster_reports_its_nodes(cluster):
     status = local_sh("status", state=cluster)
     assert "head: pid" in status.stdout and "worker1: pid" in status.stdout and "stopped" not in status.stdout
@@ -184,6 +189,8 @@ def test_run_against_a_dead_address_fails_fast_and_writes_nothing(tmp_path):
     assert not (tmp_path / "runs" / "x").exists()
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_wrong_token_fails_fast(cluster, tmp_path):
     done, seconds = submit(str(write_config(tmp_path)), "--address", DASHBOARD, env={"RAY_AUTH_TOKEN": "not-the-token"})
     assert done.returncode == 2 and seconds < 30, done.stderr
@@ -213,6 +220,8 @@ def test_manifests_parse_and_carry_the_required_fields():
     assert job["kind"] == "RayJob" and "fundus-search run" in job["spec"]["entrypoint"]
 
 
+@pytest.mark.slow
+@pytest.mark.cluster
 def test_a_submitted_search_spreads_over_the_nodes_and_survives_losing_one(cluster, tmp_path):
     config = write_config(tmp_path, num_samples=2, max_epochs=6, strategies=("ft",), scheduler={"type": "fifo"})
     stdout, stderr = tmp_path / "stdout", tmp_path / "stderr"

@@ -137,3 +137,21 @@ def test_a_corrupt_parquet_file_is_one_line(results_dir, capsys):
         assert main([command, str(results_dir)]) == 2
         err = capsys.readouterr().err
         assert "trials.parquet: not a readable Parquet file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_end_screen_ranks_by_the_searchs_own_metric_and_mode(results_dir, capsys):
+    """`run`'s closing screen: the table, the winners and the best configuration by search.metric
+    and search.mode (as search.json's facts record them), not by val_average."""
+    from fundus_search.results.layout import SearchFacts, SearchFolder
+    from fundus_search.search.cli.run import summarise
+
+    facts = SearchFacts(metric="val_kappa", mode="min", max_epochs=2, rungs=(), params={}, dataset="d")
+    folder = SearchFolder(path=results_dir, name="s1", num_samples=6, facts=facts)
+    folder.write()
+    assert summarise(SearchFolder.open(results_dir)) == 1  # one trial errored
+    out = capsys.readouterr().out
+    assert "best val_kappa per init x strategy" in out
+    winners = out.split("each cell's winner:")[1].split("best configuration:")[0]
+    assert "flair     lp     0.500  #0 " in winners  # kappa 0.50 (#0) beats 0.55 (#1) when lower is better
+    best = out.split("best configuration:")[1].splitlines()[2].split()
+    assert best[:3] == ["stopped_early", "random", "ft"] and "0.3" in best  # kappa 0.30: the lowest of all

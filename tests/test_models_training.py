@@ -21,7 +21,7 @@ from fundus_search.models import (
 from fundus_search.models.inference import cpu_ms_per_image
 from fundus_search.models.transfer import upload_uint8
 
-pytestmark = pytest.mark.slow
+# Tests that train (seconds each) are slow; the batching, upload and fold rules are quick.
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +81,7 @@ def val_only(rows: list[dict]) -> list[dict]:
 
 
 # L-BFGS with C = 1 overfits 512 standardised features of 160 images (0.42 here); C = 0.01 gives 0.56
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "strategy,overrides",
     [("lp", {}), ("lp", {"lp_solver": "lbfgs", "lp_c": 0.01}), ("ft", {}), ("lp_ft", {})],
@@ -108,6 +109,7 @@ def test_strategy_beats_the_majority_baseline(strategy, overrides, dataset, pret
     assert all("lp_val_average" not in r for r in rows[1:])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["lp", "ft", "lp_ft"])
 def test_resume_continues_bit_for_bit(strategy, dataset, pretrained_flair, tmp_path):
     torch.set_num_threads(1)  # same kernels, same order, same bits
@@ -128,6 +130,7 @@ def test_resume_continues_bit_for_bit(strategy, dataset, pretrained_flair, tmp_p
     assert val_only(interrupted) == val_only(straight)
 
 
+@pytest.mark.slow
 def test_two_trainers_on_one_init_extract_features_once(dataset, pretrained_flair, tmp_path):
     builds = []
     for _ in range(2):
@@ -135,6 +138,7 @@ def test_two_trainers_on_one_init_extract_features_once(dataset, pretrained_flai
     assert len(builds) == 1, "the second LP trial re-extracted features"
 
 
+@pytest.mark.slow
 def test_concurrent_feature_requests_extract_once(dataset, pretrained_flair, tmp_path):
     cache = dataset[0]
     builds, results = [], []
@@ -154,6 +158,7 @@ def test_concurrent_feature_requests_extract_once(dataset, pretrained_flair, tmp
     assert len(builds) == 1 and np.array_equal(results[0], results[1]) and results[0].shape == (40, 512)
 
 
+@pytest.mark.slow
 def test_lbfgs_head_reproduces_scikit_learn_probabilities(dataset, pretrained_flair):
     from sklearn.linear_model import LogisticRegression
 
@@ -178,6 +183,7 @@ def test_lbfgs_head_reproduces_scikit_learn_probabilities(dataset, pretrained_fl
 # ---- metrics ----
 
 
+@pytest.mark.slow
 def test_cpu_inference_time_grows_with_the_image():
     from fundus_search.data_io import Preprocessing
     from fundus_search.models import Classifier
@@ -215,6 +221,7 @@ def test_batches_never_hold_a_single_row():
     assert all(s.stop - s.start >= 2 for n in range(2, 200) for b in (2, 4, 8, 71) for s in batch_slices(n, b))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["lp", "ft", "lp_ft"])
 def test_a_training_set_one_row_past_a_batch_multiple_trains(strategy, dataset, pretrained_flair):
     _, train_idx, _ = dataset
@@ -226,6 +233,7 @@ def test_a_training_set_one_row_past_a_batch_multiple_trains(strategy, dataset, 
     assert len(rows) == 1 and np.isfinite(rows[0]["train_loss"])
 
 
+@pytest.mark.slow
 def test_linear_probe_standardises_with_the_exact_training_statistics(dataset, pretrained_flair):
     _, train_idx, _ = dataset
     trainer = make_trainer(dataset, pretrained_flair, "lp", max_epochs=2)
@@ -282,6 +290,7 @@ def test_the_strategy_registry_covers_the_vocabulary():
     assert tuple(TRANSFER_STRATEGIES) == STRATEGIES
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["lp", "ft", "lp_ft"])
 @pytest.mark.parametrize("source", sorted(WEIGHT_SOURCES))
 def test_every_source_and_strategy_trains_an_epoch_touching_only_what_it_should(

@@ -20,6 +20,7 @@ from PIL import Image
 from fundus_search.results.answer import evaluation_table, load_evaluation
 from fundus_search.results.report import SECTIONS
 from fundus_search.search.cli.main import main
+from tests.helpers import needs
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +94,7 @@ def chromium() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if shutil.which(name):
             return shutil.which(name)
-    pytest.skip("no headless browser: install Debian's chromium (apt-get install chromium; .ci/run does)")
+    needs("no headless browser: install Debian's chromium (apt-get install chromium; .ci/run does)")
 
 
 def test_a_real_browser_renders_the_report_offline_without_errors(evaluated_search, tmp_path):

@@ -16,9 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.helpers import tiny_search_config
-
-pytestmark = pytest.mark.slow
+from tests.helpers import needs, tiny_search_config
 
 CLI = str(Path(sys.executable).parent / "fundus-search")
 
@@ -47,6 +45,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+@pytest.mark.slow
 def test_a_killed_driver_resumes_with_nothing_lost_or_twice_and_every_cell_run(tmp_path, capsys):
     """SIGKILL at the third suggestion: one trial done, one mid-training with checkpoints, and one
     that Optuna stored but Tune never heard of (the window a kill can fall in). The folder is
@@ -128,7 +127,7 @@ def test_resume_refuses_a_folder_others_could_have_written(problem, tmp_path, ca
     (folder / "tuner.pkl").write_bytes(b"a pickle that resume would load")
     if problem == "someone-elses":
         if os.geteuid() != 0:
-            pytest.skip("changing a file's owner needs root")
+            needs("changing a file's owner needs root")
         os.chown(folder / "tuner.pkl", 12345, 12345)
     else:
         (folder / "tuner.pkl").chmod(0o664 if problem == "group-writable" else 0o646)

@@ -17,7 +17,7 @@ from fundus_search.results import ResultsStore, ResultsWriteError
 from fundus_search.results.layout import EvaluationFolder, SearchFolder, write_atomic
 from fundus_search.results.store import EVALUATION_TABLES
 from fundus_search.search.cli.main import main
-from tests.helpers import tiny_search_config, write_results_dir
+from tests.helpers import needs, tiny_search_config, write_results_dir
 
 OTHER_UID = 65534  # `nobody`
 
@@ -25,9 +25,7 @@ OTHER_UID = 65534  # `nobody`
 @pytest.fixture
 def other_user() -> int:
     if os.geteuid() != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail("the other-user cases need root to give files to a second uid, and CI runs as root")
-        pytest.skip("needs root to give files to a second uid")
+        needs("needs root to give files to a second uid")
     return OTHER_UID
 
 
