@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
+from fundus_search.caching import build_once
 from fundus_search.data_io.manifest import BadFile, BadFilesError, Manifest, check_classes
 from fundus_search.data_io.preprocess import Preprocessing, decode_image, preprocess_file
 
@@ -93,11 +93,12 @@ def load_or_build_image_cache(
     key = cache_key(fingerprint, preprocessing)
     folder = Path(cache_dir) / "images"
     folder.mkdir(parents=True, exist_ok=True)
-    sidecar = folder / f"{key}.json"
-    if not sidecar.exists():
-        with FileLock(str(folder / f"{key}.lock")):
-            if not sidecar.exists():  # another process may have built it while we waited
-                _build(manifest, preprocessing, folder, key, fingerprint, skip_bad, num_workers)
+    sidecar = folder / f"{key}.json"  # renamed into place last: the cache is whole once it exists
+    build_once(
+        folder / f"{key}.lock",
+        sidecar.exists,
+        lambda: _build(manifest, preprocessing, folder, key, fingerprint, skip_bad, num_workers),
+    )
     return _load(folder, key)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -13,22 +14,35 @@ from torch import nn
 
 @dataclass(frozen=True)
 class BackboneEntry:
-    build: Callable[..., nn.Module]
-    feature_dim: int  # size of the pooled features once fc is removed
-    weights_enum: str  # torchvision's weights enum, for the `torchvision` weight source
+    """A torchvision architecture; its facts are torchvision's own."""
+
+    name: str
+
+    @property
+    def build(self) -> Callable[..., nn.Module]:
+        return torchvision.models.get_model_builder(self.name)
+
+    @property
+    def weights_enum(self) -> str:
+        """torchvision's weights enum (`ResNet50_Weights`), for the `torchvision` weight source."""
+        return torchvision.models.get_model_weights(self.name).__name__
+
+    @functools.cached_property
+    def feature_dim(self) -> int:
+        """Width of the pooled features once fc is removed (read off a weightless meta-device copy)."""
+        with torch.device("meta"):
+            return self.build(weights=None).fc.in_features
 
 
-BACKBONES: dict[str, BackboneEntry] = {
-    "resnet18": BackboneEntry(torchvision.models.resnet18, 512, "ResNet18_Weights"),
-    "resnet34": BackboneEntry(torchvision.models.resnet34, 512, "ResNet34_Weights"),
-    "resnet50": BackboneEntry(torchvision.models.resnet50, 2048, "ResNet50_Weights"),
-}
+BACKBONES: dict[str, BackboneEntry] = {name: BackboneEntry(name) for name in ("resnet18", "resnet34", "resnet50")}
 
 # Input normalisation is an explicit, recorded choice: FLAIR was pretrained on [0, 1] inputs
-# without mean/std normalisation; torchvision's ImageNet weights expect the ImageNet mean/std.
+# without mean/std normalisation; torchvision's ImageNet weights expect the mean/std their own
+# transforms carry.
+_IMAGENET = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.transforms()
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
     "none": None,
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "imagenet": (tuple(_IMAGENET.mean), tuple(_IMAGENET.std)),
 }
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from filelock import FileLock
 
+from fundus_search.caching import build_once
 from fundus_search.data_io import to_float
 from fundus_search.models.backbones import FeatureNet
 
@@ -91,12 +91,13 @@ def load_or_extract_features(
     folder = Path(cache_dir) / "features"
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{key}.npy"
-    if not target.exists():
-        with FileLock(str(folder / f"{key}.lock")):
-            if not target.exists():
-                features = extract_features(build_net(), images, batch_size=batch_size, device=device)
-                tmp = folder / f"{key}.{os.getpid()}.tmp.npy"
-                np.save(tmp, features)
-                os.replace(tmp, target)
-                log.info("features %s: extracted %s", key, features.shape)
+
+    def extract() -> None:
+        features = extract_features(build_net(), images, batch_size=batch_size, device=device)
+        tmp = folder / f"{key}.{os.getpid()}.tmp.npy"
+        np.save(tmp, features)
+        os.replace(tmp, target)
+        log.info("features %s: extracted %s", key, features.shape)
+
+    build_once(folder / f"{key}.lock", target.exists, extract)
     return np.load(target)

@@ -263,8 +263,10 @@ def test_a_second_evaluate_of_the_same_folder_is_one_line_and_writes_nothing(sea
         (copy / "evaluation").mkdir()
         return {}
 
-    monkeypatch.setattr(evaluation, "connect", lambda address: None)
-    monkeypatch.setattr(evaluation, "check_resources", lambda config: None)
+    import fundus_search.search.ops.folders as checks
+
+    monkeypatch.setattr(checks, "connect", lambda address: None)
+    monkeypatch.setattr(checks, "check_resources", lambda config: None)
     monkeypatch.setattr(evaluation, "measure_cpu", the_other_evaluate_wins)
     assert main(["evaluate", str(copy)]) == 2
     err = capsys.readouterr().err

@@ -23,9 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fundus_search.caching import build_once
 from fundus_search.models import WEIGHT_SOURCES, FeatureNet, InitSpec, build_feature_net
 from fundus_search.models.pretrain import pretrain, save_flair_checkpoint
 from fundus_search.models.weights import file_sha256
+from fundus_search.results.layout import write_atomic
 from fundus_search.search.demo.corpora import generate_pretraining_corpus, generate_shapes_corpus
 
 IMAGENET_FILE, FLAIR_FILE, MANIFEST_FILE = (
@@ -101,11 +103,19 @@ def make_demo_weights(
         },
     }
     manifest_path = out_dir / MANIFEST_FILE
-    if manifest_path.exists():
+
+    def built() -> bool:
+        if not manifest_path.exists():
+            return False
         manifest = json.loads(manifest_path.read_text())
-        if manifest["recipe"] == recipe and all((out_dir / f).exists() for f in STAND_INS):
-            return {**manifest, "cached": True}
-    out_dir.mkdir(parents=True, exist_ok=True)
+        return manifest["recipe"] == recipe and all((out_dir / f).exists() for f in STAND_INS)
+
+    pretrained = build_once(out_dir / f"{MANIFEST_FILE}.lock", built, lambda: _pretrain(out_dir, recipe, size, seed))
+    return {**json.loads(manifest_path.read_text()), "cached": not pretrained}
+
+
+def _pretrain(out_dir: Path, recipe: dict, size: int, seed: int) -> None:
+    """Pretrain and save every stand-in, then the manifest (written last: it marks them whole)."""
     manifest = {"recipe": recipe, "files": {}}
     for name, stand_in in STAND_INS.items():
         start = time.perf_counter()
@@ -120,5 +130,4 @@ def make_demo_weights(
             "losses": [round(x, 4) for x in losses],
             "targets": list(target_names),
         }
-    manifest_path.write_text(json.dumps(manifest, indent=2))
-    return {**manifest, "cached": False}
+    write_atomic(out_dir / MANIFEST_FILE, json.dumps(manifest, indent=2))

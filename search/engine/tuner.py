@@ -17,7 +17,7 @@ from ray import tune
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 
-from fundus_search.data_io import ImageCache, prepare_images
+from fundus_search.data_io import ImageCache
 from fundus_search.results.layout import SearchFolder, write_atomic
 from fundus_search.search.engine.callbacks import ParquetCallback, ProgressCallback
 from fundus_search.search.engine.scheduler import make_scheduler
@@ -26,8 +26,7 @@ from fundus_search.search.engine.tensorboard import TensorBoardCallback
 from fundus_search.search.engine.trainable import train_trial
 from fundus_search.search.engine.trial import DatasetInfo
 from fundus_search.search.errors import SearchError
-from fundus_search.search.ops.folders import check_resources, check_storage, check_trusted, check_weights, provenance
-from fundus_search.search.ops.ray_session import check_address, connect
+from fundus_search.search.ops.folders import check_trusted, prepare, provenance
 from fundus_search.search.study.config import Config, load_config
 from fundus_search.search.study.space import SearchSpace
 from fundus_search.vocabulary import (
@@ -212,13 +211,7 @@ def start_search(
         raise SearchError(
             f"search folder {folder.path} already exists; pick another name or `fundus-search resume {folder.path}`"
         )
-    check_storage(folder.results)
-    if address:
-        check_address(address)  # seconds, not minutes, and before the images are decoded
-    check_weights(config)
-    cache = prepare_images(config.data.to_spec())  # validates every image before anything is written
-    connect(address)  # a wrong address fails here, before the search folder exists
-    check_resources(config)
+    cache = prepare(config, address=address, destination=folder.results)
     try:
         folder.path.mkdir(parents=True)
     except FileExistsError:
@@ -271,9 +264,7 @@ def resume_search(
     if folder.remote is None:
         check_ray_state(folder.path)
     config = load_config(folder.config_file)
-    cache = prepare_images(config.data.to_spec())
-    connect(address)
-    check_resources(config)
+    cache = prepare(config, address=address)
     if folder.remote is None and not ray_saved_state(folder.path):
         # stopped between writing the folder and Ray's first snapshot: nothing to continue, so it
         # starts again here (what was begun before is Ray's and Optuna's first seconds, dropped)

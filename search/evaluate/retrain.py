@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from ray.tune.search import Searcher
 
-from fundus_search.data_io import ImageCache, decode_image, held_out_indices, prepare_images
+from fundus_search.data_io import ImageCache, decode_image, held_out_indices
 from fundus_search.models import Classifier, build_feature_net, cpu_ms_samples
 from fundus_search.models.backbones import Head
 from fundus_search.results import load_trials
@@ -50,8 +50,7 @@ from fundus_search.search.engine.tuner import (
     trainable_with_resources,
 )
 from fundus_search.search.errors import SearchError
-from fundus_search.search.ops.folders import check_resources, check_storage, check_trusted, check_weights, provenance
-from fundus_search.search.ops.ray_session import check_address, connect
+from fundus_search.search.ops.folders import check_trusted, prepare, provenance
 from fundus_search.search.study.config import Config, load_config
 from fundus_search.statistics import scored_protocol
 from fundus_search.vocabulary import (
@@ -338,13 +337,7 @@ def start_evaluation(
         raise SearchError(
             f"{folder} already exists; continue it with `fundus-search resume {folder}` or pass another --name"
         )
-    check_storage(str(folder))
-    if address:
-        check_address(address)
-    check_weights(config)
-    cache = prepare_images(config.data.to_spec())
-    connect(address)
-    check_resources(config)
+    cache = prepare(config, address=address, destination=str(folder))
     cpu = measure_cpu(config, cache)
     try:
         folder.mkdir()
@@ -435,9 +428,7 @@ def resume_evaluation(folder: Path, *, address: str | None = None, train_fn: Cal
     check_ray_state(folder)
     search = evaluation.search
     config = load_config(search.config_file)
-    cache = prepare_images(config.data.to_spec())
-    connect(address)
-    check_resources(config)
+    cache = prepare(config, address=address)
     if not ray_saved_state(folder):  # stopped between evaluation.json and Ray's first snapshot
         request = EvaluationRequest.from_json(evaluation.request).resolved(config)
         runs = plan_runs(load_trials([search.path]), config, request, search.path)

@@ -16,9 +16,34 @@ from pathlib import Path
 
 import yaml
 
+from fundus_search.data_io import ImageCache, prepare_images
 from fundus_search.models import build_feature_net
 from fundus_search.search.errors import SearchError
+from fundus_search.search.ops.ray_session import check_address, connect
 from fundus_search.search.study.config import Config
+
+
+def prepare(config: Config, *, address: str | None, destination: str | None = None) -> ImageCache:
+    """The checks a search or an evaluation makes before it writes anything, new or resumed, in
+    the order that makes a mistake cheap: the results location can be written (`destination`,
+    a new folder), the Ray address answers, every init's weights load, every image decodes (the
+    cache is built once), then Ray is connected and has a node big enough for one trial.
+
+    Returns:
+        the decoded-image cache of the config's data.
+
+    Raises:
+        UserError (SearchError, ConfigError, WeightsError, ManifestError, ClusterError).
+    """
+    if destination is not None:
+        check_storage(destination)
+    if address:
+        check_address(address)  # seconds, not minutes, and before the images are decoded
+    check_weights(config)
+    cache = prepare_images(config.data.to_spec())
+    connect(address)  # a wrong address fails here, before a folder is written
+    check_resources(config)
+    return cache
 
 
 def check_weights(config: Config) -> None:
