@@ -107,3 +107,18 @@ def test_search_seed_fixes_the_samplers_proposals(kind):
     first, again, other = proposals(space.search_seed), proposals(space.search_seed), proposals(space.search_seed + 1)
     assert first == again
     assert first != other
+
+
+def test_the_readmes_strategy_table_is_the_rule():
+    import re
+    from pathlib import Path
+
+    from fundus_search.strategy import TRANSFER_STRATEGIES
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `(lp|ft|lp_ft)` \| (.+) \|$", readme, flags=re.M))
+    assert set(rows) == set(TRANSFER_STRATEGIES)
+    for name, strategy in TRANSFER_STRATEGIES.items():
+        adamw, lbfgs = (re.findall(r"`(\w+)`", cell) for cell in rows[name].split(" | "))
+        assert tuple(adamw) == strategy.params("adamw")
+        assert tuple(p for p in lbfgs if p != "lp_c") == strategy.params("lbfgs")
