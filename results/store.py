@@ -81,6 +81,18 @@ EPOCHS_SCHEMA = pa.schema(
     ]
 )
 
+# How a trial or a run ran and what it ran with: the last columns of trials and runs alike.
+_RAN = [
+    ("wall_seconds", _f64),
+    ("cpus", _f64),
+    ("gpus", _f64),
+    ("node", _str),
+    ("error", _str),
+    ("weights_id", _str),
+    ("normalize", _str),
+    ("dataset_fingerprint", _str),
+]
+
 # One row per trial. Space parameters that do not apply to a strategy are null. `normalize` is
 # the input normalisation the trial's weights were used with (its weight source's, or the config's).
 TRIALS_SCHEMA = pa.schema(
@@ -89,18 +101,8 @@ TRIALS_SCHEMA = pa.schema(
     + [("best_epoch", _i64)]
     + [(best(c), _f64) for c in VAL_METRICS]
     + [(last(c), _f64) for c in VAL_METRICS]
-    + [
-        ("epochs_run", _i64),
-        ("max_epochs", _i64),
-        ("wall_seconds", _f64),
-        ("cpus", _f64),
-        ("gpus", _f64),
-        ("node", _str),
-        ("error", _str),
-        ("weights_id", _str),
-        ("normalize", _str),
-        ("dataset_fingerprint", _str),
-    ]
+    + [("epochs_run", _i64), ("max_epochs", _i64)]
+    + _RAN
 )
 
 
@@ -122,19 +124,8 @@ RUNS_SCHEMA = pa.schema(
     + [(REPEAT, _i64), (TRAIN_SEED, _i64)]
     + [("epochs", _i64), ("source_trial_id", _str), ("source_optuna_number", _i64), ("search_score", _f64)]
     + [(m, _f64) for m in METRICS]
-    + [
-        ("n_train", _i64),
-        ("n_scored", _i64),
-        ("train_seconds", _f64),
-        ("wall_seconds", _f64),
-        ("cpus", _f64),
-        ("gpus", _f64),
-        ("node", _str),
-        ("error", _str),
-        ("weights_id", _str),
-        ("normalize", _str),
-        ("dataset_fingerprint", _str),
-    ]
+    + [("n_train", _i64), ("n_scored", _i64), ("train_seconds", _f64)]
+    + _RAN
 )
 
 # One row per scored image per run: every metric of an evaluation is recomputed from these.

@@ -172,7 +172,9 @@ def not_ray(request):
     server.shutdown()
 
 
-@pytest.mark.parametrize("not_ray", ["http-error", "silent"], indirect=True)
+@pytest.mark.parametrize(
+    "not_ray", ["http-error", pytest.param("silent", marks=pytest.mark.slow)], indirect=True
+)  # silent: waits out the 10 s probe
 def test_submit_to_something_that_is_not_ray_fails_fast_with_one_line(not_ray, tmp_path):
     done, seconds = submit(str(write_config(tmp_path)), "--address", not_ray, env={"RAY_AUTH_TOKEN": "t"})
     assert done.returncode == 2 and seconds < 30, (seconds, done.stderr)
