@@ -314,6 +314,13 @@ class Trainer:
         metrics = classification_metrics(y, self.val_probabilities)
         return {val(k): v for k, v in metrics.items()}
 
+    def classifier(self) -> Classifier:
+        """The trained network as one module, for a model bundle: the fine-tuned network, or for
+        LP the frozen network its features came from with the probe on top."""
+        if self.model is not None:
+            return self.model
+        return Classifier(self._build_net(), self.head)
+
     # ---- checkpointing ----
 
     def state_dict(self) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from fundus_search.search.cli._args import UsageError, number_above
 from fundus_search.strategy import TRANSFER_STRATEGIES
@@ -43,6 +44,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "--epochs", type=number_above(1, int, inclusive=True), help="main-phase epochs; default: search.max_epochs"
     )
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--output", type=Path, help="write the trained model there as a bundle (for `predict`)")
     train.set_defaults(handler=train_command)
 
 
@@ -62,6 +64,8 @@ def train_command(args: argparse.Namespace) -> int:
     from fundus_search.search.study.config import load_config
 
     config = load_config(args.config)
+    if args.output is not None and (args.output / "model.json").exists():  # before the training, not after
+        raise UsageError(f"--output: {args.output} already holds a model bundle; pass another folder")
     if args.init not in config.model.inits:
         raise UsageError(f"--init: {args.init!r} is not in model.inits ({', '.join(config.model.inits)})")
     params = {
@@ -91,4 +95,45 @@ def train_command(args: argparse.Namespace) -> int:
         warm = f"  (LP warm-up: {val(AVERAGE)} {metrics[warmup]:.3f})" if warmup in metrics else ""
         shown = "  ".join(f"{k} {metrics[k]:.3f}" for k in _SHOWN)
         print(f"epoch {metrics['epoch']:>3}  {shown}  {metrics['epoch_seconds']:.1f} s{warm}", flush=True)
+    if args.output is not None:
+        bundle = _save(args, config, params, trainer, cache, provenance, metrics)
+        print(f"model:   {bundle} (score images with `fundus-search predict {bundle} IMAGES...`)")
     return 0
+
+
+def _save(args, config, params, trainer, cache, provenance, metrics) -> Path:
+    """The trained model as a bundle, with what it was trained on and its last epoch's scores."""
+    import json
+
+    from fundus_search.models.bundle import save_bundle
+    from fundus_search.search.ops.folders import provenance as run_provenance
+
+    run = run_provenance(config, cache.meta["fingerprint"])
+    strategy = TRANSFER_STRATEGIES[args.strategy]
+    n_train, n_val = len(trainer.train_idx), len(trainer.val_idx)
+    record = {
+        "name": f"{args.init}-{args.strategy}",
+        "init": args.init,
+        "init_source": config.model.inits[args.init].source,
+        "weights_id": provenance["weights_id"],
+        "strategy": args.strategy,
+        "hyperparameters": {k: params[k] for k in strategy.params(config.training.lp_solver)},
+        "training": {"lp_solver": config.training.lp_solver, "lp_c": config.training.lp_c},
+        "epochs": trainer.main_epochs,
+        "seed": params["seed"],
+        "data": config.facts().dataset,
+        "dataset_fingerprint": cache.meta["fingerprint"],
+        "trained_on": f"{n_train} images: fold {params['fold']}'s training rows of {config.data.folds} folds",
+        "metrics": {k.removeprefix("val_"): v for k, v in metrics.items() if k.startswith("val_")},
+        "metrics_on": f"fold {params['fold']}'s {n_val} validation images, last epoch (fundus-search train)",
+        "versions": json.loads(run["versions"]),
+        "git_commit": run["git_commit"],
+    }
+    return save_bundle(
+        args.output,
+        trainer.classifier(),
+        backbone=config.model.backbone,
+        preprocessing=config.data.to_spec().preprocessing,
+        classes=tuple(cache.classes),
+        record=record,
+    )
