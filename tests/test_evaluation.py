@@ -292,3 +292,29 @@ def test_the_studys_embedded_ray_listens_on_loopback_only(search):
         "the embedded Ray keeps its session elsewhere"
     )
     assert stat.S_IMODE(private.stat().st_mode) == 0o700, "others can enter the folder of Ray's sessions"
+
+
+def test_the_kept_model_is_the_very_model_scored_on_the_test_split(search, evaluation, tmp_path, capsys):
+    """The study keeps one bundle (`--keep-models best`): a configuration's test-split run of seed
+    0. `predict` on the test images, from their files, gives the probabilities predictions.parquet
+    holds for that run; no other kept-model checkpoint is left behind."""
+    from fundus_search.data_io import prepare_images
+    from fundus_search.search.study.config import load_config
+
+    bundles = sorted((evaluation / "models").glob("*/model.json"))
+    assert len(bundles) == 1, bundles
+    meta = json.loads(bundles[0].read_text())
+    assert meta["seed"] == 0 and meta["ensemble"] is False and "held-out test split" in meta["metrics_on"]
+    predictions = pd.read_parquet(evaluation / "predictions.parquet")
+    scored = predictions[
+        (predictions["config_id"] == meta["name"]) & (predictions["split"] == "test") & (predictions["seed"] == 0)
+    ].sort_values("row")
+    root = Path(prepare_images(load_config(search / "config.yaml").data.to_spec()).meta["root"])
+    listing = tmp_path / "test.csv"
+    pd.DataFrame({"path": [str(root / image) for image in scored["image"]]}).to_csv(listing, index=False)
+    assert main(["predict", str(bundles[0].parent), str(listing), "-o", str(tmp_path / "p.parquet")]) == 0
+    ours = pd.read_parquet(tmp_path / "p.parquet")
+    assert len(ours) == len(scored) > 0
+    assert np.abs(ours["prob_positive"].to_numpy() - scored["prob_positive"].to_numpy()).max() <= 1e-6
+    assert not list(evaluation.glob("trial_*/checkpoint_*/model.safetensors"))
+    capsys.readouterr()

@@ -48,12 +48,26 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
         default="best",
         help="epochs per run: the configuration's best epoch in the search, or search.max_epochs",
     )
+    parser.add_argument(
+        "--keep-models",
+        choices=("best", "all", "none"),
+        default="best",
+        help="final models kept as bundles in <evaluation>/models/: the best cell of the primary question "
+        "(default), every configuration, or none (each is the configuration's test-split run, seed 0)",
+    )
 
 
 def evaluation_request(args: argparse.Namespace):
     from fundus_search.search.evaluate.retrain import EvaluationRequest
 
-    return EvaluationRequest(top=args.top, seeds=args.seeds, folds=args.folds, epochs=args.epochs, repeats=args.repeats)
+    return EvaluationRequest(
+        top=args.top,
+        seeds=args.seeds,
+        folds=args.folds,
+        epochs=args.epochs,
+        repeats=args.repeats,
+        keep_models=args.keep_models,
+    )
 
 
 def fold_list(text: str) -> tuple[int, ...]:
@@ -97,6 +111,8 @@ def summarise_evaluation(folder: Path) -> int:
     print(f"\nruns:        {evaluation.runs_file}")
     print(f"predictions: {evaluation.predictions_file}")
     print(f"comparisons: {evaluation.comparisons_file}")
+    for bundle in sorted(evaluation.path.glob("models/*/model.json")):
+        print(f"model:       {bundle.parent}  (fundus-search predict {bundle.parent} IMAGES...)")
     print(f"again:       fundus-search table {folder} --evaluation")
     if not progress.complete:
         print(f"\n{progress.sentence(folder)}")

@@ -3,7 +3,8 @@
 The only module that calls `tune.report` / `tune.get_checkpoint`. Every epoch reports every
 metric; every `storage.checkpoint_every`-th epoch (but never the last: the trial ends there) also
 saves a checkpoint, from which a retried or resumed trial continues exactly. An evaluation run
-(`keep_predictions`) also reports its last epoch's predictions.
+(`keep_predictions`) also reports its last epoch's predictions, and a kept one (`keep_model`)
+its trained network as the last checkpoint.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import numpy as np
 import ray
 import torch
 from ray import tune
+from safetensors.torch import save_file
 
 from fundus_search.search.engine.trial import DatasetInfo, TrialConfig, make_trainer
 from fundus_search.search.study.config import Config
 
 STATE_FILE = "trainer.pt"
+MODEL_FILE = "model.safetensors"  # a kept model's last checkpoint: the classifier's weights alone
 
 
 def train_trial(params: dict, *, images: np.ndarray, info: DatasetInfo, config: Config) -> None:
@@ -40,7 +43,12 @@ def train_trial(params: dict, *, images: np.ndarray, info: DatasetInfo, config: 
     checkpoint = tune.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
-            trainer.load_state_dict(torch.load(Path(folder) / STATE_FILE, weights_only=True))
+            state = Path(folder) / STATE_FILE
+            # A kept model's checkpoint (killed after its last report, before Tune recorded the
+            # end) holds no optimiser to continue from: the run trains again from the start,
+            # deterministically, to the same model (bit for bit on the CPU).
+            if state.is_file():
+                trainer.load_state_dict(torch.load(state, weights_only=True))
     for metrics in trainer.epochs():
         last = metrics["epoch"] == trainer.main_epochs
         scored = predictions(trainer) if last and trial.keep_predictions else {}
@@ -52,6 +60,12 @@ def train_trial(params: dict, *, images: np.ndarray, info: DatasetInfo, config: 
             "node": node,
             **scored,
         }
+        if last and trial.keep_model:  # the trained network itself, for a model bundle (no optimiser)
+            with tempfile.TemporaryDirectory() as folder:
+                state = {k: v.detach().cpu().contiguous() for k, v in trainer.classifier().state_dict().items()}
+                save_file(state, str(Path(folder) / MODEL_FILE))
+                tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
+            continue
         if last or metrics["epoch"] % config.storage.checkpoint_every:
             tune.report(report)
             continue

@@ -48,6 +48,8 @@ class TrialConfig:
         train_seed: the seed training uses when it is not `seed` (an evaluation's CV runs).
         max_epochs: main-phase epochs; None: search.max_epochs.
         keep_predictions: report the last epoch's scored rows and P(positive) (evaluation runs).
+        keep_model: save the trained network with the last epoch's report (an evaluation's
+            test-split runs: the models a study hands out as bundles).
         run: an evaluation run's bookkeeping (run_id, config_id, rank, source trial...), kept
             in its rows and never read by training.
     """
@@ -67,6 +69,7 @@ class TrialConfig:
     max_epochs: int | None = None
     optuna_number: int | None = None
     keep_predictions: bool = False
+    keep_model: bool = False
     run: dict = field(default_factory=dict)
 
     RUN_KEYS = ("run_id", "config_id", "rank", "source_trial_id", "source_optuna_number", "search_score")

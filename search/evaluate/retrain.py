@@ -50,6 +50,7 @@ from fundus_search.search.engine.tuner import (
     trainable_with_resources,
 )
 from fundus_search.search.errors import SearchError
+from fundus_search.search.evaluate.bundles import write_bundles
 from fundus_search.search.ops.folders import check_trusted, prepare, provenance
 from fundus_search.search.study.config import Config, load_config
 from fundus_search.statistics import scored_protocol
@@ -87,13 +88,15 @@ _CHOSEN = (INIT, STRATEGY, LP_LR, FT_LR, LP_EPOCHS, WEIGHT_DECAY, BATCH_SIZE)  #
 class EvaluationRequest:
     """What to retrain: each cell's `top` configurations, on `folds` (None: all) of `repeats`
     partitions x `seeds` seeds (None: the config's `evaluation` section), for each
-    configuration's best epoch of the search (`epochs="best"`) or search.max_epochs ("max")."""
+    configuration's best epoch of the search (`epochs="best"`) or search.max_epochs ("max");
+    `keep_models`: which final models become bundles (search/evaluate/bundles.py)."""
 
     top: int = 1
     seeds: int | None = None
     folds: tuple[int, ...] | None = None
     epochs: str = "best"
     repeats: int | None = None
+    keep_models: str = "best"
 
     def resolved(self, config: Config) -> EvaluationRequest:
         """This request with the config's repeats and seeds where it leaves them open."""
@@ -172,7 +175,15 @@ def _runs_of(trial: dict, rank: int, config: Config, request: EvaluationRequest,
     ]
     if config.data.test_fraction > 0:
         runs += [
-            {**common, "split": TEST, REPEAT: None, FOLD: None, SEED: seed, "run_id": f"{config_id}-test-seed{seed}"}
+            {
+                **common,
+                "split": TEST,
+                REPEAT: None,
+                FOLD: None,
+                SEED: seed,
+                "run_id": f"{config_id}-test-seed{seed}",
+                "keep_model": seed == 0 and request.keep_models != "none",  # the configuration's final model
+            }
             for seed in range(request.seeds)
         ]
     return runs
@@ -355,7 +366,7 @@ def start_evaluation(
         cpu_ms_per_image=cpu,
         planned=[_planned(r) for r in runs],
     ).write()
-    _run(folder, config, cache, runs, train_fn)
+    _run(folder, config, cache, runs, train_fn, request.keep_models)
     return folder
 
 
@@ -389,8 +400,11 @@ def protocol(config: Config, request: EvaluationRequest, cache: ImageCache) -> d
     }
 
 
-def _run(folder: Path, config: Config, cache: ImageCache, runs: list[dict], train_fn: Callable) -> None:
-    """Every planned run as one Ray Tune experiment, `folder` itself, then the comparisons."""
+def _run(
+    folder: Path, config: Config, cache: ImageCache, runs: list[dict], train_fn: Callable, keep_models: str
+) -> None:
+    """Every planned run as one Ray Tune experiment, `folder` itself, then the comparisons and
+    the model bundles."""
     tuner = make_tuner(
         trainable_with_resources(config, cache, train_fn),
         config,
@@ -403,6 +417,7 @@ def _run(folder: Path, config: Config, cache: ImageCache, runs: list[dict], trai
     )
     tuner.fit()
     finish_evaluation(folder)
+    write_bundles(folder, config, cache, keep_models)
 
 
 def _callbacks(folder: Path, name: str, config: Config, cache: ImageCache, total: int) -> list:
@@ -433,11 +448,12 @@ def resume_evaluation(folder: Path, *, address: str | None = None, train_fn: Cal
         request = EvaluationRequest.from_json(evaluation.request).resolved(config)
         runs = plan_runs(load_trials([search.path]), config, request, search.path)
         discard_unsaved(folder, (ROW_LOG, *EVALUATION_TABLES))  # what Ray never recorded runs again
-        _run(folder, config, cache, runs, train_fn)
+        _run(folder, config, cache, runs, train_fn, request.keep_models)
         return folder
     trainable = trainable_with_resources(config, cache, train_fn)
     restore_tuner(str(folder), trainable, local=folder).fit()
     finish_evaluation(folder)
+    write_bundles(folder, config, cache, EvaluationRequest.from_json(evaluation.request).keep_models)
     return folder
 
 
