@@ -171,6 +171,8 @@ def test_a_failed_trial_is_retried_exactly_from_its_last_checkpoint(ray_2_cpus, 
         first, redone = (next(r for r in reports if r["epoch"] == 3 and r["attempt"] == a) for a in (1, 2))
         assert {**first, "attempt": 2} == redone
         assert redone["train_loss"] in set(epochs.loc[epochs["epoch"] == 3, "train_loss"])
+    # both trials completed: nothing resumes them, so their checkpoints are gone once the search ends
+    assert not list(folder.path.glob("trial_*/checkpoint_*"))
 
 
 # ---- failures say what happened ----

@@ -30,9 +30,11 @@ from fundus_search.search.ops.folders import check_trusted, prepare, provenance
 from fundus_search.search.study.config import Config, load_config
 from fundus_search.search.study.space import SearchSpace
 from fundus_search.vocabulary import (
+    COMPLETED,
     EPOCHS_FILE,
     ROW_LOG,
     RUNNING,
+    STOPPED_EARLY,
     STUDY_FILE,
     TENSORBOARD_DIR,
     TRIALS_FILE,
@@ -231,7 +233,33 @@ def _fit(
         tuner = build_tuner(
             config, folder, cache, num_samples=total, train_fn=train_fn, extra_callbacks=extra_callbacks
         )
-    return tuner.fit()
+    grid = tuner.fit()
+    prune_checkpoints(folder.path, folder.trials_file, folder.remote)
+    return grid
+
+
+def prune_checkpoints(experiment: Path, table: str, remote: str | None = None) -> int:
+    """Remove the checkpoints (weights and optimiser state) of the trials or runs of `table` that
+    ended for good, completed or stopped early: nothing resumes them, and a ResNet-50 + AdamW
+    checkpoint is ~300 MB. Errored ones keep theirs (`resume` retries them from it), and
+    running ones theirs (a search stopped by Ctrl-C continues from them).
+
+    Returns:
+        the bytes freed.
+    """
+    if remote is not None or not Path(table).is_file():
+        return 0
+    status = pd.read_parquet(table, columns=["trial_id", "status"])
+    ended = status.loc[status["status"].isin([COMPLETED, STOPPED_EARLY]), "trial_id"]
+    freed = 0
+    for trial_id in ended:
+        for checkpoint in Path(experiment).glob(f"trial_{trial_id}/checkpoint_*"):
+            if checkpoint.is_dir() and not checkpoint.is_symlink():
+                freed += sum(f.stat().st_size for f in checkpoint.rglob("*") if f.is_file())
+                shutil.rmtree(checkpoint)
+    if freed:
+        log.info("%s: removed %.0f MB of checkpoints of ended trials", experiment, freed / 2**20)
+    return freed
 
 
 def search_ended(folder: SearchFolder) -> bool:
@@ -272,7 +300,9 @@ def resume_search(
         discard_unsaved(folder.path, (STUDY_FILE, ROW_LOG, TRIALS_FILE, EPOCHS_FILE, TENSORBOARD_DIR))
         return folder, _fit(config, folder, cache, folder.num_samples, train_fn)
     tuner = restore_tuner(folder.results, trainable_with_resources(config, cache, train_fn), local=folder.path)
-    return folder, tuner.fit()
+    grid = tuner.fit()
+    prune_checkpoints(folder.path, folder.trials_file, folder.remote)
+    return folder, grid
 
 
 def discard_unsaved(folder: Path, names: tuple[str, ...]) -> None:

@@ -45,6 +45,7 @@ from fundus_search.search.engine.tuner import (
     check_ray_state,
     discard_unsaved,
     make_tuner,
+    prune_checkpoints,
     ray_saved_state,
     restore_tuner,
     trainable_with_resources,
@@ -418,6 +419,7 @@ def _run(
     tuner.fit()
     finish_evaluation(folder)
     write_bundles(folder, config, cache, keep_models)
+    prune_checkpoints(folder, str(folder / RUNS_FILE))
 
 
 def _callbacks(folder: Path, name: str, config: Config, cache: ImageCache, total: int) -> list:
@@ -454,6 +456,7 @@ def resume_evaluation(folder: Path, *, address: str | None = None, train_fn: Cal
     restore_tuner(str(folder), trainable, local=folder).fit()
     finish_evaluation(folder)
     write_bundles(folder, config, cache, EvaluationRequest.from_json(evaluation.request).keep_models)
+    prune_checkpoints(folder, str(folder / RUNS_FILE))
     return folder
 
 
