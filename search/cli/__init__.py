@@ -7,4 +7,4 @@ stored config with the schema, which loads torch).
 """
 
 # The registry: `main` builds the parser from these modules, in this order of the help.
-COMMAND_MODULES = ("data", "train", "run", "evaluate", "predict", "query", "report", "jobs", "demo")
+COMMAND_MODULES = ("data", "train", "run", "evaluate", "predict", "export", "query", "report", "jobs", "demo")
