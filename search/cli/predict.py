@@ -78,9 +78,9 @@ def predict_command(args: argparse.Namespace) -> int:
                 print(f"error: {path}: does not decode ({type(exc).__name__}: {exc}); skipped", file=sys.stderr)
         if batch:
             probs = bundle.prob_positive(np.stack(batch), device=args.device)
-            positive = bundle.meta["decision"]["threshold"]
+            threshold = bundle.meta["decision"]["threshold"]
             rows += [
-                {"path": str(p), "prob_positive": float(q), "class": bundle.classes[int(q >= positive)]}
+                {"path": str(p), "prob_positive": float(q), "class": bundle.classes[int(q >= threshold)]}
                 for p, q in zip(names, probs, strict=True)
             ]
         bar.update(min(args.batch_size, len(paths) - start))

@@ -30,21 +30,21 @@ KEEP = ("best", "all", "none")  # --keep-models
 MODELS_DIR = "models"
 
 
-def chosen_configs(folder: Path, keep: str) -> list[str]:
-    """The config ids whose final model becomes a bundle: every evaluated configuration (`all`),
-    the best cell of the primary question by cross-validated average (`best`), or none."""
+def chosen_configs(
+    runs: pd.DataFrame, predictions: pd.DataFrame, finals: pd.DataFrame, primary: list[str], keep: str
+) -> list[str]:
+    """The config ids whose final model (a row of `finals`) becomes a bundle: every evaluated
+    configuration (`all`), the best cell of the `primary` comparisons by cross-validated average
+    (`best`), or none."""
     if keep == "none":
         return []
-    runs, predictions = load_evaluation(folder)
-    finals = runs[(runs["split"] == TEST) & (runs[SEED] == 0)]
     if keep == "all":
         return sorted(finals["config_id"].unique())
     table = evaluation_table(runs, predictions)
     if table.empty:
         return []
     strategies = set(runs[STRATEGY])
-    primary = [Planned.parse(p) for p in EvaluationFolder.open(folder).protocol.get("primary") or []]
-    cells = {cell for p in primary for cell in p.cells(strategies)}
+    cells = {cell for p in map(Planned.parse, primary) for cell in p.cells(strategies)}
     candidates = table[[(r[INIT], r[STRATEGY]) in cells for _, r in table.iterrows()]] if cells else table
     candidates = candidates[candidates["config_id"].isin(finals["config_id"])]
     if candidates.empty:
@@ -60,15 +60,16 @@ def write_bundles(folder: Path, config: Config, cache: ImageCache, keep: str) ->
         the bundle folders, in config-id order.
     """
     folder = Path(folder)
-    chosen = chosen_configs(folder, keep)
-    runs, _ = load_evaluation(folder)
+    runs, predictions = load_evaluation(folder)
+    finals = runs[(runs["split"] == TEST) & (runs[SEED] == 0)]
+    primary = EvaluationFolder.open(folder).protocol.get("primary") or []
     written = []
-    for config_id in chosen:
+    for config_id in chosen_configs(runs, predictions, finals, primary, keep):
         destination = folder / MODELS_DIR / config_id
         if (destination / META_FILE).is_file():
             written.append(destination)
             continue
-        run = runs[(runs["config_id"] == config_id) & (runs["split"] == TEST) & (runs[SEED] == 0)].iloc[0]
+        run = finals[finals["config_id"] == config_id].iloc[0]
         weights = _kept_model(folder, run["trial_id"])
         if weights is None:  # removed by an earlier write, before this bundle was asked for
             continue
