@@ -29,7 +29,7 @@ from fundus_search.data_io.preprocess import Preprocessing, decode_image, prepro
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2  # bump when the pixels a given Preprocessing produces change (2: fundus crop on any surround)
+CACHE_FORMAT = 3  # bump when the pixels a given Preprocessing produces change (3: resize one axis at a time)
 _CHUNK = 16  # images per task handed to a worker thread
 
 

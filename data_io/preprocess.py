@@ -93,11 +93,19 @@ def crop_to_fundus(image: np.ndarray, *, name: str = "image") -> np.ndarray:
 
 
 def resize_and_pad(image: np.ndarray, size: int) -> np.ndarray:
-    """Resize so the long side is `size` px (aspect kept, antialiased), zero-pad bottom/right."""
+    """Resize so the long side is `size` px (aspect kept, antialiased), zero-pad bottom/right.
+
+    Pillow's LANCZOS runs one axis at a time, width then height: a resize of both axes at once
+    lets Pillow pick the order of its two passes, which changes pixels between its versions
+    (13 goes height first for some shapes). One axis per call pins the pixels, and they are
+    what the challenge export's numpy port reproduces exactly (models/challenge/model.py).
+    """
     h, w = image.shape[:2]
     scale = size / max(h, w)
     new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
-    resized = Image.fromarray(image).resize((new_w, new_h), Image.Resampling.LANCZOS)
+    resized = Image.fromarray(image)
+    resized = resized.resize((new_w, h), Image.Resampling.LANCZOS)  # no-op copy when new_w == w
+    resized = resized.resize((new_w, new_h), Image.Resampling.LANCZOS)
     out = np.zeros((size, size, 3), dtype=np.uint8)  # (S, S, 3) uint8
     out[:new_h, :new_w] = np.asarray(resized)
     return out

@@ -33,26 +33,35 @@ def classification_metrics(y_true: np.ndarray, prob_positive: np.ndarray) -> dic
         prob_positive: (N,) probability of class 1; decisions by `predict` (>= THRESHOLD).
 
     Returns:
-        kappa, f1, specificity, average, auc, accuracy, sensitivity. Degenerate cases are
-        defined, never raised: kappa is 0 when chance agreement is total (e.g. everything
-        predicted and labelled one class: no better than chance); F1, sensitivity and
-        specificity are 0 when their denominator is 0; AUC is NaN when y_true holds one class.
+        `decision_metrics` of the decisions, and the AUC of the probabilities (NaN when
+        y_true holds one class).
     """
     y_true = np.asarray(y_true).astype(int)
-    y_pred = predict(prob_positive)
+    auc = float(roc_auc_score(y_true, prob_positive)) if len(np.unique(y_true)) == 2 else float("nan")
+    return {**decision_metrics(y_true, predict(prob_positive)), AUC: auc}
+
+
+def decision_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """Challenge metrics of 0/1 decisions (what a challenge submission's `predict` returns).
+
+    Returns:
+        kappa, f1, specificity, average, accuracy, sensitivity. Degenerate cases are defined,
+        never raised: kappa is 0 when chance agreement is total (e.g. everything predicted and
+        labelled one class: no better than chance); F1, sensitivity and specificity are 0 when
+        their denominator is 0.
+    """
+    y_true, y_pred = np.asarray(y_true).astype(int), np.asarray(y_pred).astype(int)
     tn, fp, fn, tp = confusion_matrix(y_true, y_pred, labels=[0, 1]).ravel()
     with warnings.catch_warnings():  # the degenerate case is documented above, not a surprise
         warnings.filterwarnings("ignore", category=UndefinedMetricWarning)
         kappa = float(cohen_kappa_score(y_true, y_pred, labels=[0, 1], replace_undefined_by=0.0))
     f1 = float(f1_score(y_true, y_pred, labels=[0, 1], pos_label=1, zero_division=0))
     specificity = float(tn / (tn + fp)) if tn + fp else 0.0
-    auc = float(roc_auc_score(y_true, prob_positive)) if len(np.unique(y_true)) == 2 else float("nan")
     return {
         KAPPA: kappa,
         F1: f1,
         SPECIFICITY: specificity,
         AVERAGE: (kappa + f1 + specificity) / 3,
-        AUC: auc,
         ACCURACY: float(accuracy_score(y_true, y_pred)),
         SENSITIVITY: float(tp / (tp + fn)) if tp + fn else 0.0,
     }

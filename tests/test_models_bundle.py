@@ -125,30 +125,13 @@ def test_predict_names_each_bad_image_scores_the_rest_and_exits_1(tmp_path, caps
 
 
 @pytest.mark.slow
-def test_the_onnx_export_gives_the_bundles_probabilities_and_classes(tmp_path, capsys):
-    """`export --format onnx`: uint8 RGB images in, P(positive) out; onnxruntime on the files'
-    preprocessed pixels agrees with the bundle within 1e-4, so the classes are the same."""
-    import onnxruntime
-    from PIL import Image
-
-    from fundus_search.data_io import preprocess_file
-
+def test_the_onnx_export_says_what_it_checked_and_refuses_an_altered_bundle(tmp_path, capsys):
+    """`export --format onnx` prints the file and its check (tests/test_challenge.py compares its
+    classes with the bundle's on files read by OpenCV); altered weights write nothing."""
     folder = a_bundle(tmp_path / "b")
     assert main(["export", str(folder)]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"onnx:  {folder / 'model.onnx'}") and "max |P difference|" in out
-    rng = np.random.default_rng(1)
-    files = []
-    for i in range(5):
-        files.append(tmp_path / f"{i}.png")
-        Image.fromarray(rng.integers(0, 256, (40 + i, 50, 3), dtype=np.uint8)).save(files[-1])
-    bundle = load_bundle(folder)
-    pixels = np.stack([preprocess_file(f, bundle.preprocessing) for f in files])
-    session = onnxruntime.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-    theirs = session.run(None, {"image": pixels})[0]
-    ours = bundle.prob_positive(pixels)
-    assert np.abs(theirs - ours).max() <= 1e-4
-    assert ((theirs >= 0.5) == (ours >= 0.5)).all()
     (folder / "model.safetensors").write_bytes(b"\0" * 64)
     assert main(["export", str(folder), "-o", str(tmp_path / "x.onnx")]) == 2
     assert "altered or swapped" in capsys.readouterr().err and not (tmp_path / "x.onnx").exists()
