@@ -6,6 +6,7 @@ the predictions, a test split outside every fold, kill and resume, one-line erro
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -351,3 +352,19 @@ def test_score_submission_on_the_test_split_reproduces_the_evaluations_test_metr
     for metric in (KAPPA, F1, SPECIFICITY, AVERAGE):
         assert abs(ours[metric] - run[metric]) <= 1e-12, (metric, ours[metric], run[metric])
         assert f"{metric} {run[metric]:.4f}" in out
+
+
+def test_without_a_test_split_the_end_screen_says_why_no_model_was_kept(search, tmp_path, capsys):
+    """A final model is trained on every image outside the test split; with data.test_fraction 0
+    there is none, and the end screen says so and what to do, instead of keeping a fold's model."""
+    from fundus_search.search.cli.evaluate import summarise_evaluation
+
+    copy = tmp_path / "s"
+    shutil.copytree(search, copy, ignore=shutil.ignore_patterns("models", "trial_*"))
+    declared = json.loads((copy / "evaluation" / "evaluation.json").read_text())
+    declared["protocol"]["test_images"] = 0
+    (copy / "evaluation" / "evaluation.json").write_text(json.dumps(declared))
+    summarise_evaluation(copy / "evaluation")
+    out = capsys.readouterr().out
+    assert "model:       none kept: a final model is the run trained on every image outside the test split" in out
+    assert "data.test_fraction is 0" in out

@@ -111,8 +111,13 @@ def summarise_evaluation(folder: Path) -> int:
     print(f"\nruns:        {evaluation.runs_file}")
     print(f"predictions: {evaluation.predictions_file}")
     print(f"comparisons: {evaluation.comparisons_file}")
-    for bundle in sorted(evaluation.path.glob("models/*/model.json")):
+    bundles = sorted(evaluation.path.glob("models/*/model.json"))
+    for bundle in bundles:
         print(f"model:       {bundle.parent}  (fundus-search predict {bundle.parent} IMAGES...)")
+    if not bundles and evaluation.request.get("keep_models") != "none" and not evaluation.protocol.get("test_images"):
+        print("model:       none kept: a final model is the run trained on every image outside the test split, and "
+              "data.test_fraction is 0; set it (e.g. 0.2) and search again, or `fundus-search train ... --output DIR` "
+              "keeps one fold's model")  # fmt: skip
     print(f"again:       fundus-search table {folder} --evaluation")
     if not progress.complete:
         print(f"\n{progress.sentence(folder)}")
