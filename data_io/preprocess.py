@@ -95,10 +95,10 @@ def crop_to_fundus(image: np.ndarray, *, name: str = "image") -> np.ndarray:
 def resize_and_pad(image: np.ndarray, size: int) -> np.ndarray:
     """Resize so the long side is `size` px (aspect kept, antialiased), zero-pad bottom/right.
 
-    Pillow's LANCZOS runs one axis at a time, width then height: a resize of both axes at once
-    lets Pillow pick the order of its two passes, which changes pixels between its versions
-    (13 goes height first for some shapes). One axis per call pins the pixels, and they are
-    what the challenge export's numpy port reproduces exactly (models/challenge/model.py).
+    Pillow's LANCZOS runs one axis at a time, width then height: given both axes at once, the
+    order of its two passes depends on the Pillow build (13.0.0 goes height first for some
+    shapes), and so do the pixels. One axis per call pins them, and they are what the challenge
+    export's numpy port reproduces exactly (models/challenge/model.py).
     """
     h, w = image.shape[:2]
     scale = size / max(h, w)

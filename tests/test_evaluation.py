@@ -321,33 +321,23 @@ def test_the_kept_model_is_the_very_model_scored_on_the_test_split(search, evalu
     capsys.readouterr()
 
 
-def test_score_submission_on_the_test_split_reproduces_the_evaluations_test_metrics(search, evaluation, tmp_path,
-                                                                                   capsys):  # fmt: skip
+def test_score_submission_on_the_test_split_reproduces_the_evaluations_test_metrics(evaluation, tmp_path, capsys):
     """The kept model exported as a CGI-HRDC submission and scored as the challenge scores it
-    (model.py in its own interpreter, cv2.imread per file) gives, on the test split, the very
-    kappa, F1, specificity and average that runs.parquet holds for that model's run."""
+    (model.py in its own interpreter, cv2.imread per file) on the evaluation's test split gives
+    the very kappa, F1, specificity and average that runs.parquet holds for that model's run."""
     pytest.importorskip("cv2")
-    from fundus_search.data_io import prepare_images
     from fundus_search.metrics import decision_metrics
-    from fundus_search.search.study.config import load_config
     from fundus_search.vocabulary import AVERAGE, F1, KAPPA, SPECIFICITY
 
     bundle = sorted((evaluation / "models").glob("*/model.json"))[0].parent
     runs = pd.read_parquet(evaluation / "runs.parquet")
     run = runs[(runs["config_id"] == bundle.name) & (runs["split"] == "test") & (runs["seed"] == 0)].iloc[0]
-    predictions = pd.read_parquet(evaluation / "predictions.parquet")
-    scored = predictions[predictions["run_id"] == run["run_id"]].sort_values("row")
-    root = Path(prepare_images(load_config(search / "config.yaml").data.to_spec()).meta["root"])
-    labels = tmp_path / "test.csv"
-    pd.DataFrame({"path": [str(root / i) for i in scored["image"]], "label": scored["label"]}).to_csv(
-        labels, index=False
-    )
     archive = tmp_path / "submission.zip"
     assert main(["export", str(bundle), "--format", "challenge", "-o", str(archive)]) == 0
-    assert main(["score-submission", str(archive), str(labels), "-o", str(tmp_path / "scores.csv")]) == 0
+    assert main(["score-submission", str(archive), str(evaluation), "-o", str(tmp_path / "scores.csv")]) == 0
     out = capsys.readouterr().out
     rows = pd.read_csv(tmp_path / "scores.csv")
-    assert len(rows) == len(scored) > 0 and rows["error"].isna().all()
+    assert len(rows) == run["n_scored"] > 0 and rows["error"].isna().all()
     ours = decision_metrics(rows["label"].to_numpy(), rows["predicted"].to_numpy())
     for metric in (KAPPA, F1, SPECIFICITY, AVERAGE):
         assert abs(ours[metric] - run[metric]) <= 1e-12, (metric, ours[metric], run[metric])

@@ -30,7 +30,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "score-submission", help="score a CGI-HRDC submission zip as the challenge does (runs its model.py)"
     )
     score.add_argument("zip", type=Path, help="a submission zip with model.py (export --format challenge)")
-    score.add_argument("data", type=Path, help="a CGI-HRDC data folder, or a CSV of path,label rows")
+    score.add_argument(
+        "data", type=Path, help="an evaluation folder (its test split), a CGI-HRDC data folder, or a path,label CSV"
+    )
     score.add_argument("--task", type=int, choices=(1, 2), default=2, help="the CGI-HRDC task of a data folder")
     score.add_argument("--output", "-o", type=Path, help="a CSV of each image's class and CPU seconds")
     score.set_defaults(handler=score_submission_command)

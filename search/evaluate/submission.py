@@ -8,6 +8,7 @@ Scoring a submission runs its code: score only zips you trust, as the challenge'
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import logging
 import stat
@@ -24,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from fundus_search.metrics import decision_metrics
-from fundus_search.vocabulary import UserError
+from fundus_search.vocabulary import EVALUATION_FILE, TEST, UserError
 
 HARNESS = Path(__file__).with_name("challenge_harness.py")
 MAX_UNPACKED_BYTES = 8 << 30  # a submission holds one network; more is a zip bomb
@@ -55,12 +56,15 @@ class SubmissionScore:
 
 
 def labelled_images(data: Path, *, task: int) -> tuple[list[Path], np.ndarray]:
-    """The images and 0/1 labels of `data`: a folder in the CGI-HRDC layout (`task` 1 or 2), or a
-    CSV with `path` (or `image`) and `label` (0 or 1) columns, paths relative to the CSV's folder.
+    """The images and 0/1 labels of `data`: an evaluation folder (its held-out test split), a
+    folder in the CGI-HRDC layout (`task` 1 or 2), or a CSV with `path` (or `image`) and `label`
+    (0 or 1) columns, paths relative to the CSV's folder.
 
     Raises:
         SubmissionError, ManifestError: no such data, a missing column, a label that is not 0 or 1.
     """
+    if (data / EVALUATION_FILE).is_file():
+        return _test_split(data)
     if data.is_dir():
         from fundus_search.data_io import DataSpec, build_manifest
 
@@ -84,6 +88,22 @@ def labelled_images(data: Path, *, task: int) -> tuple[list[Path], np.ndarray]:
         paths.append(path if path.is_absolute() else data.parent / path)
         labels.append(int(row["label"]))
     return paths, np.asarray(labels, dtype=np.int64)
+
+
+def _test_split(folder: Path) -> tuple[list[Path], np.ndarray]:
+    """The test-split images of an evaluation, as its predictions name them, under its search's data root."""
+    from fundus_search.data_io import build_manifest
+    from fundus_search.results.answer import load_evaluation
+    from fundus_search.results.layout import EvaluationFolder
+    from fundus_search.search.study.config import load_config
+
+    evaluation = EvaluationFolder.open(folder)
+    _, predictions = load_evaluation(evaluation.path)
+    test = predictions[predictions["split"] == TEST].drop_duplicates("row").sort_values("row")
+    if test.empty:
+        raise SubmissionError(f"{folder}: this evaluation scored no test split (data.test_fraction is 0)")
+    root = build_manifest(load_config(evaluation.search.config_file).data.to_spec()).root
+    return [root / image for image in test["image"]], test["label"].to_numpy(dtype=np.int64)
 
 
 def unpack(archive: Path, into: Path) -> Path:
@@ -126,6 +146,9 @@ def score_submission(
     Raises:
         SubmissionError: the zip is unusable, or its model.py does not import or load.
     """
+    if importlib.util.find_spec("cv2") is None:
+        raise SubmissionError("score-submission: needs OpenCV (cv2), as the challenge does; "
+                              "pip install 'fundus-search[export]'")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="fundus-search-submission-") as tmp:
         folder = unpack(archive, Path(tmp) / "submission")
         images, results, errors = Path(tmp) / "images.json", Path(tmp) / "results.jsonl", Path(tmp) / "stderr.txt"
