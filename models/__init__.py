@@ -1,6 +1,14 @@
 """Backbones, weight sources, the frozen-feature cache, LP / FT / LP-FT training and CPU timing."""
 
-from fundus_search.models.backbones import BACKBONES, NORMALIZATIONS, Classifier, FeatureNet, build_backbone
+from fundus_search.models.backbones import (
+    BACKBONES,
+    NORMALIZATIONS,
+    Classifier,
+    FeatureNet,
+    backbone_dim,
+    build_backbone,
+    is_backbone,
+)
 from fundus_search.models.features import extract_features, feature_cache_key, load_or_extract_features
 from fundus_search.models.inference import cpu_ms_per_image, cpu_ms_samples
 from fundus_search.models.transfer import Trainer, TrainSettings
@@ -11,7 +19,9 @@ __all__ = [
     "NORMALIZATIONS",
     "Classifier",
     "FeatureNet",
+    "backbone_dim",
     "build_backbone",
+    "is_backbone",
     "extract_features",
     "feature_cache_key",
     "load_or_extract_features",

@@ -1,4 +1,7 @@
-"""Backbones: torchvision ResNets without their classifier, with input normalisation built in."""
+"""Backbones without their classifier, with input normalisation built in: torchvision's ResNets
+(the FLAIR and torchvision-ImageNet key layout) and any timm architecture (ViTs, DINOv2 ViTs
+with registers, ConvNeXt...), always built with `pretrained=False`: weights come from local
+files only (models/weights.py)."""
 
 from __future__ import annotations
 
@@ -38,23 +41,59 @@ BACKBONES: dict[str, BackboneEntry] = {name: BackboneEntry(name) for name in ("r
 
 # Input normalisation is an explicit, recorded choice: FLAIR was pretrained on [0, 1] inputs
 # without mean/std normalisation; torchvision's ImageNet weights expect the mean/std their own
-# transforms carry.
+# transforms carry; RETFound-Green was trained with mean and std 0.5.
 _IMAGENET = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.transforms()
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
     "none": None,
     "imagenet": (tuple(_IMAGENET.mean), tuple(_IMAGENET.std)),
+    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
 
 
-def build_backbone(name: str) -> nn.Module:
-    """A torchvision ResNet with `fc = Identity` and torchvision's default initialisation.
+def is_backbone(name: str) -> bool:
+    """A torchvision ResNet of BACKBONES, or an architecture timm can build."""
+    if name in BACKBONES:
+        return True
+    import timm
+
+    return bool(timm.is_model(name))
+
+
+def build_backbone(name: str, *, image_size: int | None = None, **options) -> nn.Module:
+    """The architecture `name` without its classifier, with its library's default initialisation:
+    images (B, 3, S, S) -> one feature vector per image (B, backbone_dim), pooled as the model's own
+    recipe pools (timm: global average or the class token, as `options` such as `global_pool` say).
+
+    Args:
+        image_size: S, for timm models whose position embeddings are built for one input size (ViTs).
+        options: further timm `create_model` arguments (e.g. global_pool="avg", fc_norm=True).
 
     Raises:
-        KeyError: unknown name (the config schema only lets known names through).
+        KeyError: neither a torchvision ResNet of BACKBONES nor a timm architecture.
     """
-    model = BACKBONES[name].build(weights=None)
-    model.fc = nn.Identity()
-    return model
+    if name in BACKBONES:
+        model = BACKBONES[name].build(weights=None)
+        model.fc = nn.Identity()
+        return model
+    import timm
+
+    if not timm.is_model(name):
+        raise KeyError(name)
+    if image_size is not None:
+        try:
+            return timm.create_model(name, pretrained=False, num_classes=0, img_size=image_size, **options)
+        except TypeError:  # an architecture without a fixed input size (ConvNeXt, ResNets...)
+            pass
+    return timm.create_model(name, pretrained=False, num_classes=0, **options)
+
+
+def backbone_dim(name: str, *, image_size: int | None = None, **options) -> int:
+    """Width of the backbone's feature vector (read off a weightless meta-device copy)."""
+    if name in BACKBONES:
+        return BACKBONES[name].feature_dim
+    with torch.device("meta"):
+        model = build_backbone(name, image_size=image_size, **options)
+    return int(getattr(model, "head_hidden_size", None) or model.num_features)
 
 
 class Normalize(nn.Module):

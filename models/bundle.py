@@ -9,7 +9,7 @@ it, and loads it strictly: no pickle is ever read.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +19,14 @@ from safetensors.torch import load_file, save_file
 from fundus_search.data_io import Preprocessing, to_float
 from fundus_search.metrics import THRESHOLD
 from fundus_search.models.backbones import (
-    BACKBONES,
     NORMALIZATIONS,
     Classifier,
     FeatureNet,
     FlairProjection,
     Head,
+    backbone_dim,
     build_backbone,
+    is_backbone,
 )
 from fundus_search.models.weights import file_sha256
 from fundus_search.results.layout import write_atomic
@@ -44,30 +45,35 @@ class Architecture:
     """What to build before loading the weights.
 
     Attributes:
-        backbone: a key of BACKBONES.
+        backbone: a torchvision ResNet of BACKBONES or a timm architecture.
         normalize: the input normalisation inside the network (a key of NORMALIZATIONS).
         projection_dim: width of FLAIR's projection when the init used it; None otherwise.
         num_classes: outputs of the head (2: negative, positive).
+        options: timm `create_model` arguments of the init's recipe (RETFound's pooling).
     """
 
     backbone: str
     normalize: str
     projection_dim: int | None = None
     num_classes: int = 2
+    options: dict = field(default_factory=dict)
 
     @classmethod
-    def of(cls, classifier: Classifier, backbone: str) -> Architecture:
-        """The architecture of `classifier`, whose backbone is the torchvision `backbone`."""
+    def of(cls, classifier: Classifier, backbone: str, options: dict | None = None) -> Architecture:
+        """The architecture of `classifier`, whose backbone is `backbone` built with `options`."""
         net = classifier.features
         projection = net.projection.projection.out_features if net.projection is not None else None
-        return cls(backbone, net.normalize.name, projection, classifier.head.linear.out_features)
+        return cls(backbone, net.normalize.name, projection, classifier.head.linear.out_features, dict(options or {}))
 
-    def build(self) -> Classifier:
+    def build(self, image_size: int | None = None) -> Classifier:
         """The network with this architecture and untrained weights, in eval mode."""
-        dim = BACKBONES[self.backbone].feature_dim
+        dim = backbone_dim(self.backbone, image_size=image_size, **self.options)
         projection = FlairProjection(dim, self.projection_dim) if self.projection_dim else None
         net = FeatureNet(
-            build_backbone(self.backbone), self.projection_dim or dim, normalize=self.normalize, projection=projection
+            build_backbone(self.backbone, image_size=image_size, **self.options),
+            self.projection_dim or dim,
+            normalize=self.normalize,
+            projection=projection,
         )
         return Classifier(net, Head(net.feature_dim, self.num_classes)).eval()
 
@@ -98,12 +104,14 @@ def save_bundle(
     preprocessing: Preprocessing,
     classes: tuple[str, ...],
     record: dict,
+    backbone_options: dict | None = None,
 ) -> Path:
     """Write a bundle into `folder` (created; it must not hold a bundle already).
 
     Args:
         record: what `model.json` says of the model besides its architecture and preprocessing:
             init and its weights id, strategy, hyperparameters, epochs, data, metrics, versions.
+        backbone_options: the timm arguments `backbone` was built with (the init source's).
 
     Raises:
         BundleError: `folder` already holds a bundle.
@@ -116,7 +124,7 @@ def save_bundle(
     tmp = folder / f".{WEIGHTS_FILE}.tmp"
     save_file(state, str(tmp))
     tmp.replace(folder / WEIGHTS_FILE)
-    architecture = Architecture.of(classifier, backbone)
+    architecture = Architecture.of(classifier, backbone, backbone_options)
     meta = {
         "format": FORMAT,
         "architecture": asdict(architecture),
@@ -155,7 +163,7 @@ def load_bundle(folder: str | Path) -> Bundle:
         raise BundleError(f"{meta_path}: not a model.json fundus-search wrote ({type(exc).__name__}: {exc})") from None
     if meta.get("format") != FORMAT:
         raise BundleError(f"{meta_path}: bundle format {meta.get('format')!r}; this version reads format {FORMAT}")
-    if architecture.backbone not in BACKBONES or architecture.normalize not in NORMALIZATIONS:
+    if not is_backbone(architecture.backbone) or architecture.normalize not in NORMALIZATIONS:
         raise BundleError(f"{meta_path}: unknown architecture {meta['architecture']}")
     actual = file_sha256(weights)
     if actual != recorded:
@@ -163,7 +171,7 @@ def load_bundle(folder: str | Path) -> Bundle:
             f"{weights}: sha256 {actual[:12]}... is not the {recorded[:12]}... {META_FILE} records; the weights "
             "were altered or swapped: use the bundle as it was written"
         )
-    classifier = architecture.build()
+    classifier = architecture.build(preprocessing.image_size)
     try:
         classifier.load_state_dict(load_file(str(weights)), strict=True)
     except RuntimeError as exc:

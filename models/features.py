@@ -51,10 +51,15 @@ def extract_features(
     return out
 
 
-def feature_cache_key(*, weights_id: str, backbone: str, projection: bool, normalize: str, image_cache_key: str) -> str:
+def feature_cache_key(
+    *, weights_id: str, backbone: str, projection: bool, normalize: str, image_cache_key: str, source: str = ""
+) -> str:
+    """The frozen features' identity: the weights, how the network is built around them (the
+    source decides the pooling: RETFound's mean of patch tokens, DINOv2's class token) and the pixels."""
     payload = json.dumps(
         {
             "weights": weights_id,
+            "source": source,
             "backbone": backbone,
             "projection": projection,
             "normalize": normalize,

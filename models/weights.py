@@ -1,4 +1,6 @@
-"""Weight sources: ImageNet (torchvision), FLAIR and random initialisation, loaded offline and safely."""
+"""Weight sources: ImageNet (torchvision), FLAIR, RETFound (MAE), DINOv2-style teachers, plain timm
+files and random initialisation, loaded offline and safely: never a download, never a pickle
+that runs code, every key checked."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import hashlib
 import pickle
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -14,7 +16,7 @@ import torchvision
 from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors
 
-from fundus_search.models.backbones import BACKBONES, FeatureNet, FlairProjection, build_backbone
+from fundus_search.models.backbones import BACKBONES, FeatureNet, FlairProjection, backbone_dim, build_backbone
 from fundus_search.vocabulary import UserError
 
 FLAIR_PREFIX = "vision_model.model."
@@ -31,7 +33,7 @@ class InitSpec:
     """How one `init` builds its backbone.
 
     Args:
-        source: `torchvision`, `flair` or `random`.
+        source: a key of WEIGHT_SOURCES (`torchvision`, `flair`, `retfound`, `dinov2`, `timm`, `random`).
         weights: torchvision weights enum member (e.g. IMAGENET1K_V1), for `torchvision`.
         path: an explicit weight file (or, for `flair`, a folder holding one).
         projection: FLAIR only: add the 512-d projection head (features become 512-d).
@@ -57,11 +59,13 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def read_state_dict(path: Path, where: str) -> dict[str, torch.Tensor]:
+def read_state_dict(
+    path: Path, where: str, *, wrappers: tuple[str, ...] = ("state_dict", "model")
+) -> dict[str, torch.Tensor]:
     """Tensors of a `.safetensors` or `.pth` file, never unpickling arbitrary objects.
 
-    `.pth` files load with `torch.load(weights_only=True)`; `{"state_dict": ...}` and
-    `{"model": ...}` wrappers are unwrapped.
+    `.pth` files load with `torch.load(weights_only=True)`; the first of `wrappers` found (e.g.
+    `{"model": ...}`, a DINOv2 training checkpoint's `{"teacher": ...}`) is unwrapped.
 
     Raises:
         WeightsError: unreadable, not a checkpoint, or a pickle that would run code (the
@@ -97,9 +101,10 @@ def read_state_dict(path: Path, where: str) -> dict[str, torch.Tensor]:
             f"{str(exc).splitlines()[0] if str(exc) else ''}); pass a .pth state dict or a "
             ".safetensors file"
         ) from exc
-    for wrapper in ("state_dict", "model"):
+    for wrapper in wrappers:
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
+            break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{where}: {path} holds no state dict of tensors; pass a weights file")
     return state
@@ -120,29 +125,37 @@ def _guess_resnet(state: dict[str, torch.Tensor]) -> str | None:
     }.get((bottleneck, blocks))
 
 
-def load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], backbone: str, where: str) -> None:
-    """`load_state_dict(strict=True)` with a one-line error naming what does not fit."""
+def load_strict(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], backbone: str, where: str, *, fresh: tuple[str, ...] = ()
+) -> None:
+    """`load_state_dict(strict=True)` with a one-line error naming what does not fit.
+
+    Args:
+        fresh: keys the checkpoint is known not to hold, kept at their initialisation (RETFound's
+            fine-tuning norm); any other missing key is an error.
+    """
     guessed = _guess_resnet(state)
     if guessed and guessed != backbone:
         raise WeightsError(
-            f"{where}: checkpoint is a {guessed} but model.backbone is {backbone}; "
-            f"set model.backbone: {guessed} or use {backbone} weights"
+            f"{where}: checkpoint is a {guessed} but the architecture is {backbone}; "
+            f"set {where}.arch (or model.backbone): {guessed}, or use {backbone} weights"
         )
     expected = model.state_dict()
     for key, tensor in state.items():
         if key in expected and expected[key].shape != tensor.shape:
             raise WeightsError(
                 f"{where}: shape mismatch at {key}: checkpoint {tuple(tensor.shape)}, "
-                f"{backbone} expects {tuple(expected[key].shape)}"
+                f"{backbone} expects {tuple(expected[key].shape)}; check {where}.arch and the file"
             )
-    missing = sorted(set(expected) - set(state))
+    missing = sorted(set(expected) - set(state) - set(fresh))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise WeightsError(
-            f"{where}: checkpoint does not fit {backbone}: missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}; check model.backbone and the file"
+            f"{where}: checkpoint does not fit {backbone}: missing {missing[:3]}"
+            f"{f' and {len(missing) - 3} more' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
+            f"{f' and {len(unexpected) - 3} more' if len(unexpected) > 3 else ''}; check {where}.arch and the file"
         )
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=not fresh)
 
 
 def torchvision_weights_file(init: InitSpec, backbone: str, where: str) -> Path:
@@ -183,7 +196,16 @@ def flair_weights_file(init: InitSpec, backbone: str, where: str) -> Path:
     return path
 
 
-def _build_torchvision(init: InitSpec, backbone: str, where: str, seed: int) -> FeatureNet:
+def weights_path(init: InitSpec, backbone: str, where: str) -> Path:
+    """`init.path`, checked to be a file (the sources whose weights have no default place)."""
+    if init.path is None or not init.path.is_file():
+        raise WeightsError(
+            f"{where}.path: no such file {init.path}; put the {init.source} weights there or fix the path"
+        )
+    return init.path
+
+
+def _build_torchvision(init: InitSpec, backbone: str, where: str, seed: int, image_size: int | None) -> FeatureNet:
     model = build_backbone(backbone)
     path = torchvision_weights_file(init, backbone, where)
     state = {k: v for k, v in read_state_dict(path, where).items() if not k.startswith("fc.")}
@@ -191,7 +213,7 @@ def _build_torchvision(init: InitSpec, backbone: str, where: str, seed: int) -> 
     return FeatureNet(model, BACKBONES[backbone].feature_dim, normalize=init.normalize)
 
 
-def _build_flair(init: InitSpec, backbone: str, where: str, seed: int) -> FeatureNet:
+def _build_flair(init: InitSpec, backbone: str, where: str, seed: int, image_size: int | None) -> FeatureNet:
     state = read_state_dict(flair_weights_file(init, backbone, where), where)
     vision = {k[len(FLAIR_PREFIX) :]: v for k, v in state.items() if k.startswith(FLAIR_PREFIX)}
     if not vision:
@@ -214,11 +236,57 @@ def _build_flair(init: InitSpec, backbone: str, where: str, seed: int) -> Featur
     return FeatureNet(model, dim, normalize=init.normalize, projection=projection)
 
 
-def _build_random(init: InitSpec, backbone: str, where: str, seed: int) -> FeatureNet:
+def _build_random(init: InitSpec, backbone: str, where: str, seed: int, image_size: int | None) -> FeatureNet:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_backbone(backbone)
-    return FeatureNet(model, BACKBONES[backbone].feature_dim, normalize=init.normalize)
+        model = build_backbone(backbone, image_size=image_size)
+    return FeatureNet(model, backbone_dim(backbone, image_size=image_size), normalize=init.normalize)
+
+
+# RETFound fine-tunes with global pooling: the mean of the patch tokens, then a new LayerNorm
+# (`fc_norm`, absent from the MAE checkpoint, starts as the identity); the encoder's last norm goes.
+RETFOUND_OPTIONS = {"global_pool": "avg", "fc_norm": True}
+_RETFOUND_DROPPED = ("decoder", "mask_token", "head.", "norm.")  # MAE's decoder, mask token, head, last norm
+
+
+def _timm_layout(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """timm's own conversion of a ViT checkpoint to its model: DINOv2's names (registers, SwiGLU)
+    and the position-embedding grid resampled to the model's input size."""
+    from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+
+    return checkpoint_filter_fn(state, model) if isinstance(model, VisionTransformer) else state
+
+
+def _build_retfound(init: InitSpec, backbone: str, where: str, seed: int, image_size: int | None) -> FeatureNet:
+    state = read_state_dict(weights_path(init, backbone, where), where)
+    if not any(k.startswith("blocks.") for k in state):
+        raise WeightsError(f"{where}: no 'blocks.*' keys in {init.path}; is it a RETFound (MAE ViT) checkpoint?")
+    encoder = {k: v for k, v in state.items() if not k.startswith(_RETFOUND_DROPPED)}
+    model = build_backbone(backbone, image_size=image_size, **RETFOUND_OPTIONS)
+    load_strict(model, _timm_layout(encoder, model), backbone, where, fresh=("fc_norm.weight", "fc_norm.bias"))
+    return FeatureNet(
+        model, backbone_dim(backbone, image_size=image_size, **RETFOUND_OPTIONS), normalize=init.normalize
+    )
+
+
+def _build_dinov2(init: InitSpec, backbone: str, where: str, seed: int, image_size: int | None) -> FeatureNet:
+    state = read_state_dict(weights_path(init, backbone, where), where, wrappers=("teacher", "state_dict", "model"))
+    heads = ("dino_head.", "ibot_head.")  # the training heads beside the teacher's backbone
+    state = {k.removeprefix("backbone."): v for k, v in state.items() if not k.startswith(heads)}
+    if "mask_token" not in state:
+        raise WeightsError(f"{where}: no mask_token in {init.path}; is it a DINOv2 backbone or teacher checkpoint?")
+    model = build_backbone(backbone, image_size=image_size)
+    load_strict(model, _timm_layout(state, model), backbone, where)
+    return FeatureNet(model, backbone_dim(backbone, image_size=image_size), normalize=init.normalize)
+
+
+def _build_timm(init: InitSpec, backbone: str, where: str, seed: int, image_size: int | None) -> FeatureNet:
+    state = read_state_dict(weights_path(init, backbone, where), where)
+    model = build_backbone(backbone, image_size=image_size)
+    classifier = model.pretrained_cfg.get("classifier") or "head"  # dropped: this tool trains its own head
+    state = {k: v for k, v in state.items() if not k.startswith(f"{classifier}.")}
+    load_strict(model, _timm_layout(state, model), backbone, where)
+    return FeatureNet(model, backbone_dim(backbone, image_size=image_size), normalize=init.normalize)
 
 
 @dataclass(frozen=True)
@@ -227,14 +295,18 @@ class WeightSource:
     network, and which input normalisation its weights expect (a key of NORMALIZATIONS)."""
 
     find_file: Callable[[InitSpec, str, str], Path | None]  # (init, backbone, where)
-    build: Callable[[InitSpec, str, str, int], FeatureNet]  # (init, backbone, where, seed)
+    build: Callable[[InitSpec, str, str, int, int | None], FeatureNet]  # (init, backbone, where, seed, image_size)
     normalize: str
+    options: dict = field(default_factory=dict)  # timm create_model arguments its recipe needs (pooling)
 
 
 WEIGHT_SOURCES: dict[str, WeightSource] = {
     "torchvision": WeightSource(torchvision_weights_file, _build_torchvision, normalize="imagenet"),
     "flair": WeightSource(flair_weights_file, _build_flair, normalize="none"),
     "random": WeightSource(lambda init, backbone, where: None, _build_random, normalize="none"),
+    "retfound": WeightSource(weights_path, _build_retfound, normalize="imagenet", options=RETFOUND_OPTIONS),
+    "dinov2": WeightSource(weights_path, _build_dinov2, normalize="imagenet"),
+    "timm": WeightSource(weights_path, _build_timm, normalize="imagenet"),
 }
 
 
@@ -249,18 +321,21 @@ def weights_id(init: InitSpec, backbone: str, *, seed: int, where: str = "model.
     return file_sha256(path) if path else f"random-{backbone}-{seed}"
 
 
-def build_feature_net(init: InitSpec, backbone: str, *, seed: int = 0, where: str = "model.inits") -> FeatureNet:
+def build_feature_net(
+    init: InitSpec, backbone: str, *, seed: int = 0, where: str = "model.inits", image_size: int | None = None
+) -> FeatureNet:
     """The backbone of `init` with its weights, normalisation and optional projection.
 
     Args:
         init: the weight source.
-        backbone: a key of BACKBONES.
+        backbone: a torchvision ResNet of BACKBONES or a timm architecture.
         seed: initialisation seed for `random`.
         where: config key path used in error messages (e.g. `model.inits.flair`).
+        image_size: the input size, for architectures built for one (ViTs: their position grid).
 
     Raises:
         WeightsError: missing, unsafe or mismatched weights (one line naming the file and fix).
     """
     if init.source not in WEIGHT_SOURCES:
         raise WeightsError(f"{where}.source: unknown {init.source!r}; use one of {sorted(WEIGHT_SOURCES)}")
-    return WEIGHT_SOURCES[init.source].build(init, backbone, where, seed)
+    return WEIGHT_SOURCES[init.source].build(init, backbone, where, seed, image_size)

@@ -140,7 +140,11 @@ def write_results_dir(folder: Path, *, dataset: str = "d" * 64, shift: float = 0
     return folder
 
 
-EVALUATED_INITS = {"random": {"source": "random"}, "scratch": {"source": "random"}}
+# Two architectures at two input sizes: a ResNet-18 at data.image_size (32 px), a tiny ViT at 48 px.
+EVALUATED_INITS = {
+    "random": {"source": "random"},
+    "scratch": {"source": "random", "arch": "vit_tiny_patch16_224", "image_size": 48},
+}
 EVALUATED_FOLDS, EVALUATED_REPEATS, EVALUATED_SEEDS = (0,), 2, 1
 
 

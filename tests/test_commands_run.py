@@ -40,7 +40,7 @@ def _weights_that_do_not_fit(kind: str, folder: Path) -> Path:
     "kind,message",
     [
         ("random-bytes", "is not a PyTorch checkpoint"),
-        ("resnet50-for-resnet18", "checkpoint is a resnet50 but model.backbone is resnet18"),
+        ("resnet50-for-resnet18", "checkpoint is a resnet50 but the architecture is resnet18"),
         ("code", "would run code on load"),
     ],
 )

@@ -28,7 +28,7 @@ from fundus_search.search.study.config import load_config
             {"gpus_per_trial": {"lp": -1}},
             "resources.gpus_per_trial: GPU shares must be >= 0 (got {'lp': -1.0})",
         ),
-        ("model", {"backbone": "vit"}, "model.backbone: input should be 'resnet18', 'resnet34' or 'resnet50'"),
+        ("model", {"backbone": "vit"}, "model.backbone: unknown architecture 'vit'; use resnet18, resnet34, resnet50"),
         # an init's name names TensorBoard folders and labels figures: an identifier, never a path or maths
         (
             "model",

@@ -358,3 +358,19 @@ def test_without_a_test_split_the_end_screen_says_why_no_model_was_kept(search, 
     out = capsys.readouterr().out
     assert "model:       none kept: a final model is the run trained on every image outside the test split" in out
     assert "data.test_fraction is 0" in out
+
+
+def test_one_study_spans_architectures_and_input_sizes(search, evaluation):
+    """A ResNet-18 init at 32 px beside a ViT init at 48 px: each trial and run trains its init's
+    network on its init's pixels, and the CPU time is measured per network."""
+    runs = pd.read_parquet(evaluation / "runs.parquet")
+    by_init = runs.groupby("init")["weights_id"].first()
+    assert by_init["random"].startswith("random-resnet18-") and by_init["scratch"].startswith(
+        "random-vit_tiny_patch16_224-"
+    )
+    cpu = json.loads((evaluation / "evaluation.json").read_text())["cpu_ms_per_image"]
+    assert sorted(cpu) == ["resnet18 at 32 px", "vit_tiny_patch16_224 at 48 px"]
+    assert cpu["vit_tiny_patch16_224 at 48 px"]["inits"] == ["scratch"]
+    trials = pd.read_parquet(search / "trials.parquet")
+    assert set(trials["init"]) == {"random", "scratch"} and (trials["status"] == "completed").all()
+    assert "vit_tiny_patch16_224 at 48 px" in (search / "report.html").read_text()

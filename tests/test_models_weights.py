@@ -107,7 +107,9 @@ def test_shape_mismatch_names_key_and_both_shapes(tmp_path, flair_state):
 
 def test_architecture_mismatch_says_which_backbone(flair_files):
     with pytest.raises(
-        WeightsError, match=r"checkpoint is a resnet50 but model.backbone is resnet18; set model.backbone: resnet50"
+        WeightsError,
+        match=r"checkpoint is a resnet50 but the architecture is resnet18; set model.inits.arch \(or model.backbone"
+        r"\): resnet50",
     ):
         build_feature_net(InitSpec(source="flair", path=flair_files["pth"]), "resnet18")
 

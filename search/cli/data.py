@@ -68,13 +68,13 @@ def check_command(args: argparse.Namespace) -> int:
 
 
 def cache_command(args: argparse.Namespace) -> int:
-    from fundus_search.data_io import prepare_images
+    from fundus_search.search.ops.folders import image_caches
     from fundus_search.search.study.config import load_config
 
-    cache = prepare_images(load_config(args.config).data.to_spec())
-    n, s = cache.images.shape[0], cache.images.shape[1]
-    print(f"{n} images at {s}x{s} px, {len(cache.meta['excluded'])} excluded")
-    print(cache.path)
+    for cache in image_caches(load_config(args.config)).values():  # one per input size the inits use
+        n, s = cache.images.shape[0], cache.images.shape[1]
+        print(f"{n} images at {s}x{s} px, {len(cache.meta['excluded'])} excluded")
+        print(cache.path)
     return 0
 
 

@@ -81,7 +81,7 @@ def train_command(args: argparse.Namespace) -> int:
         "max_epochs": args.epochs,
     }
     check_params(params, lp_solver=config.training.lp_solver)
-    spec = config.data.to_spec()
+    spec = config.data_spec(config.image_size(args.init))
     cache = prepare_images(spec)
     info = DatasetInfo.of(cache, spec.resolved_cache_dir())
     trainer, provenance = make_trainer(config, TrialConfig.of(params), cache.images, info)
@@ -132,8 +132,9 @@ def _save(args, config, params, trainer, cache, provenance, metrics) -> Path:
     return save_bundle(
         args.output,
         trainer.classifier(),
-        backbone=config.model.backbone,
-        preprocessing=config.data.to_spec().preprocessing,
+        backbone=config.model.arch(args.init),
+        backbone_options=config.model.backbone_options(args.init),
+        preprocessing=config.data_spec(config.image_size(args.init)).preprocessing,
         classes=tuple(cache.classes),
         record=record,
     )

@@ -26,18 +26,20 @@ STATE_FILE = "trainer.pt"
 MODEL_FILE = "model.safetensors"  # a kept model's last checkpoint: the classifier's weights alone
 
 
-def train_trial(params: dict, *, images: np.ndarray, info: DatasetInfo, config: Config) -> None:
+def train_trial(params: dict, *, images: dict[int, np.ndarray], info: dict[int, DatasetInfo], config: Config) -> None:
     """Train one configuration, reporting each main-phase epoch to Tune.
 
     Args:
         params: Tune's trial config: a search-space point or an evaluation run (see `TrialConfig`).
-        images: (N, S, S, 3) uint8 from the object store (zero-copy, read-only).
-        info: labels, groups and cache keys of `images`.
+        images: input size S -> (N, S, S, 3) uint8 from the object store (zero-copy, read-only).
+        info: input size -> labels, groups and cache keys of those images.
         config: the validated search config.
     """
     torch.set_num_threads(max(1, int(config.resources.cpus_per_trial)))
     trial = TrialConfig.of(params)
-    trainer, provenance = make_trainer(config, trial, images, info)
+    size = config.image_size(trial.init)
+    info = info[size]
+    trainer, provenance = make_trainer(config, trial, images[size], info)
     # host:node-id, unique even for several Ray nodes on one machine (cluster/local.sh)
     node = f"{socket.gethostname()}:{ray.get_runtime_context().get_node_id()[:12]}"
     checkpoint = tune.get_checkpoint()

@@ -146,7 +146,7 @@ def make_trainer(config: Config, trial: TrialConfig, images: np.ndarray, info: D
         test_fraction=data.test_fraction,
         repeat=trial.repeat,
     )
-    init_name, backbone = trial.init, config.model.backbone
+    init_name, backbone = trial.init, config.model.arch(trial.init)
     seed = trial.training_seed
     init = config.model.init_spec(init_name)
     where = f"model.inits.{init_name}"
@@ -154,11 +154,12 @@ def make_trainer(config: Config, trial: TrialConfig, images: np.ndarray, info: D
     weights = weights_id(init, backbone, seed=seed, where=where)
 
     def build_net():
-        return build_feature_net(init, backbone, seed=seed, where=where)
+        return build_feature_net(init, backbone, seed=seed, where=where, image_size=config.image_size(trial.init))
 
     def load_features():
         key = feature_cache_key(
             weights_id=weights,
+            source=init.source,
             backbone=backbone,
             projection=init.projection,
             normalize=init.normalize,

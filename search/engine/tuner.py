@@ -26,7 +26,7 @@ from fundus_search.search.engine.tensorboard import TensorBoardCallback
 from fundus_search.search.engine.trainable import train_trial
 from fundus_search.search.engine.trial import DatasetInfo
 from fundus_search.search.errors import SearchError
-from fundus_search.search.ops.folders import check_trusted, prepare, provenance
+from fundus_search.search.ops.folders import check_trusted, image_caches, prepare, provenance
 from fundus_search.search.study.config import Config, load_config
 from fundus_search.search.study.space import SearchSpace
 from fundus_search.vocabulary import (
@@ -57,8 +57,11 @@ def trial_dirname(trial) -> str:
 
 
 def trainable_with_resources(config: Config, cache: ImageCache, train_fn: Callable):
-    """`train_fn` with the image array shared through the object store and strategy-aware resources."""
-    info = DatasetInfo.of(cache, config.data.to_spec().resolved_cache_dir())
+    """`train_fn` with the image arrays (one per input size) shared through the object store and
+    strategy-aware resources. `cache` is data.image_size's; the other sizes load from the cache."""
+    caches = {**image_caches(config), config.data.image_size: cache}
+    cache_dir = config.data.to_spec().resolved_cache_dir()
+    info = {size: DatasetInfo.of(c, cache_dir) for size, c in caches.items()}
     has_gpus = ray.cluster_resources().get("GPU", 0) > 0
     cpus, gpus = config.resources.cpus_per_trial, config.resources.gpus_per_trial
 
@@ -66,8 +69,9 @@ def trainable_with_resources(config: Config, cache: ImageCache, train_fn: Callab
         # Strategy-aware: an LP trial needs a slice of a GPU, an FT trial a whole one.
         return tune.PlacementGroupFactory([{"CPU": cpus, "GPU": gpus.get(params["strategy"], 0) if has_gpus else 0}])
 
-    # The image array goes into the object store once; every trial on a node maps it zero-copy.
-    with_data = tune.with_parameters(train_fn, images=cache.images, info=info, config=config)
+    # The image arrays go into the object store once; every trial on a node maps them zero-copy.
+    images = {size: c.images for size, c in caches.items()}
+    with_data = tune.with_parameters(train_fn, images=images, info=info, config=config)
     return tune.with_resources(with_data, resources)
 
 

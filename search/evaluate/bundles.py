@@ -88,11 +88,12 @@ def _bundle(destination: Path, weights: Path, run: pd.Series, config: Config, ca
     state = load_file(str(weights))
     projection = state.get("features.projection.projection.weight")
     architecture = Architecture(
-        backbone=config.model.backbone,
+        backbone=config.model.arch(run[INIT]),
         normalize=str(run["normalize"]),
         projection_dim=None if projection is None else int(projection.shape[0]),
+        options=config.model.backbone_options(run[INIT]),
     )
-    classifier = architecture.build()
+    classifier = architecture.build(config.image_size(run[INIT]))
     classifier.load_state_dict(state, strict=True)
     meta = provenance(config, cache.meta["fingerprint"])
     strategy = TRANSFER_STRATEGIES[run[STRATEGY]]
@@ -120,8 +121,9 @@ def _bundle(destination: Path, weights: Path, run: pd.Series, config: Config, ca
     return save_bundle(
         destination,
         classifier,
-        backbone=config.model.backbone,
-        preprocessing=config.data.to_spec().preprocessing,
+        backbone=architecture.backbone,
+        backbone_options=architecture.options,
+        preprocessing=config.data_spec(config.image_size(run[INIT])).preprocessing,
         classes=tuple(cache.classes),
         record=record,
     )

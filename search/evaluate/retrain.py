@@ -488,27 +488,32 @@ def finish_evaluation(folder: Path, *, resamples: int = 2000) -> pd.DataFrame:
 
 
 def measure_cpu(config: Config, cache: ImageCache, *, repeats: int = 20) -> dict[str, dict]:
-    """CPU milliseconds per image of each network architecture, from a decoded image of the
+    """CPU milliseconds per image of each network (architecture and input size), from a decoded image of the
     dataset to its probability, at batch 1, on 1 thread and on all of this machine's threads:
     `repeats` timings, kept as median and quartiles. Every init and strategy of one architecture
     runs the same network, so they share one figure; its weights do not change the speed."""
     image = decode_image(Path(cache.meta["root"]) / cache.paths[0])
-    preprocessing, threads = config.data.to_spec().preprocessing, os.cpu_count() or 1
-    arch = config.model.backbone
-    net = build_feature_net(config.model.init_spec(config.inits[0]), arch, seed=0)
-    classifier = Classifier(net, Head(net.feature_dim, 2))
+    threads = os.cpu_count() or 1
+    by_network: dict[tuple[str, int], list[str]] = {}  # (architecture, input size) -> its inits
+    for init in config.inits:
+        by_network.setdefault((config.model.arch(init), config.image_size(init)), []).append(init)
+    figures = {}
+    for (arch, size), inits in by_network.items():
+        preprocessing = config.data_spec(size).preprocessing
+        net = build_feature_net(config.model.init_spec(inits[0]), arch, seed=0, image_size=size)
+        classifier = Classifier(net, Head(net.feature_dim, 2))
 
-    def summary(n_threads: int) -> list[float]:
-        times = cpu_ms_samples(classifier, image, preprocessing, threads=n_threads, repeats=repeats)
-        return [float(x) for x in np.percentile(times, [50, 25, 75])]
+        def summary(n_threads: int, classifier=classifier, preprocessing=preprocessing) -> list[float]:
+            times = cpu_ms_samples(classifier, image, preprocessing, threads=n_threads, repeats=repeats)
+            return [float(x) for x in np.percentile(times, [50, 25, 75])]
 
-    return {
-        arch: {
-            "inits": list(config.inits),
+        name = arch if len({s for _, s in by_network}) == 1 else f"{arch} at {size} px"
+        figures[name] = {
+            "inits": inits,
             "ms_1_thread": summary(1),
             "ms_all_threads": summary(threads),
             "threads": threads,
             "repeats": repeats,
             "torch": torch.__version__,
         }
-    }
+    return figures

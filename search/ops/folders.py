@@ -30,7 +30,8 @@ def prepare(config: Config, *, address: str | None, destination: str | None = No
     cache is built once), then Ray is connected and has a node big enough for one trial.
 
     Returns:
-        the decoded-image cache of the config's data.
+        the decoded-image cache of the config's data at data.image_size (the caches of the
+        inits' other input sizes are built too, and `image_caches` loads them).
 
     Raises:
         UserError (SearchError, ConfigError, WeightsError, ManifestError, ClusterError).
@@ -40,17 +41,33 @@ def prepare(config: Config, *, address: str | None, destination: str | None = No
     if address:
         check_address(address)  # seconds, not minutes, and before the images are decoded
     check_weights(config)
-    cache = prepare_images(config.data.to_spec())
+    cache = image_caches(config)[config.data.image_size]
     connect(address)  # a wrong address fails here, before a folder is written
     check_resources(config)
     return cache
+
+
+def image_caches(config: Config) -> dict[int, ImageCache]:
+    """The decoded images at every input size the config's inits use, and at data.image_size
+    (built once each, then read from the cache); every size holds the same rows."""
+    sizes = sorted({config.data.image_size, *config.image_sizes()})
+    caches = {size: prepare_images(config.data_spec(size)) for size in sizes}
+    rows = {size: list(cache.paths) for size, cache in caches.items()}
+    assert all(paths == rows[sizes[0]] for paths in rows.values()), "image caches of one dataset differ in rows"
+    return caches
 
 
 def check_weights(config: Config) -> None:
     """Load every init's weights once, on the CPU, strictly: a missing, unsafe or mismatched file
     fails here, before anything is written, not inside every trial."""
     for name in config.inits:
-        build_feature_net(config.model.init_spec(name), config.model.backbone, seed=0, where=f"model.inits.{name}")
+        build_feature_net(
+            config.model.init_spec(name),
+            config.model.arch(name),
+            seed=0,
+            where=f"model.inits.{name}",
+            image_size=config.image_size(name),
+        )
 
 
 def check_storage(results: str) -> None:

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from fundus_search.data_io import SOURCES, Augmentation, DataSpec, SyntheticSpec
-from fundus_search.models import BACKBONES, NORMALIZATIONS, WEIGHT_SOURCES, InitSpec, TrainSettings
+from fundus_search.models import NORMALIZATIONS, WEIGHT_SOURCES, InitSpec, TrainSettings, is_backbone
 from fundus_search.results.answer import Planned
 from fundus_search.results.layout import SearchFacts
 from fundus_search.strategy import TRANSFER_STRATEGIES
@@ -107,12 +117,26 @@ class DataConfig(_Strict):
         )
 
 
+def _architecture(name: str) -> str:
+    if not is_backbone(name):
+        raise ValueError(
+            f"unknown architecture {name!r}; use resnet18, resnet34, resnet50 (torchvision) or a timm "
+            "architecture name (timm.list_models(), e.g. vit_large_patch16_224)"
+        )
+    return name
+
+
+Architecture = Annotated[str, AfterValidator(_architecture)]
+
+
 class InitConfig(_Strict):
     source: Literal[tuple(WEIGHT_SOURCES)]  # type: ignore[valid-type]
+    arch: Architecture | None = None  # default: model.backbone
     weights: str | None = None  # torchvision weights enum member, e.g. IMAGENET1K_V1
     path: Path | None = None
     projection: bool = False  # flair only: 512-d projected features
-    normalize: Normalization | None = None  # default: the source's (torchvision: imagenet; flair, random: none)
+    normalize: Normalization | None = None  # default: the source's (torchvision, retfound, dinov2, timm: imagenet)
+    image_size: int | None = Field(None, ge=16, le=4096)  # S of this init's input; default: data.image_size
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> InitConfig:
@@ -120,6 +144,8 @@ class InitConfig(_Strict):
             raise ValueError("torchvision source needs weights (e.g. IMAGENET1K_V1) or path")
         if self.source == "flair" and self.path is None:
             raise ValueError("flair source needs path (flair_resnet.pth, model.safetensors or their folder)")
+        if self.source in ("retfound", "dinov2", "timm") and self.path is None:
+            raise ValueError(f"{self.source} source needs path (its weight file; this tool never downloads)")
         if self.projection and self.source != "flair":
             raise ValueError("projection applies to the flair source only")
         object.__setattr__(self, "path", _resolve(self.path, info))
@@ -127,7 +153,7 @@ class InitConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    backbone: Literal[tuple(BACKBONES)] = "resnet50"  # type: ignore[valid-type]
+    backbone: Architecture = "resnet50"  # every init's architecture unless it names its own `arch`
     inits: dict[str, InitConfig] = {"random": InitConfig(source="random")}
 
     @field_validator("inits")
@@ -139,6 +165,14 @@ class ModelConfig(_Strict):
         if not value:
             raise ValueError("needs at least one init, e.g. random: {source: random}")
         return value
+
+    def arch(self, name: str) -> str:
+        """The architecture of init `name`: its own `arch`, else model.backbone."""
+        return self.inits[name].arch or self.backbone
+
+    def backbone_options(self, name: str) -> dict:
+        """The timm arguments init `name`'s recipe builds its architecture with (RETFound's pooling)."""
+        return dict(WEIGHT_SOURCES[self.inits[name].source].options)
 
     def init_spec(self, name: str) -> InitSpec:
         """The init's weight source; normalisation is the source's unless the config sets it."""
@@ -417,6 +451,19 @@ class Config(_Strict):
     @property
     def inits(self) -> list[str]:
         return self.search.space.init or list(self.model.inits)
+
+    def image_size(self, init: str) -> int:
+        """The input size of init `init`: its own `image_size`, else data.image_size."""
+        return self.model.inits[init].image_size or self.data.image_size
+
+    def image_sizes(self) -> list[int]:
+        """The input sizes of the searched inits: one image cache each."""
+        return sorted({self.image_size(init) for init in self.inits})
+
+    def data_spec(self, image_size: int | None = None) -> DataSpec:
+        """The data at one input size (default data.image_size)."""
+        spec = self.data.to_spec()
+        return spec if image_size is None else dataclasses.replace(spec, image_size=image_size)
 
 
 _REPORTED_METRICS = set(VAL_METRICS) | {TRAIN_LOSS}
