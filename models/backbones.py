@@ -5,6 +5,7 @@ files only (models/weights.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,13 +60,15 @@ def is_backbone(name: str) -> bool:
     return bool(timm.is_model(name))
 
 
-def build_backbone(name: str, *, image_size: int | None = None, **options) -> nn.Module:
+def build_backbone(name: str, *, image_size: int | None = None, pool: str | None = None, **options) -> nn.Module:
     """The architecture `name` without its classifier, with its library's default initialisation:
     images (B, 3, S, S) -> one feature vector per image (B, backbone_dim), pooled as the model's own
     recipe pools (timm: global average or the class token, as `options` such as `global_pool` say).
 
     Args:
         image_size: S, for timm models whose position embeddings are built for one input size (ViTs).
+        pool: a timm model's pooling once built (`reset_classifier(0, global_pool=pool)`: `avg`,
+            the mean of the patch tokens after the final norm, as RETFound-Green pools).
         options: further timm `create_model` arguments (e.g. global_pool="avg", fc_norm=True).
 
     Raises:
@@ -79,12 +82,15 @@ def build_backbone(name: str, *, image_size: int | None = None, **options) -> nn
 
     if not timm.is_model(name):
         raise KeyError(name)
+    model = None
     if image_size is not None:
-        try:
-            return timm.create_model(name, pretrained=False, num_classes=0, img_size=image_size, **options)
-        except TypeError:  # an architecture without a fixed input size (ConvNeXt, ResNets...)
-            pass
-    return timm.create_model(name, pretrained=False, num_classes=0, **options)
+        with contextlib.suppress(TypeError):  # an architecture without a fixed input size (ConvNeXt...)
+            model = timm.create_model(name, pretrained=False, num_classes=0, img_size=image_size, **options)
+    if model is None:
+        model = timm.create_model(name, pretrained=False, num_classes=0, **options)
+    if pool is not None:
+        model.reset_classifier(0, global_pool=pool)
+    return model
 
 
 def backbone_dim(name: str, *, image_size: int | None = None, **options) -> int:
@@ -92,7 +98,7 @@ def backbone_dim(name: str, *, image_size: int | None = None, **options) -> int:
     if name in BACKBONES:
         return BACKBONES[name].feature_dim
     with torch.device("meta"):
-        model = build_backbone(name, image_size=image_size, **options)
+        model = build_backbone(name, image_size=image_size, **options)  # options may hold `pool`
     return int(getattr(model, "head_hidden_size", None) or model.num_features)
 
 

@@ -37,7 +37,10 @@ class InitSpec:
         weights: torchvision weights enum member (e.g. IMAGENET1K_V1), for `torchvision`.
         path: an explicit weight file (or, for `flair`, a folder holding one).
         projection: FLAIR only: add the 512-d projection head (features become 512-d).
-        normalize: input normalisation, `none` or `imagenet`; None: the source's own, as
+        pool: how a timm backbone pools its tokens into one vector (`avg`: the mean of the patch
+            tokens; `token`: the class token); None: the source's recipe (RETFound: avg), else the
+            architecture's default.
+        normalize: input normalisation, `none`, `imagenet` or `half`; None: the source's own, as
             torchvision's weights carry their transforms (torchvision: imagenet, since its
             ImageNet weights expect ImageNet mean/std; flair: none, since FLAIR was pretrained
             on [0, 1] inputs; random: none).
@@ -48,6 +51,7 @@ class InitSpec:
     path: Path | None = None
     projection: bool = False
     normalize: str | None = None
+    pool: str | None = None
 
     def __post_init__(self):
         if self.normalize is None and self.source in WEIGHT_SOURCES:
@@ -237,16 +241,23 @@ def _build_flair(init: InitSpec, backbone: str, where: str, seed: int, image_siz
 
 
 def _build_random(init: InitSpec, backbone: str, where: str, seed: int, image_size: int | None) -> FeatureNet:
+    options = backbone_options(init)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_backbone(backbone, image_size=image_size)
-    return FeatureNet(model, backbone_dim(backbone, image_size=image_size), normalize=init.normalize)
+        model = build_backbone(backbone, image_size=image_size, **options)
+    return FeatureNet(model, backbone_dim(backbone, image_size=image_size, **options), normalize=init.normalize)
 
 
 # RETFound fine-tunes with global pooling: the mean of the patch tokens, then a new LayerNorm
 # (`fc_norm`, absent from the MAE checkpoint, starts as the identity); the encoder's last norm goes.
 RETFOUND_OPTIONS = {"global_pool": "avg", "fc_norm": True}
 _RETFOUND_DROPPED = ("decoder", "mask_token", "head.", "norm.")  # MAE's decoder, mask token, head, last norm
+
+
+def backbone_options(init: InitSpec) -> dict:
+    """The timm `create_model` arguments of `init`'s backbone: its source's recipe, then its own pooling."""
+    options = dict(WEIGHT_SOURCES[init.source].options) if init.source in WEIGHT_SOURCES else {}
+    return options | ({"pool": init.pool} if init.pool else {})
 
 
 def _timm_layout(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -262,11 +273,11 @@ def _build_retfound(init: InitSpec, backbone: str, where: str, seed: int, image_
     if not any(k.startswith("blocks.") for k in state):
         raise WeightsError(f"{where}: no 'blocks.*' keys in {init.path}; is it a RETFound (MAE ViT) checkpoint?")
     encoder = {k: v for k, v in state.items() if not k.startswith(_RETFOUND_DROPPED)}
-    model = build_backbone(backbone, image_size=image_size, **RETFOUND_OPTIONS)
-    load_strict(model, _timm_layout(encoder, model), backbone, where, fresh=("fc_norm.weight", "fc_norm.bias"))
-    return FeatureNet(
-        model, backbone_dim(backbone, image_size=image_size, **RETFOUND_OPTIONS), normalize=init.normalize
-    )
+    options = backbone_options(init)
+    model = build_backbone(backbone, image_size=image_size, **options)
+    fresh = tuple(k for k in ("fc_norm.weight", "fc_norm.bias") if options.get("fc_norm"))
+    load_strict(model, _timm_layout(encoder, model), backbone, where, fresh=fresh)
+    return FeatureNet(model, backbone_dim(backbone, image_size=image_size, **options), normalize=init.normalize)
 
 
 def _build_dinov2(init: InitSpec, backbone: str, where: str, seed: int, image_size: int | None) -> FeatureNet:
@@ -275,18 +286,20 @@ def _build_dinov2(init: InitSpec, backbone: str, where: str, seed: int, image_si
     state = {k.removeprefix("backbone."): v for k, v in state.items() if not k.startswith(heads)}
     if "mask_token" not in state:
         raise WeightsError(f"{where}: no mask_token in {init.path}; is it a DINOv2 backbone or teacher checkpoint?")
-    model = build_backbone(backbone, image_size=image_size)
+    options = backbone_options(init)
+    model = build_backbone(backbone, image_size=image_size, **options)
     load_strict(model, _timm_layout(state, model), backbone, where)
-    return FeatureNet(model, backbone_dim(backbone, image_size=image_size), normalize=init.normalize)
+    return FeatureNet(model, backbone_dim(backbone, image_size=image_size, **options), normalize=init.normalize)
 
 
 def _build_timm(init: InitSpec, backbone: str, where: str, seed: int, image_size: int | None) -> FeatureNet:
     state = read_state_dict(weights_path(init, backbone, where), where)
-    model = build_backbone(backbone, image_size=image_size)
+    options = backbone_options(init)
+    model = build_backbone(backbone, image_size=image_size, **options)
     classifier = model.pretrained_cfg.get("classifier") or "head"  # dropped: this tool trains its own head
     state = {k: v for k, v in state.items() if not k.startswith(f"{classifier}.")}
     load_strict(model, _timm_layout(state, model), backbone, where)
-    return FeatureNet(model, backbone_dim(backbone, image_size=image_size), normalize=init.normalize)
+    return FeatureNet(model, backbone_dim(backbone, image_size=image_size, **options), normalize=init.normalize)
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ def test_run_config_errors_exit_2_naming_the_key_and_write_nothing(
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "cgi-hrdc-task1.yaml", "cgi-hrdc-task2.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "cgi-hrdc-task1.yaml", "cgi-hrdc-task2.yaml", "fm-comparison.yaml"])
 def test_shipped_configs_validate(name):
     config = load_config(Path(__file__).parent.parent / "search" / "configs" / name)
     assert config.search.metric == "val_average" and set(config.inits) <= set(config.model.inits)
@@ -115,3 +115,14 @@ def test_config_defaults_are_the_dataclasses_defaults():
         getattr(training, k) == getattr(TrainSettings, k)
         for k in ("lp_solver", "lp_c", "head_lr_mult", "grad_clip", "eval_batch_size")
     )
+
+
+def test_the_foundation_model_example_gives_each_init_its_own_network_and_pixels():
+    config = load_config(Path(__file__).parent.parent / "search" / "configs" / "fm-comparison.yaml")
+    arch = {name: config.model.arch(name) for name in config.inits}
+    assert arch == {"imagenet": "resnet50", "flair": "resnet50", "retfound": "vit_large_patch16_224",
+                    "retfound_green": "vit_small_patch14_reg4_dinov2"}  # fmt: skip
+    assert config.image_sizes() == [224, 392, 512]
+    assert [config.model.init_spec(n).normalize for n in config.inits] == ["imagenet", "none", "imagenet", "half"]
+    assert config.model.backbone_options("retfound") == {"global_pool": "avg", "fc_norm": True}
+    assert config.model.backbone_options("retfound_green") == {"pool": "avg"}

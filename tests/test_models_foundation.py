@@ -118,6 +118,13 @@ def test_a_plain_timm_safetensors_file_loads_without_its_classifier(tmp_path):
                             image_size=32)  # fmt: skip
     model.reset_classifier(0)
     assert (features(net, IMAGES) - features(model, (IMAGES - 0.5) / 0.5)).abs().max() <= 1e-6
+    # `pool: avg` (RETFound-Green's recipe): the mean of the patch tokens in place of the class token
+    pooled = build_feature_net(
+        InitSpec(source="timm", path=tmp_path / "model.safetensors", normalize="half", pool="avg"), VIT, image_size=32
+    )
+    model.reset_classifier(0, global_pool="avg")
+    assert (features(pooled, IMAGES) - features(model, (IMAGES - 0.5) / 0.5)).abs().max() <= 1e-6
+    assert (features(pooled, IMAGES) - features(net, IMAGES)).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from pydantic import (
 
 from fundus_search.data_io import SOURCES, Augmentation, DataSpec, SyntheticSpec
 from fundus_search.models import NORMALIZATIONS, WEIGHT_SOURCES, InitSpec, TrainSettings, is_backbone
+from fundus_search.models.weights import backbone_options
 from fundus_search.results.answer import Planned
 from fundus_search.results.layout import SearchFacts
 from fundus_search.strategy import TRANSFER_STRATEGIES
@@ -137,6 +138,7 @@ class InitConfig(_Strict):
     projection: bool = False  # flair only: 512-d projected features
     normalize: Normalization | None = None  # default: the source's (torchvision, retfound, dinov2, timm: imagenet)
     image_size: int | None = Field(None, ge=16, le=4096)  # S of this init's input; default: data.image_size
+    pool: Literal["avg", "token"] | None = None  # timm backbones: mean of patch tokens or class token
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> InitConfig:
@@ -148,6 +150,8 @@ class InitConfig(_Strict):
             raise ValueError(f"{self.source} source needs path (its weight file; this tool never downloads)")
         if self.projection and self.source != "flair":
             raise ValueError("projection applies to the flair source only")
+        if self.pool and self.source in ("torchvision", "flair"):
+            raise ValueError("pool applies to timm architectures (torchvision's ResNets always average)")
         object.__setattr__(self, "path", _resolve(self.path, info))
         return self
 
@@ -171,8 +175,8 @@ class ModelConfig(_Strict):
         return self.inits[name].arch or self.backbone
 
     def backbone_options(self, name: str) -> dict:
-        """The timm arguments init `name`'s recipe builds its architecture with (RETFound's pooling)."""
-        return dict(WEIGHT_SOURCES[self.inits[name].source].options)
+        """The timm arguments init `name`'s architecture is built with (its pooling)."""
+        return backbone_options(self.init_spec(name))
 
     def init_spec(self, name: str) -> InitSpec:
         """The init's weight source; normalisation is the source's unless the config sets it."""
@@ -183,6 +187,7 @@ class ModelConfig(_Strict):
             path=init.path,
             projection=init.projection,
             normalize=init.normalize,
+            pool=init.pool,
         )
 
 
