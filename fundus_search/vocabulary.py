@@ -33,27 +33,31 @@ def check_name(value: str) -> str:
     return value
 
 
-# ---- transfer strategies (the seed paper's three) ----
+# ---- transfer strategies (the seed paper's three, then partial and norm-only fine-tuning) ----
 LP, FT, LP_FT = "lp", "ft", "lp_ft"  # linear probing, fine-tuning, LP then FT (Kumar et al., 2022)
-STRATEGIES = (LP, FT, LP_FT)
+PARTIAL_FT, NORM_FT = "partial_ft", "norm_ft"  # the last blocks only; normalisation layers only (BitFit-like)
+STRATEGIES = (LP, FT, LP_FT, PARTIAL_FT, NORM_FT)
 
 # ---- searched parameters: the search-space keys, in table order ----
-INIT, STRATEGY, LP_LR, FT_LR, LP_EPOCHS, WEIGHT_DECAY, BATCH_SIZE, SEED, FOLD = (
+INIT, STRATEGY, LP_LR, FT_LR, LP_EPOCHS, FT_BLOCKS, LAYER_DECAY, WEIGHT_DECAY, BATCH_SIZE, SEED, FOLD = (
     "init",
     "strategy",
     "lp_lr",
     "ft_lr",
     "lp_epochs",
+    "ft_blocks",
+    "layer_decay",
     "weight_decay",
     "batch_size",
     "seed",
     "fold",
 )
-PARAMS = (INIT, STRATEGY, LP_LR, FT_LR, LP_EPOCHS, WEIGHT_DECAY, BATCH_SIZE, SEED, FOLD)
+PARAMS = (INIT, STRATEGY, LP_LR, FT_LR, LP_EPOCHS, FT_BLOCKS, LAYER_DECAY, WEIGHT_DECAY, BATCH_SIZE, SEED, FOLD)
 SPLIT, CV, TEST = "split", "cv", "test"  # a run's `split`: a fold of the cross-validation, or the held-out test split
 REPEAT = "repeat"  # an evaluation run's partition of the repeated k-fold (0: the search's)
 TRAIN_SEED = "train_seed"  # an evaluation run's training seed, when it is not its `seed` (see search.evaluate.retrain)
-NUMERIC_PARAMS = (LP_LR, FT_LR, LP_EPOCHS, WEIGHT_DECAY)  # ranges in the config; lp_epochs an integer
+NUMERIC_PARAMS = (LP_LR, FT_LR, LP_EPOCHS, FT_BLOCKS, LAYER_DECAY, WEIGHT_DECAY)  # ranges in the config
+INTEGER_PARAMS = (LP_EPOCHS, FT_BLOCKS)  # searched as integers
 RATES = (LP_LR, FT_LR, WEIGHT_DECAY)  # searched on a log scale
 
 # ---- metrics (CGI-HRDC challenge: average = mean(kappa, F1 of the positive class, specificity)) ----

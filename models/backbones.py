@@ -178,3 +178,34 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+def depth_groups(backbone: nn.Module) -> list[list[str]]:
+    """The backbone's parameters by depth, input to output: the stem, each block (a ResNet's
+    stages, a ViT's transformer blocks), then what follows the blocks (a ViT's final norms), as
+    name prefixes. The rule behind partial fine-tuning and layer-wise learning-rate decay.
+
+    Raises:
+        ValueError: an architecture without this rule (torchvision ResNets and timm ViTs have it).
+    """
+    if all(hasattr(backbone, f"layer{i}") for i in range(1, 5)):  # a torchvision ResNet
+        return [["conv1", "bn1"], ["layer1"], ["layer2"], ["layer3"], ["layer4"], []]
+    blocks = getattr(backbone, "blocks", None)
+    if hasattr(backbone, "patch_embed") and isinstance(blocks, nn.Sequential):  # a timm ViT
+        stem = ["patch_embed", "cls_token", "reg_token", "pos_embed", "norm_pre"]
+        return [stem, *([f"blocks.{i}"] for i in range(len(blocks))), ["norm", "fc_norm", "attn_pool"]]
+    raise ValueError(
+        f"{type(backbone).__name__}: partial_ft and layer_decay know the depth of torchvision ResNets and timm "
+        "ViTs only; use ft, lp_ft or norm_ft with layer_decay 1 for this architecture"
+    )
+
+
+def depth_of(name: str, groups: list[list[str]]) -> int:
+    """The index in `groups` of the parameter `name`."""
+    for depth, prefixes in enumerate(groups):
+        if any(name == p or name.startswith(p + ".") for p in prefixes):
+            return depth
+    raise ValueError(f"{name}: a parameter outside every depth group; this architecture's depth rule is incomplete")
+
+
+NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)

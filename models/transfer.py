@@ -25,9 +25,9 @@ from torch import nn
 
 from fundus_search.data_io import Augmentation, augment, to_float
 from fundus_search.metrics import classification_metrics
-from fundus_search.models.backbones import Classifier, FeatureNet, Head
+from fundus_search.models.backbones import NORM_LAYERS, Classifier, FeatureNet, Head, depth_groups, depth_of
 from fundus_search.models.features import autocast
-from fundus_search.strategy import TRANSFER_STRATEGIES
+from fundus_search.strategy import ALL, LAST_BLOCKS, NORMS, TRANSFER_STRATEGIES
 from fundus_search.vocabulary import LP, TRAIN_LOSS, lp_warmup, val
 
 RESIDENT_SHARE = 0.25  # of free GPU memory that the uint8 image array may take to stay on the GPU
@@ -60,6 +60,10 @@ class TrainSettings:
         lp_lr: AdamW learning rate of the linear probe (lp, and the lp_ft warm-up).
         ft_lr: AdamW learning rate of fine-tuning (ft, lp_ft); the head uses ft_lr x head_lr_mult.
         lp_epochs: LP warm-up epochs of lp_ft.
+        ft_blocks: partial_ft: how many of the backbone's last blocks it trains (backbones.depth_groups).
+        layer_decay: the fine-tuning rate of a block is layer_decay x the next one's (BEiT, MAE and
+            RETFound's rule; 1: one rate for the whole backbone); what follows the blocks and the
+            head take ft_lr itself.
         lp_solver: `adamw` (one pass over the training features per epoch) or `lbfgs`
             (scikit-learn LogisticRegression(C=lp_c, class_weight="balanced") to convergence
             in one epoch, as the FLAIR code does).
@@ -71,6 +75,8 @@ class TrainSettings:
     lp_lr: float | None = None
     ft_lr: float | None = None
     lp_epochs: int = 0
+    ft_blocks: int = 0
+    layer_decay: float = 1.0
     weight_decay: float = 1e-4
     batch_size: int = 16
     seed: int = 0
@@ -125,6 +131,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.val_probabilities: np.ndarray | None = None  # P(positive) of the last validation, per val_idx row
         self._main_ready = False
+        self._frozen_norms: list[nn.Module] = []  # partial_ft: BatchNorms of frozen blocks, kept in eval mode
 
     @property
     def main_epochs(self) -> int:
@@ -210,13 +217,40 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         s = self.settings
         self.optimizer = torch.optim.AdamW(
-            [
-                {"params": self.model.features.parameters(), "lr": s.ft_lr},
-                {"params": self.model.head.parameters(), "lr": s.ft_lr * s.head_lr_mult},
-            ],
+            [*self._backbone_groups(), {"params": self.model.head.parameters(), "lr": s.ft_lr * s.head_lr_mult}],
             weight_decay=s.weight_decay,
         )
         self.head = self.model.head
+
+    def _backbone_groups(self) -> list[dict]:
+        """The optimiser's groups for the feature network: what the strategy trains, each block at
+        its depth's rate; every other parameter frozen (`requires_grad` off, not in the optimiser,
+        its BatchNorm statistics kept by eval mode), so it stays bit-identical."""
+        s, net, trains = self.settings, self.model.features, self.strategy.trains
+        if trains == ALL and s.layer_decay == 1.0:
+            return [{"params": net.parameters(), "lr": s.ft_lr}]
+        groups = depth_groups(net.backbone) if trains == LAST_BLOCKS or s.layer_decay != 1.0 else None
+        last = len(groups) - 1 if groups else 0  # what follows the blocks: ft_lr itself
+        first = max(1, last - s.ft_blocks) if trains == LAST_BLOCKS else 0  # never the stem
+        norms = {id(p) for m in net.backbone.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(False)}
+        by_depth: dict[int, list[nn.Parameter]] = {}
+        for name, param in net.backbone.named_parameters():
+            depth = depth_of(name, groups) if groups else 0
+            trained = depth >= first if trains == LAST_BLOCKS else id(param) in norms if trains == NORMS else True
+            param.requires_grad_(trained)
+            if trained:
+                by_depth.setdefault(depth, []).append(param)
+        if net.projection is not None:  # FLAIR's projection follows the backbone
+            for param in net.projection.parameters():
+                param.requires_grad_(trains != NORMS)
+                if trains != NORMS:
+                    by_depth.setdefault(last, []).append(param)
+        if trains == LAST_BLOCKS:
+            self._frozen_norms = [
+                m for name, m in net.backbone.named_modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and depth_of(name, groups) < first
+            ]  # fmt: skip
+        return [{"params": ps, "lr": s.ft_lr * s.layer_decay ** (last - d)} for d, ps in sorted(by_depth.items())]
 
     # ---- the shared step ----
 
@@ -233,6 +267,8 @@ class Trainer:
         model.train()
         if model is self.head:  # a probe on frozen features: a fixed standardisation (see _ensure_features)
             self.head.norm.eval()
+        for norm in self._frozen_norms if model is self.model else ():
+            norm.eval()
         order = self.train_idx[torch.randperm(len(self.train_idx), generator=self.generator).numpy()]
         total = torch.zeros((), device=self.device)  # summed on the device: no sync per step
         for batch in batch_slices(len(order), self.settings.batch_size):

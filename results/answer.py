@@ -43,9 +43,12 @@ from fundus_search.vocabulary import (
     INIT,
     LP,
     LP_FT,
+    NORM_FT,
+    PARTIAL_FT,
     PREDICTIONS_FILE,
     REPEAT,
     RUNS_FILE,
+    STRATEGIES,
     STRATEGY,
     TEST,
     held_out,
@@ -284,26 +287,29 @@ def default_primary(inits, strategies, sources: dict[str, str]) -> list[Planned]
     return [Planned(s, a, b) for s in strategies for a, b in combinations(pool, 2)]
 
 
+# Within an init, each other strategy against fine-tuning (LP-FT first, as the seed paper asks).
+_AGAINST_FT = (LP_FT, LP, PARTIAL_FT, NORM_FT)
+
+
 def planned_comparisons(
     cells: list[tuple[str, str]], sources: dict[str, str], primary: list[Planned]
 ) -> list[tuple[str, Planned]]:
     """(family, comparison) for every comparison the study makes: the primary ones first, then,
     as secondary, every other pair of inits under each strategy (inits in the order of their
-    weight sources: flair, torchvision, random) and LP-FT vs FT and LP vs FT under each init.
+    weight sources: flair, torchvision, random) and, under each init, LP-FT, LP, partial and
+    norm-only fine-tuning each against FT.
     A comparison is made only when both of its cells were evaluated."""
     present = set(cells)
-    strategies = [s for s in (LP, FT, LP_FT) if any(c[1] == s for c in cells)]
+    strategies = [s for s in STRATEGIES if any(c[1] == s for c in cells)]
     order = _source_order({i for i, _ in cells}, sources)
     secondary = [
         Planned(s, a, b) for s in strategies for a, b in combinations([i for i in order if (i, s) in present], 2)
     ]
-    secondary += [
-        Planned(i, a, b) for i in order for a, b in ((LP_FT, FT), (LP, FT)) if (i, a) in present and (i, b) in present
-    ]
+    secondary += [Planned(i, a, FT) for i in order for a in _AGAINST_FT if (i, a) in present and (i, FT) in present]
     primary_pairs = {(p.within, frozenset((p.a, p.b))) for p in primary}
     plans = [(PRIMARY, p) for p in primary]
     plans += [(SECONDARY, p) for p in secondary if (p.within, frozenset((p.a, p.b))) not in primary_pairs]
-    return [(family, p) for family, p in plans if all(c in present for c in p.cells(set(strategies) | {LP, FT, LP_FT}))]
+    return [(family, p) for family, p in plans if all(c in present for c in p.cells(set(STRATEGIES)))]
 
 
 def paired_comparisons(
@@ -338,7 +344,7 @@ def paired_comparisons(
     m = sum(family == PRIMARY for family, _ in plans)
     rows = []
     for family, plan in plans:
-        a, b = (top[(top[INIT] == c[0]) & (top[STRATEGY] == c[1])] for c in plan.cells({LP, FT, LP_FT}))
+        a, b = (top[(top[INIT] == c[0]) & (top[STRATEGY] == c[1])] for c in plan.cells(set(STRATEGIES)))
         common = {
             "family": family,
             "comparison": plan.key,

@@ -18,9 +18,9 @@ from sklearn.metrics import roc_curve  # noqa: E402
 from fundus_search.direction import Direction  # noqa: E402
 from fundus_search.metrics import classification_metrics, predict  # noqa: E402
 from fundus_search.results.query import cell_winners  # noqa: E402
-from fundus_search.vocabulary import COMPLETED, FT, INIT, LP, LP_FT, RATES, STOPPED_EARLY, STRATEGY  # noqa: E402
+from fundus_search.vocabulary import COMPLETED, INIT, RATES, STOPPED_EARLY, STRATEGIES, STRATEGY  # noqa: E402
 
-_STRATEGY_ORDER = (LP, FT, LP_FT)
+_STRATEGY_ORDER = STRATEGIES
 _WIDTH = 10  # inches: the report's column at 100 dpi
 
 

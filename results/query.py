@@ -16,6 +16,7 @@ from fundus_search.vocabulary import (
     F1,
     INIT,
     KAPPA,
+    PARAMS,
     SPECIFICITY,
     STRATEGY,
     TRIALS_FILE,
@@ -59,7 +60,11 @@ def read_parquet(path: Path) -> pd.DataFrame:
 
 def load_trials(paths: list[str | Path]) -> pd.DataFrame:
     """All trial rows of every search under `paths` (plain pandas, no Ray needed)."""
-    return pd.concat([read_parquet(p / TRIALS_FILE) for p in find_searches(paths)], ignore_index=True)
+    trials = pd.concat([read_parquet(p / TRIALS_FILE) for p in find_searches(paths)], ignore_index=True)
+    for param in PARAMS:  # a search written before a parameter existed did not search it
+        if param not in trials.columns:
+            trials[param] = None
+    return trials
 
 
 def load_epochs(paths: list[str | Path]) -> pd.DataFrame:

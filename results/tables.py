@@ -11,16 +11,14 @@ from fundus_search.vocabulary import (
     AUC,
     AVERAGE,
     F1,
-    FT,
     FT_LR,
     INIT,
     KAPPA,
-    LP,
     LP_EPOCHS,
-    LP_FT,
     LP_LR,
     PARAMS,
     SPECIFICITY,
+    STRATEGIES,
     STRATEGY,
     WEIGHT_DECAY,
     best,
@@ -80,7 +78,7 @@ def _format_one_table(table: pd.DataFrame, metric: str) -> str:
         )
 
     grid = table.assign(cell=table.apply(cell, axis=1)).pivot(index="init", columns="strategy", values="cell")
-    grid = grid[[s for s in (LP, FT, LP_FT) if s in grid.columns]].fillna("-")
+    grid = grid[[s for s in STRATEGIES if s in grid.columns]].fillna("-")
     header = f"best {metric} per init x strategy (kappa, F1, specificity of that trial; n = trials)"
     return header + "\n" + grid.to_string()
 
@@ -250,7 +248,7 @@ def grid_frame(table: pd.DataFrame) -> pd.DataFrame:
         return f"{r[f'{AVERAGE}_mean']:.3f}{interval}{(' ' + marks) if marks else ''}"
 
     grid = top.assign(cell=top.apply(cell, axis=1)).pivot(index=INIT, columns=STRATEGY, values="cell")
-    grid = grid[[s for s in (LP, FT, LP_FT) if s in grid.columns]].reindex(list(dict.fromkeys(top[INIT])))
+    grid = grid[[s for s in STRATEGIES if s in grid.columns]].reindex(list(dict.fromkeys(top[INIT])))
     return grid.fillna("-").rename_axis(index=None, columns=None)
 
 

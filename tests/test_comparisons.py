@@ -163,3 +163,18 @@ def test_comparisons_are_written_as_strategy_a_minus_b_and_parsed_back():
         "lp: flair - imagenet",
         "ft: flair - imagenet",
     ]
+
+
+def test_every_strategy_is_compared_with_fine_tuning_within_its_init():
+    from fundus_search.results.answer import Planned, planned_comparisons
+
+    strategies = ("lp", "ft", "lp_ft", "partial_ft", "norm_ft")
+    cells = [(i, s) for i in ("flair", "imagenet") for s in strategies]
+    primary = [Planned("ft", "flair", "imagenet")]
+    plans = planned_comparisons(cells, {"flair": "flair", "imagenet": "torchvision"}, primary)
+    keys = [p.key for _, p in plans]
+    assert keys[0] == "ft: flair - imagenet" and plans[0][0] == "primary"
+    for init in ("flair", "imagenet"):
+        assert {f"{init}: {s} - ft" for s in ("lp_ft", "lp", "partial_ft", "norm_ft")} <= set(keys)
+    assert {f"{s}: flair - imagenet" for s in ("lp", "lp_ft", "partial_ft", "norm_ft")} <= set(keys)
+    assert len(keys) == len(set(keys)) == 1 + 4 + 2 * 4

@@ -178,3 +178,15 @@ def test_a_bundle_of_a_retfound_vit_rebuilds_its_pooling_and_grid(tmp_path):
         ours = torch.softmax(classifier(torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255), 1)[:, 1]
     assert np.abs(bundle.prob_positive(pixels) - ours.numpy()).max() <= 1e-6
     assert Architecture(**bundle.meta["architecture"]).build(32).features.backbone.global_pool == "avg"
+
+
+def test_partial_ft_on_an_architecture_without_a_depth_rule_is_refused_before_the_search(tmp_path, capsys):
+    config = tiny_search_config(
+        storage=tmp_path / "runs", inits={"convnext": {"source": "random", "arch": "convnext_atto"}},
+        strategies=("ft", "partial_ft"),
+    )  # fmt: skip
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert main(["run", str(tmp_path / "c.yaml"), "--name", "never"]) == 2
+    err = capsys.readouterr().err
+    assert "model.inits.convnext: ConvNeXt: partial_ft and layer_decay know the depth of" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "runs" / "never").exists()

@@ -256,16 +256,26 @@ def test_folds_count_groups_not_images():
 
 
 @pytest.fixture(scope="module")
-def source_inits(tmp_path_factory, pretrained_flair) -> dict[str, InitSpec]:
-    """One init per registered weight source (torchvision's from a saved ResNet-18 state dict)."""
+def source_inits(tmp_path_factory, pretrained_flair) -> dict[str, tuple[InitSpec, str]]:
+    """One init and its architecture per registered weight source: torchvision's from a saved
+    ResNet-18 state dict, the foundation-model sources from tiny ViTs in their published layouts."""
+    import timm
     import torchvision
+    from safetensors.torch import save_file
+
+    from fundus_search.models.weights import RETFOUND_OPTIONS
+    from tests.test_models_foundation import DINOV2, VIT, dinov2_teacher_file, pretrained, retfound_file
 
     folder = tmp_path_factory.mktemp("sources")
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), folder / "resnet18.pth")
+    save_file(timm.create_model(VIT, pretrained=False, img_size=32).state_dict(), str(folder / "vit.safetensors"))
     inits = {
-        "torchvision": InitSpec(source="torchvision", path=folder / "resnet18.pth"),
-        "flair": InitSpec(source="flair", path=pretrained_flair),
-        "random": InitSpec(source="random"),
+        "torchvision": (InitSpec(source="torchvision", path=folder / "resnet18.pth"), "resnet18"),
+        "flair": (InitSpec(source="flair", path=pretrained_flair), "resnet18"),
+        "random": (InitSpec(source="random"), "resnet18"),
+        "retfound": (InitSpec(source="retfound", path=retfound_file(folder, pretrained(VIT, **RETFOUND_OPTIONS))), VIT),
+        "dinov2": (InitSpec(source="dinov2", path=dinov2_teacher_file(folder, pretrained(DINOV2))[0]), DINOV2),
+        "timm": (InitSpec(source="timm", path=folder / "vit.safetensors"), VIT),
     }
     assert set(inits) == set(WEIGHT_SOURCES), "a new weight source needs an entry here"
     return inits
@@ -299,13 +309,13 @@ def test_every_source_and_strategy_trains_an_epoch_touching_only_what_it_should(
     from fundus_search.models import extract_features
 
     cache, train_idx, val_idx = small_dataset
-    init, built = source_inits[source], []
+    (init, arch), built = source_inits[source], []
 
     def build_net():
-        built.append(build_feature_net(init, "resnet18", seed=0))
+        built.append(build_feature_net(init, arch, seed=0, image_size=32))
         return built[-1]
 
-    reference = {k: v.clone() for k, v in build_feature_net(init, "resnet18", seed=0).named_parameters()}
+    reference = {k: v.clone() for k, v in build_feature_net(init, arch, seed=0, image_size=32).named_parameters()}
     settings = TrainSettings(strategy=strategy, max_epochs=1, lp_lr=1e-2, ft_lr=1e-3, lp_epochs=1, batch_size=8)
     trainer = Trainer(
         settings,

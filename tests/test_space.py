@@ -16,7 +16,7 @@ def space_of(lp_solver: str = "adamw", **space) -> SearchSpace:
             {
                 "model": {"backbone": "resnet18", "inits": {"a": {"source": "random"}, "b": {"source": "random"}}},
                 "training": {"lp_solver": lp_solver},
-                "search": {"space": {"strategy": ["lp", "ft", "lp_ft"], **space}},
+                "search": {"space": {"strategy": ["lp", "ft", "lp_ft"]} | space},
             }
         )
     )
@@ -33,11 +33,13 @@ def sample(space: SearchSpace, n: int = 60, sampler: optuna.samplers.BaseSampler
     return points
 
 
-TUNED = ("lp_lr", "ft_lr", "lp_epochs", "weight_decay", "batch_size")
+TUNED = ("lp_lr", "ft_lr", "lp_epochs", "ft_blocks", "layer_decay", "weight_decay", "batch_size")
 ADAMW_USES = {
     "lp": {"lp_lr", "weight_decay", "batch_size"},
-    "ft": {"ft_lr", "weight_decay", "batch_size"},
-    "lp_ft": {"lp_lr", "ft_lr", "lp_epochs", "weight_decay", "batch_size"},
+    "ft": {"ft_lr", "layer_decay", "weight_decay", "batch_size"},
+    "lp_ft": {"lp_lr", "ft_lr", "lp_epochs", "layer_decay", "weight_decay", "batch_size"},
+    "partial_ft": {"ft_lr", "ft_blocks", "layer_decay", "weight_decay", "batch_size"},
+    "norm_ft": {"ft_lr", "layer_decay", "weight_decay", "batch_size"},
 }
 
 
@@ -50,7 +52,7 @@ def test_each_strategy_gets_exactly_its_own_parameters():
 def test_an_lbfgs_probe_searches_none_of_the_probes_adamw_parameters():
     """One L-BFGS fit (its own C) replaces the probe's AdamW epochs: its learning rate, warm-up
     length, weight decay and batch size would not change a trial, so they are not searched."""
-    lbfgs_uses = {"lp": set(), "ft": ADAMW_USES["ft"], "lp_ft": {"ft_lr", "weight_decay", "batch_size"}}
+    lbfgs_uses = {"lp": set(), "ft": ADAMW_USES["ft"], "lp_ft": {"ft_lr", "layer_decay", "weight_decay", "batch_size"}}
     for point in sample(space_of("lbfgs", batch_size=[8, 16])):
         assert {k for k in TUNED if k in point} == lbfgs_uses[point["strategy"]]
 
@@ -63,11 +65,12 @@ def test_the_space_train_and_the_strategy_rule_agree(solver):
     from fundus_search.search.cli.train import check_params
     from fundus_search.strategy import TRANSFER_STRATEGIES
 
-    for point in sample(space_of(solver, batch_size=[8, 16])):
+    every = list(TRANSFER_STRATEGIES)
+    for point in sample(space_of(solver, batch_size=[8, 16], strategy=every, layer_decay=[0.5, 1.0]), n=100):
         strategy = TRANSFER_STRATEGIES[point["strategy"]]
         assert {k for k in TUNED if k in point} == set(strategy.params(solver))
         check_params(point, lp_solver=solver)  # what the space gives, train accepts
-        for rate in {"lp_lr", "ft_lr", "lp_epochs"} & set(strategy.params(solver)):
+        for rate in {"lp_lr", "ft_lr", "lp_epochs", "ft_blocks"} & set(strategy.params(solver)):
             with pytest.raises(UsageError, match=rate.replace("_", "-")):
                 check_params({**point, rate: None}, lp_solver=solver)
 
@@ -116,7 +119,7 @@ def test_the_readmes_strategy_table_is_the_rule():
     from fundus_search.strategy import TRANSFER_STRATEGIES
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    rows = dict(re.findall(r"^\| `(lp|ft|lp_ft)` \| (.+) \|$", readme, flags=re.M))
+    rows = dict(re.findall(r"^\| `(lp|ft|lp_ft|partial_ft|norm_ft)` \| (.+) \|$", readme, flags=re.M))
     assert set(rows) == set(TRANSFER_STRATEGIES)
     for name, strategy in TRANSFER_STRATEGIES.items():
         adamw, lbfgs = (re.findall(r"`(\w+)`", cell) for cell in rows[name].split(" | "))

@@ -13,6 +13,7 @@ from fundus_search.vocabulary import (
     BATCH_SIZE,
     F1,
     KAPPA,
+    LAYER_DECAY,
     SPECIFICITY,
     STRATEGIES,
     STRATEGY,
@@ -33,6 +34,12 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--lp-lr", type=number_above(0), help="LP learning rate (lp, lp_ft)")
     train.add_argument("--ft-lr", type=number_above(0), help="fine-tuning learning rate (ft, lp_ft)")
     train.add_argument("--lp-epochs", type=number_above(1, int, inclusive=True), help="LP warm-up epochs (lp_ft)")
+    train.add_argument(
+        "--ft-blocks", type=number_above(1, int, inclusive=True), help="the last blocks partial_ft trains"
+    )
+    train.add_argument(
+        "--layer-decay", type=number_above(0), default=1.0, help="layer-wise rate decay of fine-tuning (1: none)"
+    )
     train.add_argument("--weight-decay", type=number_above(0, inclusive=True), default=1e-4)
     train.add_argument(
         "--batch-size",
@@ -49,10 +56,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
 
 def check_params(params: dict, *, lp_solver: str) -> None:
-    """A strategy needs the learning rates and warm-up length its training reads
-    (`Strategy.params`); weight decay and batch size have defaults."""
+    """A strategy needs the learning rates, warm-up length and blocks its training reads
+    (`Strategy.params`); weight decay, batch size and layer decay have defaults."""
     needed = TRANSFER_STRATEGIES[params[STRATEGY]].params(lp_solver)
-    missing = [k for k in needed if k not in (WEIGHT_DECAY, BATCH_SIZE) and params.get(k) is None]
+    missing = [k for k in needed if k not in (WEIGHT_DECAY, BATCH_SIZE, LAYER_DECAY) and params.get(k) is None]
     if missing:
         flags = ", ".join("--" + k.replace("_", "-") for k in missing)
         raise UsageError(f"--strategy {params[STRATEGY]} needs {flags}")
@@ -74,6 +81,8 @@ def train_command(args: argparse.Namespace) -> int:
         "lp_lr": args.lp_lr,
         "ft_lr": args.ft_lr,
         "lp_epochs": args.lp_epochs,
+        "ft_blocks": args.ft_blocks,
+        "layer_decay": args.layer_decay if TRANSFER_STRATEGIES[args.strategy].main == "ft" else None,
         "weight_decay": args.weight_decay,
         "seed": args.seed,
         "batch_size": args.batch_size or config.search.space.batch_size[0],

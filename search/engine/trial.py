@@ -22,7 +22,9 @@ from fundus_search.vocabulary import (
     BATCH_SIZE,
     CV,
     FOLD,
+    FT_BLOCKS,
     FT_LR,
+    LAYER_DECAY,
     LP_EPOCHS,
     LP_LR,
     REPEAT,
@@ -33,8 +35,8 @@ from fundus_search.vocabulary import (
     WEIGHT_DECAY,
 )
 
-_INTS = {SEED, FOLD, REPEAT, LP_EPOCHS, BATCH_SIZE, TRAIN_SEED, "max_epochs", "optuna_number"}
-_FLOATS = {LP_LR, FT_LR, WEIGHT_DECAY}
+_INTS = {SEED, FOLD, REPEAT, LP_EPOCHS, FT_BLOCKS, BATCH_SIZE, TRAIN_SEED, "max_epochs", "optuna_number"}
+_FLOATS = {LP_LR, FT_LR, LAYER_DECAY, WEIGHT_DECAY}
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,8 @@ class TrialConfig:
     lp_lr: float | None = None
     ft_lr: float | None = None
     lp_epochs: int | None = None
+    ft_blocks: int | None = None
+    layer_decay: float | None = None
     weight_decay: float | None = None
     batch_size: int | None = None
     train_seed: int | None = None
@@ -171,13 +175,15 @@ def make_trainer(config: Config, trial: TrialConfig, images: np.ndarray, info: D
 
     t = config.training
     # None where the strategy does not read them: TrainSettings' defaults stand in, unused
-    optional = {k: v for k, v in ((WEIGHT_DECAY, trial.weight_decay), (BATCH_SIZE, trial.batch_size)) if v is not None}
+    given = ((WEIGHT_DECAY, trial.weight_decay), (BATCH_SIZE, trial.batch_size), (LAYER_DECAY, trial.layer_decay))
+    optional = {k: v for k, v in given if v is not None}
     settings = TrainSettings(
         strategy=trial.strategy,
         max_epochs=trial.max_epochs or config.search.max_epochs,
         lp_lr=trial.lp_lr,
         ft_lr=trial.ft_lr,
         lp_epochs=trial.lp_epochs or 0,
+        ft_blocks=trial.ft_blocks or 0,
         **optional,
         seed=seed,
         lp_solver=t.lp_solver,

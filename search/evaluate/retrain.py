@@ -56,15 +56,11 @@ from fundus_search.search.ops.folders import check_trusted, prepare, provenance
 from fundus_search.search.study.config import Config, load_config
 from fundus_search.statistics import scored_protocol
 from fundus_search.vocabulary import (
-    BATCH_SIZE,
     COMPLETED,
     EPOCHS_FILE,
     EVALUATION_DIR,
     FOLD,
-    FT_LR,
     INIT,
-    LP_EPOCHS,
-    LP_LR,
     METRICS,
     PARAMS,
     PREDICTIONS_FILE,
@@ -76,13 +72,12 @@ from fundus_search.vocabulary import (
     STOPPED_EARLY,
     STRATEGY,
     TRAIN_SEED,
-    WEIGHT_DECAY,
     best,
     check_name,
     val,
 )
 
-_CHOSEN = (INIT, STRATEGY, LP_LR, FT_LR, LP_EPOCHS, WEIGHT_DECAY, BATCH_SIZE)  # what a configuration fixes
+_CHOSEN = tuple(p for p in PARAMS if p not in (SEED, FOLD))  # what a configuration fixes
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,12 @@ from pathlib import Path
 import yaml
 
 from fundus_search.data_io import ImageCache, prepare_images
-from fundus_search.models import build_feature_net
+from fundus_search.models import WeightsError, build_feature_net
+from fundus_search.models.backbones import depth_groups
 from fundus_search.search.errors import SearchError
 from fundus_search.search.ops.ray_session import check_address, connect
 from fundus_search.search.study.config import Config
+from fundus_search.vocabulary import PARTIAL_FT
 
 
 def prepare(config: Config, *, address: str | None, destination: str | None = None) -> ImageCache:
@@ -60,14 +62,21 @@ def image_caches(config: Config) -> dict[int, ImageCache]:
 def check_weights(config: Config) -> None:
     """Load every init's weights once, on the CPU, strictly: a missing, unsafe or mismatched file
     fails here, before anything is written, not inside every trial."""
+    space = config.search.space
+    by_depth = PARTIAL_FT in space.strategy or space.layer_decay != 1.0  # needs the architecture's depth rule
     for name in config.inits:
-        build_feature_net(
+        net = build_feature_net(
             config.model.init_spec(name),
             config.model.arch(name),
             seed=0,
             where=f"model.inits.{name}",
             image_size=config.image_size(name),
         )
+        if by_depth:
+            try:
+                depth_groups(net.backbone)
+            except ValueError as exc:
+                raise WeightsError(f"model.inits.{name}: {exc}") from None
 
 
 def check_storage(results: str) -> None:

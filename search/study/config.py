@@ -28,8 +28,11 @@ from fundus_search.strategy import TRANSFER_STRATEGIES
 from fundus_search.vocabulary import (
     AVERAGE,
     FT,
+    INTEGER_PARAMS,
     LP,
     LP_FT,
+    NORM_FT,
+    PARTIAL_FT,
     STRATEGIES,
     TRAIN_LOSS,
     VAL_METRICS,
@@ -248,10 +251,12 @@ class SpaceConfig(_Strict):
     {choices: [...]} searches those values only; for init, strategy and batch_size a list chooses."""
 
     init: list[str] | None = None  # default: every entry of model.inits
-    strategy: list[Strategy] = list(STRATEGIES)
+    strategy: list[Strategy] = [LP, FT, LP_FT]  # the seed paper's three; also partial_ft, norm_ft
     lp_lr: FloatRange = (1e-4, 1e-1)
     ft_lr: FloatRange = (1e-6, 1e-3)
     lp_epochs: IntRange = (1, 20)
+    ft_blocks: IntRange = (1, 4)  # partial_ft: the last blocks (ResNet stages, ViT blocks) it trains
+    layer_decay: FloatRange = 1.0  # each block nearer the input learns at this factor of the next one's rate
     weight_decay: FloatRange = (1e-4, 1e-1)
     batch_size: list[int] = [16]
 
@@ -260,11 +265,11 @@ class SpaceConfig(_Strict):
     def _scalar_is_one_choice(cls, value):
         return [value] if isinstance(value, (str, int)) else value
 
-    @field_validator("lp_lr", "ft_lr", "weight_decay", "lp_epochs", mode="before")
+    @field_validator("lp_lr", "ft_lr", "weight_decay", "lp_epochs", "ft_blocks", "layer_decay", mode="before")
     @classmethod
     def _one_of_three_shapes(cls, value, info):
         """One clear message instead of one per member of the union."""
-        integer = info.field_name == "lp_epochs"
+        integer = info.field_name in INTEGER_PARAMS
         number = (int,) if integer else (int, float)
         kind = "an integer" if integer else "a number"
         if isinstance(value, bool) or not isinstance(value, (*number, list, tuple, dict)):
@@ -293,10 +298,22 @@ class SpaceConfig(_Strict):
     def _positive(cls, value):
         return _check_range(value, "", 0.0, strict=True)
 
-    @field_validator("lp_epochs")
+    @field_validator("lp_epochs", "ft_blocks")
     @classmethod
     def _epochs(cls, value):
         return _check_range(value, "", 1, strict=False)
+
+    @field_validator("layer_decay")
+    @classmethod
+    def _decay(cls, value):
+        value = _check_range(value, "", 0.0, strict=True)
+        if isinstance(value, (FloatChoices, IntChoices)):
+            highest = max(value.choices)
+        else:
+            highest = value if isinstance(value, (int, float)) else value[1]
+        if highest > 1:
+            raise ValueError(f"a layer decay is at most 1 (1: one rate for every depth; got {value})")
+        return value
 
     @field_validator("batch_size")
     @classmethod
@@ -339,7 +356,7 @@ class SearchConfig(_Strict):
 
 class ResourcesConfig(_Strict):
     cpus_per_trial: float = Field(1, gt=0)
-    gpus_per_trial: dict[Strategy, float] = {LP: 0.25, FT: 1, LP_FT: 1}
+    gpus_per_trial: dict[Strategy, float] = {LP: 0.25, FT: 1, LP_FT: 1, PARTIAL_FT: 1, NORM_FT: 1}
     max_concurrent_trials: int | None = Field(None, ge=1)
 
     @field_validator("gpus_per_trial")

@@ -10,8 +10,11 @@ from fundus_search.strategy import TRANSFER_STRATEGIES
 from fundus_search.vocabulary import (
     BATCH_SIZE,
     FOLD,
+    FT_BLOCKS,
     FT_LR,
     INIT,
+    INTEGER_PARAMS,
+    LAYER_DECAY,
     LP_EPOCHS,
     LP_LR,
     RATES,
@@ -31,8 +34,9 @@ class SearchSpace:
 
     Only `trial.suggest_*` happens here. A trial has the parameters its strategy reads
     (`fundus_search.strategy.Strategy.params`): `lp_lr` for a linear probe trained by AdamW
-    (lp, lp_ft), `ft_lr` for fine-tuning (ft, lp_ft), `lp_epochs` for the AdamW warm-up of
-    lp_ft; an L-BFGS probe is one fit and reads none of them. A scalar in the config fixes a
+    (lp, lp_ft), `ft_lr` and `layer_decay` for fine-tuning (ft, lp_ft, partial_ft, norm_ft),
+    `ft_blocks` for partial_ft, `lp_epochs` for the AdamW warm-up of lp_ft; an L-BFGS probe is
+    one fit and reads none of them. A scalar in the config fixes a
     parameter (returned as a constant, not searched); a [low, high] pair is searched (log scale
     for rates); `{choices: [...]}` is searched as a categorical over exactly those values.
     """
@@ -46,6 +50,8 @@ class SearchSpace:
             FT_LR: space.ft_lr,
             WEIGHT_DECAY: space.weight_decay,
             LP_EPOCHS: space.lp_epochs,
+            FT_BLOCKS: space.ft_blocks,
+            LAYER_DECAY: space.layer_decay,
         }
         self.batch_sizes = list(space.batch_size)
         self.lp_solver = config.training.lp_solver
@@ -87,7 +93,7 @@ class SearchSpace:
             self._choose(trial, name, list(bounds.choices), fixed)
         elif not isinstance(bounds, (tuple, list)) or bounds[0] == bounds[1]:
             fixed[name] = bounds[0] if isinstance(bounds, (tuple, list)) else bounds
-        elif name == LP_EPOCHS:
+        elif name in INTEGER_PARAMS:
             trial.suggest_int(name, int(bounds[0]), int(bounds[1]))
         else:
             trial.suggest_float(name, float(bounds[0]), float(bounds[1]), log=log)
