@@ -11,9 +11,11 @@ from fundus_search.vocabulary import (
     AUC,
     AVERAGE,
     F1,
+    FT_BLOCKS,
     FT_LR,
     INIT,
     KAPPA,
+    LAYER_DECAY,
     LP_EPOCHS,
     LP_LR,
     PARAMS,
@@ -99,9 +101,12 @@ def format_winners(table: pd.DataFrame, trials: pd.DataFrame, metric: str = val(
 
 
 def describe_params(row) -> str:
-    """`lp_lr=0.001 ft_lr=3e-05 weight_decay=0.0001 lp_epochs=5`, the parameters that apply."""
+    """`lp_lr=0.001 ft_lr=3e-05 weight_decay=0.0001 lp_epochs=5`, the parameters that apply (a
+    layer decay only when it decays: 1 is one rate for the whole backbone)."""
     rates = " ".join(f"{k}={row[k]:.2g}" for k in (LP_LR, FT_LR, WEIGHT_DECAY) if pd.notna(row[k]))
-    text = rates + (f" {LP_EPOCHS}={int(row[LP_EPOCHS])}" if pd.notna(row[LP_EPOCHS]) else "")
+    counts = "".join(f" {k}={int(row[k])}" for k in (LP_EPOCHS, FT_BLOCKS) if pd.notna(row.get(k)))
+    decay = row.get(LAYER_DECAY)
+    text = rates + counts + (f" {LAYER_DECAY}={decay:.2g}" if pd.notna(decay) and decay != 1 else "")
     return text.strip() or "no searched parameters"
 
 
