@@ -83,13 +83,20 @@ _Row = tuple[str, "int | None", "str | None", "str | None"]
 def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
     if not path.is_file():
         raise ManifestError(f"data.csv: no such file {path}; fix the path")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in required if c not in columns]
-        if missing:
-            raise ManifestError(f"data.csv: {path} lacks column(s) {missing} (has {columns}); add them")
-        return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            missing = [c for c in required if c not in columns]
+            if missing:
+                raise ManifestError(f"data.csv: {path} lacks column(s) {missing} (has {columns}); add them")
+            return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
+    except UnicodeDecodeError as exc:
+        raise ManifestError(
+            f"data.csv: {path} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); save it as UTF-8"
+        ) from None
+    except csv.Error as exc:
+        raise ManifestError(f"data.csv: {path} is not a readable CSV ({exc})") from None
 
 
 def _cgi_hrdc_rows(spec: DataSpec) -> tuple[Path, tuple[str, ...], list[_Row]]:

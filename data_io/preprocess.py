@@ -45,21 +45,29 @@ def decode_image(path: str | Path) -> np.ndarray:
     images are flattened onto black (the fundus surround); 16-bit images keep their top 8 bits.
 
     Raises:
-        OSError, ValueError: the file does not decode (Pillow's own errors).
+        OSError, ValueError: the file does not decode (Pillow's own errors), or claims more
+            pixels than Pillow's decompression-bomb limit (a ValueError that says so).
     """
-    with Image.open(path) as img:
-        img.load()
-        img = ImageOps.exif_transpose(img)
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # (H, W) uint16 range -> uint8 by dropping the low byte
-            gray = (np.asarray(img, dtype=np.uint32) >> 8).clip(0, 255).astype(np.uint8)
-            return np.repeat(gray[:, :, None], 3, axis=2)
-        if img.mode == "P":
-            img = img.convert("RGBA")
-        if img.mode in ("RGBA", "LA"):
-            black = Image.new("RGBA", img.size, (0, 0, 0, 255))
-            img = Image.alpha_composite(black, img.convert("RGBA"))
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return _to_rgb(img)
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"{exc.args[0].split(', could be')[0]} (Pillow's decompression-bomb limit)") from None
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # (H, W) uint16 range -> uint8 by dropping the low byte
+        gray = (np.asarray(img, dtype=np.uint32) >> 8).clip(0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA"):
+        black = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(black, img.convert("RGBA"))
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
 def fundus_mask(image: np.ndarray) -> np.ndarray | None:

@@ -110,3 +110,20 @@ def test_a_disk_that_fills_mid_run_is_one_line_exit_1_and_readable_parquet(tmp_p
         or "search (or evaluation) folder" in errors[0]
     ), errors
     assert "tmp []" in done.stdout and "rows " in done.stdout, done.stdout[-1000:]
+
+
+def test_folds_the_images_cannot_fill_stop_the_run_before_anything_is_written(tmp_path, capsys):
+    """10 images (4 positive), a 20% test split, 5 folds: a class has fewer groups than folds.
+    Found from the manifest before the results folder exists, not inside every trial."""
+    import yaml
+
+    from tests.helpers import tiny_search_config
+
+    config = tiny_search_config(storage=tmp_path / "runs")
+    config["data"]["synthetic"]["n"] = 10
+    config["data"] |= {"folds": 5, "test_fraction": 0.2}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    assert main(["run", str(tmp_path / "c.yaml"), "--name", "never"]) == 2
+    err = capsys.readouterr().err
+    assert "fewer than folds=5; lower data.folds" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "runs" / "never").exists()

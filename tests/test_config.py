@@ -126,3 +126,26 @@ def test_the_foundation_model_example_gives_each_init_its_own_network_and_pixels
     assert [config.model.init_spec(n).normalize for n in config.inits] == ["imagenet", "none", "imagenet", "half"]
     assert config.model.backbone_options("retfound") == {"global_pool": "avg", "fc_norm": True}
     assert config.model.backbone_options("retfound_green") == {"pool": "avg"}
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        (b"data:\n  classes: &a [x, x, x]\nmodel: *a\n", "aliases (*name) are not accepted in a config (line 3)"),
+        (b'name: "caf\xe9"\n', "not UTF-8 text (byte 0xe9 at offset 10); save it as UTF-8"),
+        (bytes(range(128, 256)), "not UTF-8 text (byte 0x80 at offset 0)"),
+        (b"data: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested too deeply to be a config"),
+        (b"search: {space: {strategy: []}}\n", "search.space.strategy: needs at least one choice"),
+        (b"search: {space: {init: []}}\n", "search.space.init: needs at least one choice"),
+        (b"search: {num_samples: 100000000}\n", "search.num_samples: must be <= 10000"),
+        (b"search: {space: {lp_lr: [1.0e-3, .inf]}}\n", "search.space.lp_lr"),
+        (b"search: {space: {layer_decay: 1.5}}\n", "a layer decay is at most 1"),
+    ],
+    ids=["alias", "latin-1", "random-bytes", "5000-deep", "no-strategy", "no-init", "huge-count", "inf", "decay"],
+)
+def test_a_config_that_cannot_be_read_is_one_line_and_exit_2(text, message, tmp_path, capsys):
+    (tmp_path / "c.yaml").write_bytes(text)
+    assert main(["run", str(tmp_path / "c.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()

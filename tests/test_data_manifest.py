@@ -153,6 +153,28 @@ def _escape(root, cfg):
     return "outside.png (path escapes data.root)"
 
 
+def _decompression_bomb(root, cfg):
+    """A PNG whose header claims 30000 x 30000 pixels (a few hundred bytes on disk)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+    png = (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
+    (image_dir(root) / "00008.png").write_bytes(png)
+    return "00008.png (does not decode: Image size (900000000 pixels) exceeds limit of"
+
+
+def _csv_not_utf8(root, cfg):
+    csv = label_csv(root)
+    csv.write_bytes(csv.read_bytes() + b"caf\xe9.png,1\n")
+    return "is not UTF-8 text (byte 0xe9); save it as UTF-8"
+
+
 def _unknown_key(root, cfg):
     cfg["data"]["colour"] = "red"
     return "data.colour: unknown key"
@@ -175,6 +197,8 @@ BREAKERS = [
     _single_class,
     _duplicate,
     _escape,
+    _decompression_bomb,
+    _csv_not_utf8,
     _unknown_key,
     _image_size_zero,
 ]

@@ -50,3 +50,12 @@ def test_it_imports_and_runs_inside_a_project_with_its_own_models_and_results(tm
         timeout=120,
     )
     assert done.returncode == 0 and "wrote 12 images" in done.stdout, done.stderr
+
+
+def test_version_is_the_installed_distributions(capsys):
+    from importlib.metadata import version
+
+    from fundus_search.search.cli.main import main
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"fundus-search {version('fundus-search')}"

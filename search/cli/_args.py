@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 
 from fundus_search.vocabulary import UserError, check_name
 
@@ -12,8 +13,9 @@ class UsageError(UserError):
     """A command-line argument is wrong; the message names the flag and what to do."""
 
 
-def number_above(minimum: float, kind: type = float, *, inclusive: bool = False):
-    """An argparse `type`: a number of `kind` above `minimum` (or equal, with `inclusive`)."""
+def number_above(minimum: float, kind: type = float, *, inclusive: bool = False, maximum: float | None = None):
+    """An argparse `type`: a finite number of `kind` above `minimum` (or equal, with
+    `inclusive`), and at most `maximum` when given."""
 
     def parse(text: str):
         try:
@@ -22,8 +24,12 @@ def number_above(minimum: float, kind: type = float, *, inclusive: bool = False)
             raise argparse.ArgumentTypeError(
                 f"expected {'an integer' if kind is int else 'a number'} (got {text!r})"
             ) from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number (got {text})")
         if value < minimum or (value == minimum and not inclusive):
             raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} {minimum} (got {text})")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum} (got {text})")
         return value
 
     return parse

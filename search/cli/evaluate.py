@@ -27,18 +27,18 @@ def add_request_arguments(parser: argparse.ArgumentParser) -> None:
     """What to evaluate (`evaluate` and `study`): --top, --repeats, --seeds, --folds, --epochs."""
     parser.add_argument(
         "--top",
-        type=number_above(1, int, inclusive=True),
+        type=number_above(1, int, inclusive=True, maximum=20),
         default=1,
         help="configurations per init x strategy cell, best first (default 1)",
     )
     parser.add_argument(
         "--repeats",
-        type=number_above(1, int, inclusive=True),
+        type=number_above(1, int, inclusive=True, maximum=20),
         help="partitions of the repeated k-fold, repeat 0 the search's (default: the config's evaluation.repeats, 2)",
     )
     parser.add_argument(
         "--seeds",
-        type=number_above(1, int, inclusive=True),
+        type=number_above(1, int, inclusive=True, maximum=20),
         help="seeds per fold, averaged within the fold (default: evaluation.seeds, 1)",
     )
     parser.add_argument("--folds", type=fold_list, help="comma-separated folds, e.g. 0,2 (default: all)")

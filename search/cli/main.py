@@ -26,10 +26,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fundus-search", description="Hyperparameter search for transferring pretrained models to fundus images."
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors, and Ray's notices")
+    parser.add_argument("--version", action="version", version=f"fundus-search {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(f"{__package__}.{name}").add_parsers(commands)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fundus-search")
+    except PackageNotFoundError:  # a checkout on sys.path, not installed
+        return "(not installed)"
 
 
 def quiet_third_party_notices() -> None:
@@ -87,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `best --json | head`: the reader has all it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit would fail again
+        return 0
     except Exception as exc:
         full = disk_full(exc)
         if full is None or args.debug:

@@ -23,7 +23,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--name", type=folder_name, help="results folder name under storage.path (default: <name>-<timestamp>)"
     )
-    run.add_argument("--num-samples", type=number_above(1, int, inclusive=True), help="override search.num_samples")
+    run.add_argument(
+        "--num-samples", type=number_above(1, int, inclusive=True, maximum=10_000), help="override search.num_samples"
+    )
     run.add_argument("--address", help="Ray cluster: auto, HOST:PORT or ray://...; default: embedded local Ray")
     run.set_defaults(handler=run_command)
     study = commands.add_parser(

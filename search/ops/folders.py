@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from fundus_search.data_io import ImageCache, prepare_images
+from fundus_search.data_io import ImageCache, prepare_images, split_indices
 from fundus_search.models import WeightsError, build_feature_net
 from fundus_search.models.backbones import depth_groups
 from fundus_search.search.errors import SearchError
@@ -29,7 +29,8 @@ def prepare(config: Config, *, address: str | None, destination: str | None = No
     """The checks a search or an evaluation makes before it writes anything, new or resumed, in
     the order that makes a mistake cheap: the results location can be written (`destination`,
     a new folder), the Ray address answers, every init's weights load, every image decodes (the
-    cache is built once), then Ray is connected and has a node big enough for one trial.
+    cache is built once), every fold can be made, then Ray is connected and has a node big
+    enough for one trial.
 
     Returns:
         the decoded-image cache of the config's data at data.image_size (the caches of the
@@ -44,6 +45,7 @@ def prepare(config: Config, *, address: str | None, destination: str | None = No
         check_address(address)  # seconds, not minutes, and before the images are decoded
     check_weights(config)
     cache = image_caches(config)[config.data.image_size]
+    check_splits(config, cache)
     connect(address)  # a wrong address fails here, before a folder is written
     check_resources(config)
     return cache
@@ -57,6 +59,16 @@ def image_caches(config: Config) -> dict[int, ImageCache]:
     rows = {size: list(cache.paths) for size, cache in caches.items()}
     assert all(paths == rows[sizes[0]] for paths in rows.values()), "image caches of one dataset differ in rows"
     return caches
+
+
+def check_splits(config: Config, cache: ImageCache) -> None:
+    """Every fold of the search's partition can be made from these images, after the test split:
+    a class with fewer groups than folds fails here, in one line, not inside every trial."""
+    data = config.data
+    for fold in range(data.folds):
+        split_indices(
+            cache.labels, cache.groups, folds=data.folds, fold=fold, seed=data.seed, test_fraction=data.test_fraction
+        )
 
 
 def check_weights(config: Config) -> None:

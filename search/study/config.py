@@ -265,6 +265,13 @@ class SpaceConfig(_Strict):
     def _scalar_is_one_choice(cls, value):
         return [value] if isinstance(value, (str, int)) else value
 
+    @field_validator("init", "strategy")
+    @classmethod
+    def _not_empty(cls, value):
+        if value is not None and not value:
+            raise ValueError("needs at least one choice (an empty list searches nothing)")
+        return value
+
     @field_validator("lp_lr", "ft_lr", "weight_decay", "lp_epochs", "ft_blocks", "layer_decay", mode="before")
     @classmethod
     def _one_of_three_shapes(cls, value, info):
@@ -343,7 +350,7 @@ class SchedulerConfig(_Strict):
 
 
 class SearchConfig(_Strict):
-    num_samples: int = Field(60, ge=1)
+    num_samples: int = Field(60, ge=1, le=10_000)
     metric: str = val(AVERAGE)
     mode: Literal["max", "min"] = "max"
     seed: int = 0
@@ -519,6 +526,39 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
     return "; ".join(prefix + _describe(e) for e in exc.errors())
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases: `*name` repeats a node by reference, and a few lines
+    of them ("billion laughs") expand to more values than validation can walk in a day."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases (*name) are not accepted in a config (line {mark.line + 1}); write the value out"
+            )
+        return super().compose_node(parent, index)
+
+
+def read_yaml(path: Path) -> object:
+    """The YAML document at `path`, read as UTF-8, without aliases.
+
+    Raises:
+        ConfigError: not UTF-8, not YAML, an alias, or nested too deep to read.
+    """
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); save it as UTF-8"
+        ) from None
+    try:
+        return yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader: plain data only, aliases refused
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config; a config is a few levels of sections") from None
+
+
 def load_config(path: str | Path, overrides: dict | None = None) -> Config:
     """Read and validate a YAML config; relative paths resolve against the file's folder.
 
@@ -528,10 +568,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file; pass the path of a YAML file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections (got {type(raw).__name__})")
     for dotted, value in (overrides or {}).items():
@@ -544,3 +581,5 @@ def load_config(path: str | Path, overrides: dict | None = None) -> Config:
         return Config.model_validate(raw, context={"base_dir": path.parent.absolute()})
     except ValidationError as exc:
         raise ConfigError(f"{path}: {format_validation_error(exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config; a config is a few levels of sections") from None
