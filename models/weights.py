@@ -196,7 +196,10 @@ def flair_weights_file(init: InitSpec, backbone: str, where: str) -> Path:
             )
         path = found[0]
     if path is None or not path.is_file():
-        raise WeightsError(f"{where}.path: no such file {path}; put the FLAIR weights there or fix the path")
+        raise WeightsError(
+            f"{where}.path: no such file {path}; put the FLAIR weights there (flair_resnet.pth, from "
+            "https://github.com/jusiro/FLAIR) or fix the path"
+        )
     return path
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fundus_search.search.cli.main import main
 from fundus_search.search.study.config import load_config
@@ -148,4 +149,25 @@ def test_a_config_that_cannot_be_read_is_one_line_and_exit_2(text, message, tmp_
     assert main(["run", str(tmp_path / "c.yaml")]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_set_overrides_a_config_value_validated_like_the_yaml(tmp_path, capsys):
+    from tests.helpers import tiny_search_config
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny_search_config(storage=tmp_path / "runs")))
+    config = load_config(tmp_path / "c.yaml", [("data.image_size", 48), ("search.space.ft_lr", [1e-5, 1e-3])])
+    assert config.data.image_size == 48 and config.search.space.ft_lr == (1e-5, 1e-3)
+    argv = ["train", str(tmp_path / "c.yaml"), "--init", "random", "--strategy", "lp"]
+    assert main([*argv, "--set", "training.lp_solver=lbfgs", "--set", "data.image_size=48"]) == 0
+    assert "(48 px)" in capsys.readouterr().out
+    for bad, message in [
+        ("data.image_size=16", "data.image_size: must be >= 32 (got 16)"),
+        ("name.x=3", "--set name.x: name is a value ('tiny'), not a section"),
+        ("search.space.strategy=[]", "search.space.strategy: needs at least one choice"),
+        ("oops", "argument --set: expected KEY.PATH=VALUE"),
+    ]:
+        assert main(["run", str(tmp_path / "c.yaml"), "--set", bad]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "runs").exists()

@@ -48,3 +48,29 @@ def quiet_optuna() -> None:
     import optuna
 
     optuna.logging.set_verbosity(logging.WARNING)
+
+
+def add_overrides(parser: argparse.ArgumentParser) -> None:
+    """`--set key.path=value`, repeatable: the config with those values, validated like the YAML."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        type=override,
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set data.image_size=64 --set search.space.ft_lr=[1e-5,1e-3]",
+    )
+
+
+def override(text: str) -> tuple[str, object]:
+    """An argparse `type`: `key.path=value`, the value read as YAML (a number, a list, a string)."""
+    from fundus_search.search.study.config import ConfigError, parse_yaml_value
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or not all(part.strip() for part in key.split(".")):
+        raise argparse.ArgumentTypeError(f"expected KEY.PATH=VALUE, e.g. data.image_size=64 (got {text!r})")
+    try:
+        return key.strip(), parse_yaml_value(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(f"{key.strip()}: {exc}") from None

@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from fundus_search.search.cli._args import UsageError, folder_name
+from fundus_search.search.cli._args import UsageError, add_overrides, folder_name
 
 _DEFAULT_ADDRESS = os.environ.get("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:8265")
 
@@ -23,6 +23,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "--name", type=folder_name, help="job id and results folder name (default: <config name>-<timestamp>)"
     )
     submit.add_argument("--follow", action="store_true", help="stream the logs; exit with the job's status")
+    add_overrides(submit)
     submit.set_defaults(handler=submit_command)
     jobs = commands.add_parser("jobs", help="list, follow or stop submitted jobs")
     jobs.add_argument("action", choices=("list", "logs", "stop"))
@@ -38,11 +39,11 @@ def submit_command(args: argparse.Namespace) -> int:
     from fundus_search.search.ops.jobs import entrypoint, follow, job_client, stage_working_dir
     from fundus_search.search.study.config import load_config
 
-    config = load_config(args.config)  # a bad config fails here, before the cluster is contacted
+    config = load_config(args.config, args.overrides)  # a bad config fails here, before the cluster is contacted
     client = job_client(args.address)
     name = args.name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     with tempfile.TemporaryDirectory(prefix="fundus-search-job-") as tmp:
-        staged = stage_working_dir(args.config, Path(tmp))
+        staged = stage_working_dir(args.config, Path(tmp), args.overrides)
         job_id = client.submit_job(
             entrypoint=entrypoint(name), submission_id=name, runtime_env={"working_dir": str(staged)}
         )

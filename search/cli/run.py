@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from fundus_search.results.layout import SearchFolder
-from fundus_search.search.cli._args import UsageError, folder_name, number_above, quiet_optuna
+from fundus_search.search.cli._args import UsageError, add_overrides, folder_name, number_above, quiet_optuna
 from fundus_search.search.cli.evaluate import add_request_arguments, evaluation_request, summarise_evaluation
 from fundus_search.vocabulary import (
     ERROR,
@@ -27,6 +27,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "--num-samples", type=number_above(1, int, inclusive=True, maximum=10_000), help="override search.num_samples"
     )
     run.add_argument("--address", help="Ray cluster: auto, HOST:PORT or ray://...; default: embedded local Ray")
+    add_overrides(run)
     run.set_defaults(handler=run_command)
     study = commands.add_parser(
         "study",
@@ -36,6 +37,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     study.add_argument("--name", type=folder_name, help="as for run")
     add_request_arguments(study)  # as for evaluate
     study.add_argument("--address", help="as for run")
+    add_overrides(study)
     study.set_defaults(handler=study_command)
     resume = commands.add_parser("resume", help="continue an interrupted search or evaluation")
     resume.add_argument("results", type=Path, help="the search (or evaluation) folder `run` (or `evaluate`) printed")
@@ -47,7 +49,9 @@ def run_command(args: argparse.Namespace) -> int:
     from fundus_search.search.engine.tuner import start_search
 
     quiet_optuna()
-    folder, _ = start_search(args.config, name=args.name, num_samples=args.num_samples, address=args.address)
+    folder, _ = start_search(
+        args.config, name=args.name, num_samples=args.num_samples, address=args.address, overrides=args.overrides
+    )
     return summarise(folder)
 
 
@@ -59,7 +63,7 @@ def study_command(args: argparse.Namespace) -> int:
     from fundus_search.search.study.config import load_config
 
     quiet_optuna()
-    folds = load_config(args.config).data.folds  # a bad --folds is an error now, not after the search
+    folds = load_config(args.config, args.overrides).data.folds  # a bad --folds is an error now, not after the search
     if outside := [f for f in args.folds or () if f >= folds]:
         raise UsageError(f"--folds: {outside} not in the config's {folds}-fold split (0..{folds - 1})")
     request = evaluation_request(args)
@@ -68,6 +72,7 @@ def study_command(args: argparse.Namespace) -> int:
         name=args.name,
         address=args.address,
         study={"request": request.__dict__, "evaluation": EVALUATION_DIR},
+        overrides=args.overrides,
     )
     searched = summarise(folder)
     return max(searched, _finish_study(folder, address=args.address))

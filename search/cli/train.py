@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fundus_search.search.cli._args import UsageError, number_above
+from fundus_search.search.cli._args import UsageError, add_overrides, number_above
 from fundus_search.strategy import TRANSFER_STRATEGIES
 from fundus_search.vocabulary import (
     AUC,
@@ -52,6 +52,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--output", type=Path, help="write the trained model there as a bundle (for `predict`)")
+    add_overrides(train)
     train.set_defaults(handler=train_command)
 
 
@@ -70,7 +71,7 @@ def train_command(args: argparse.Namespace) -> int:
     from fundus_search.search.engine.trial import DatasetInfo, TrialConfig, make_trainer
     from fundus_search.search.study.config import load_config
 
-    config = load_config(args.config)
+    config = load_config(args.config, args.overrides)
     if args.output is not None and (args.output / "model.json").exists():  # before the training, not after
         raise UsageError(f"--output: {args.output} already holds a model bundle; pass another folder")
     if args.init not in config.model.inits:

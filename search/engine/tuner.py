@@ -187,18 +187,19 @@ def start_search(
     train_fn: Callable = train_trial,
     extra_callbacks: tuple = (),
     study: dict | None = None,
+    overrides: list | dict | None = None,
 ) -> tuple[SearchFolder, tune.ResultGrid]:
     """Validate everything, then write the search folder, then run the search.
 
     `train_fn` is the function each trial runs (tests inject failures by wrapping it);
     `extra_callbacks` are more Ray Tune callbacks (the benchmarks time trials with one);
     `study` is what `fundus-search study` does after the search, kept in search.json so that
-    `resume` can finish it.
+    `resume` can finish it; `overrides` are `--set` values (the folder's config.yaml holds them).
 
     Raises:
         UserError (ConfigError, ManifestError, WeightsError, SearchError, ClusterError): nothing was written.
     """
-    config = load_config(config_path)
+    config = load_config(config_path, overrides)
     if name is not None:
         try:
             check_name(name)

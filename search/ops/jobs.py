@@ -83,9 +83,9 @@ def job_client(address: str):
     return JobSubmissionClient(address, headers=headers)
 
 
-def stage_working_dir(config_path: Path, into: Path) -> Path:
-    """Copy the checkout (minus EXCLUDED) and the resolved config into `into`."""
-    config = load_config(config_path)
+def stage_working_dir(config_path: Path, into: Path, overrides: list | dict | None = None) -> Path:
+    """Copy the checkout (minus EXCLUDED) and the resolved config (with its `--set` values) into `into`."""
+    config = load_config(config_path, overrides)
     shutil.copytree(PROJECT_ROOT, into, ignore=shutil.ignore_patterns(*EXCLUDED), dirs_exist_ok=True)
     (into / JOB_CONFIG).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     return into

@@ -539,6 +539,18 @@ class _ConfigLoader(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
+def parse_yaml_value(text: str) -> object:
+    """One value written as YAML (`64`, `[1e-5, 1e-3]`, `lbfgs`), by the config's own loader.
+
+    Raises:
+        ConfigError: not YAML, or an alias.
+    """
+    try:
+        return yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader: plain data only, aliases refused
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not a YAML value ({' '.join(str(exc).split())})") from None
+
+
 def read_yaml(path: Path) -> object:
     """The YAML document at `path`, read as UTF-8, without aliases.
 
@@ -559,8 +571,11 @@ def read_yaml(path: Path) -> object:
         raise ConfigError(f"{path}: nested too deeply to be a config; a config is a few levels of sections") from None
 
 
-def load_config(path: str | Path, overrides: dict | None = None) -> Config:
+def load_config(path: str | Path, overrides: dict | list | None = None) -> Config:
     """Read and validate a YAML config; relative paths resolve against the file's folder.
+
+    Args:
+        overrides: `{"data.image_size": 64}` (or pairs): values set before validation (`--set`).
 
     Raises:
         ConfigError: the file is missing, not YAML, or invalid (message names the key path).
@@ -571,11 +586,14 @@ def load_config(path: str | Path, overrides: dict | None = None) -> Config:
     raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections (got {type(raw).__name__})")
-    for dotted, value in (overrides or {}).items():
+    for dotted, value in dict(overrides or {}).items():
         section = raw
         *parents, leaf = dotted.split(".")
-        for key in parents:
+        for depth, key in enumerate(parents):
             section = section.setdefault(key, {})
+            if not isinstance(section, dict):
+                where = ".".join(parents[: depth + 1])
+                raise ConfigError(f"--set {dotted}: {where} is a value ({section!r}), not a section")
         section[leaf] = value
     try:
         return Config.model_validate(raw, context={"base_dir": path.parent.absolute()})
