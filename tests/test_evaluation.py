@@ -374,3 +374,14 @@ def test_one_study_spans_architectures_and_input_sizes(search, evaluation):
     trials = pd.read_parquet(search / "trials.parquet")
     assert set(trials["init"]) == {"random", "scratch"} and (trials["status"] == "completed").all()
     assert "vit_tiny_patch16_224 at 48 px" in (search / "report.html").read_text()
+
+
+def test_every_evaluation_run_is_a_tensorboard_run_named_by_its_id(evaluation):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = pd.read_parquet(evaluation / "runs.parquet")
+    folders = {p.name: p for p in (evaluation / "tensorboard").iterdir()}
+    assert set(folders) == set(runs["run_id"]), "one TensorBoard run per evaluation run, killed and resumed"
+    run = runs.iloc[0]
+    events = EventAccumulator(str(folders[run["run_id"]])).Reload()
+    assert len(events.Scalars("val/average")) >= 1 and "train/loss" in events.Tags()["scalars"]

@@ -87,10 +87,11 @@ def test_tensorboard_has_every_metric_of_every_trial(search):
     for run in runs:
         events = EventAccumulator(str(run)).Reload()
         tags = set(events.Tags()["scalars"])
-        assert {"train_loss", "val_average", "val_kappa", "val_f1", "val_specificity", "val_auc"} <= tags
+        assert {"train/loss", "val/average", "val/kappa", "val/f1", "val/specificity", "val/auc"} <= tags
+        assert {"speed/epoch_seconds", "speed/images_per_second"} <= tags
         number = int(run.name.split()[0])
         expected = trials.set_index("optuna_number").loc[number, "epochs_run"]
-        assert len(events.Scalars("val_average")) == expected
+        assert len(events.Scalars("val/average")) == expected
         assert events.summary_metadata  # HParams plugin data
 
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from fundus_search.search.cli._args import number_above
-from fundus_search.vocabulary import AVERAGE, TENSORBOARD_DIR, val
+from fundus_search.vocabulary import AVERAGE, EVALUATION_FILE, TENSORBOARD_DIR, val
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -109,7 +109,13 @@ def tensorboard_serve_command(args: argparse.Namespace) -> int:
     from fundus_search.results import find_searches
 
     searches = find_searches(args.results)
-    spec = ",".join(f"{p.name}:{p / TENSORBOARD_DIR}" for p in searches)
+    runs = [(p.name, p / TENSORBOARD_DIR) for p in searches]
+    runs += [
+        (f"{p.name}/{e.parent.name}", e.parent / TENSORBOARD_DIR)
+        for p in searches
+        for e in p.glob(f"*/{EVALUATION_FILE}")
+    ]
+    spec = ",".join(f"{name}:{folder}" for name, folder in runs if folder.is_dir())
     url = f"http://127.0.0.1:{args.port}/"
     print(f"TensorBoard for {len(searches)} search(es) at {url} (Ctrl-C to stop)", flush=True)
     command = [

@@ -1,4 +1,5 @@
-"""TensorBoard: one run per trial with a readable name, a scalar per metric per epoch, HParams."""
+"""TensorBoard: one run per trial (or evaluation run) with a readable name, a scalar per metric
+per epoch in groups (`train/`, `val/`, `lp_warmup/`, `speed/`), HParams."""
 
 from __future__ import annotations
 
@@ -27,8 +28,24 @@ _NAMED = tuple(p for p in PARAMS if p not in (SEED, FOLD))  # the run's name: wh
 _WARMUP = lp_warmup(val(AVERAGE))
 
 
+def tag(metric: str) -> str:
+    """The grouped TensorBoard tag of a reported metric: `train_loss` -> `train/loss`,
+    `val_average` -> `val/average`, `lp_val_average` -> `lp_warmup/val_average`,
+    `epoch_seconds` -> `speed/epoch_seconds`."""
+    if metric == TRAIN_LOSS:
+        return "train/loss"
+    if metric.startswith(lp_warmup("")):
+        return f"lp_warmup/{metric.removeprefix(lp_warmup(''))}"
+    if metric.startswith(val("")):
+        return f"val/{metric.removeprefix(val(''))}"
+    return f"speed/{metric}"
+
+
 def run_name(config: dict) -> str:
-    """e.g. `0007 init=flair,strategy=lp_ft,lp_lr=0.0012,ft_lr=3e-05,lp_epochs=5`."""
+    """e.g. `0007 init=flair,strategy=lp_ft,lp_lr=0.0012,ft_lr=3e-05,lp_epochs=5`; an evaluation
+    run by its id, which says its configuration, split, fold and seed (`flair-lp-1-fold2-seed0`)."""
+    if config.get("run_id"):
+        return str(config["run_id"])
     parts = [
         f"{k}={config[k]:.2g}" if isinstance(config.get(k), float) else f"{k}={config[k]}"
         for k in _NAMED
@@ -52,7 +69,7 @@ class TensorBoardCallback(Callback):
                     raise ResultsWriteError(str(path), OSError(errno.ELOOP, "a symlink"), Path(self.logdir).parent)
             writer = SummaryWriter(str(folder))
             hparam_values = {k: trial.config[k] for k in PARAMS if trial.config.get(k) is not None}
-            experiment, session_start, _ = hparams(hparam_values, {c: 0.0 for c in SCALARS})
+            experiment, session_start, _ = hparams(hparam_values, {tag(c): 0.0 for c in SCALARS})
             for summary in (experiment, session_start):
                 writer.file_writer.add_summary(summary)
             self.writers[trial.trial_id] = writer
@@ -64,11 +81,11 @@ class TensorBoardCallback(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         writer = self._writer(trial)
-        for tag in SCALARS:
-            if result.get(tag) is not None:
-                writer.add_scalar(tag, result[tag], global_step=result["epoch"])
+        for metric in SCALARS:
+            if result.get(metric) is not None:
+                writer.add_scalar(tag(metric), result[metric], global_step=result["epoch"])
         if result.get(_WARMUP) is not None:
-            writer.add_scalar(_WARMUP, result[_WARMUP], global_step=0)
+            writer.add_scalar(tag(_WARMUP), result[_WARMUP], global_step=0)
         writer.flush()
 
     def _close(self, trial) -> None:

@@ -40,6 +40,7 @@ from fundus_search.results.layout import EvaluationFolder, SearchFolder
 from fundus_search.results.query import cell_winners
 from fundus_search.results.store import EVALUATION_TABLES
 from fundus_search.search.engine.callbacks import ProgressCallback, StoreCallback
+from fundus_search.search.engine.tensorboard import TensorBoardCallback
 from fundus_search.search.engine.trainable import train_trial
 from fundus_search.search.engine.tuner import (
     check_ray_state,
@@ -71,6 +72,7 @@ from fundus_search.vocabulary import (
     SEED,
     STOPPED_EARLY,
     STRATEGY,
+    TENSORBOARD_DIR,
     TRAIN_SEED,
     best,
     check_name,
@@ -425,6 +427,7 @@ def _callbacks(folder: Path, name: str, config: Config, cache: ImageCache, total
         ProgressCallback(
             metric=config.search.metric, mode=config.search.mode, total=total, label=evaluation_label, best_epoch=False
         ),
+        TensorBoardCallback(str(folder / TENSORBOARD_DIR)),  # a run per evaluation run, named by its id
     ]
 
 
