@@ -385,3 +385,12 @@ def test_every_evaluation_run_is_a_tensorboard_run_named_by_its_id(evaluation):
     run = runs.iloc[0]
     events = EventAccumulator(str(folders[run["run_id"]])).Reload()
     assert len(events.Scalars("val/average")) >= 1 and "train/loss" in events.Tags()["scalars"]
+
+
+def test_the_tensorboard_command_serves_the_evaluations_runs_beside_the_searchs(search, evaluation):
+    from fundus_search.search.cli.query import tensorboard_logdirs
+
+    assert tensorboard_logdirs([search]) == [
+        (search.name, search / "tensorboard"),
+        (f"{search.name}/evaluation", evaluation / "tensorboard"),
+    ]

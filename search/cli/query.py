@@ -105,17 +105,20 @@ def tensorboard_command(results: list[str | Path]) -> str:
     return "fundus-search tensorboard " + " ".join(str(Path(r).absolute()) for r in results)
 
 
+def tensorboard_logdirs(searches: list[Path]) -> list[tuple[str, Path]]:
+    """(name, folder) of each search's TensorBoard runs, then of each of its evaluations'."""
+    runs = [(p.name, p / TENSORBOARD_DIR) for p in searches]
+    evaluations = [e.parent for p in searches for e in p.glob(f"*/{EVALUATION_FILE}")]
+    return runs + [
+        (f"{e.parent.name}/{e.name}", e / TENSORBOARD_DIR) for e in evaluations if (e / TENSORBOARD_DIR).is_dir()
+    ]
+
+
 def tensorboard_serve_command(args: argparse.Namespace) -> int:
     from fundus_search.results import find_searches
 
     searches = find_searches(args.results)
-    runs = [(p.name, p / TENSORBOARD_DIR) for p in searches]
-    runs += [
-        (f"{p.name}/{e.parent.name}", e.parent / TENSORBOARD_DIR)
-        for p in searches
-        for e in p.glob(f"*/{EVALUATION_FILE}")
-    ]
-    spec = ",".join(f"{name}:{folder}" for name, folder in runs if folder.is_dir())
+    spec = ",".join(f"{name}:{folder}" for name, folder in tensorboard_logdirs(searches))
     url = f"http://127.0.0.1:{args.port}/"
     print(f"TensorBoard for {len(searches)} search(es) at {url} (Ctrl-C to stop)", flush=True)
     command = [
