@@ -77,6 +77,7 @@ def build_backbone(name: str, *, image_size: int | None = None, pool: str | None
     if name in BACKBONES:
         model = BACKBONES[name].build(weights=None)
         model.fc = nn.Identity()
+        model.num_features = BACKBONES[name].feature_dim  # timm's name for it, so `feature_width` reads both
         return model
     import timm
 
@@ -93,13 +94,17 @@ def build_backbone(name: str, *, image_size: int | None = None, pool: str | None
     return model
 
 
+def feature_width(model: nn.Module) -> int:
+    """Width of the feature vector of a model `build_backbone` made."""
+    return int(getattr(model, "head_hidden_size", None) or model.num_features)
+
+
 def backbone_dim(name: str, *, image_size: int | None = None, **options) -> int:
-    """Width of the backbone's feature vector (read off a weightless meta-device copy)."""
+    """Width of the backbone's feature vector, without building it (a weightless meta-device copy)."""
     if name in BACKBONES:
         return BACKBONES[name].feature_dim
     with torch.device("meta"):
-        model = build_backbone(name, image_size=image_size, **options)  # options may hold `pool`
-    return int(getattr(model, "head_hidden_size", None) or model.num_features)
+        return feature_width(build_backbone(name, image_size=image_size, **options))  # options may hold `pool`
 
 
 class Normalize(nn.Module):

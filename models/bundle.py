@@ -24,8 +24,8 @@ from fundus_search.models.backbones import (
     FeatureNet,
     FlairProjection,
     Head,
-    backbone_dim,
     build_backbone,
+    feature_width,
     is_backbone,
 )
 from fundus_search.models.weights import file_sha256
@@ -67,10 +67,11 @@ class Architecture:
 
     def build(self, image_size: int | None = None) -> Classifier:
         """The network with this architecture and untrained weights, in eval mode."""
-        dim = backbone_dim(self.backbone, image_size=image_size, **self.options)
+        backbone = build_backbone(self.backbone, image_size=image_size, **self.options)
+        dim = feature_width(backbone)
         projection = FlairProjection(dim, self.projection_dim) if self.projection_dim else None
         net = FeatureNet(
-            build_backbone(self.backbone, image_size=image_size, **self.options),
+            backbone,
             self.projection_dim or dim,
             normalize=self.normalize,
             projection=projection,

@@ -16,7 +16,7 @@ import torchvision
 from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors
 
-from fundus_search.models.backbones import BACKBONES, FeatureNet, FlairProjection, backbone_dim, build_backbone
+from fundus_search.models.backbones import BACKBONES, FeatureNet, FlairProjection, build_backbone, feature_width
 from fundus_search.vocabulary import UserError
 
 FLAIR_PREFIX = "vision_model.model."
@@ -217,7 +217,7 @@ def _build_torchvision(init: InitSpec, backbone: str, where: str, seed: int, ima
     path = torchvision_weights_file(init, backbone, where)
     state = {k: v for k, v in read_state_dict(path, where).items() if not k.startswith("fc.")}
     load_strict(model, state, backbone, where)
-    return FeatureNet(model, BACKBONES[backbone].feature_dim, normalize=init.normalize)
+    return FeatureNet(model, feature_width(model), normalize=init.normalize)
 
 
 def _build_flair(init: InitSpec, backbone: str, where: str, seed: int, image_size: int | None) -> FeatureNet:
@@ -227,7 +227,7 @@ def _build_flair(init: InitSpec, backbone: str, where: str, seed: int, image_siz
         raise WeightsError(f"{where}: no '{FLAIR_PREFIX}*' keys in the checkpoint; is it a FLAIR checkpoint?")
     model = build_backbone(backbone)
     load_strict(model, vision, backbone, where)
-    dim, projection = BACKBONES[backbone].feature_dim, None
+    dim, projection = feature_width(model), None
     if init.projection:
         if FLAIR_PROJECTION_KEY not in state:
             raise WeightsError(f"{where}: projection: true but {FLAIR_PROJECTION_KEY} is not in the checkpoint")
@@ -248,7 +248,7 @@ def _build_random(init: InitSpec, backbone: str, where: str, seed: int, image_si
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_backbone(backbone, image_size=image_size, **options)
-    return FeatureNet(model, backbone_dim(backbone, image_size=image_size, **options), normalize=init.normalize)
+    return FeatureNet(model, feature_width(model), normalize=init.normalize)
 
 
 # RETFound fine-tunes with global pooling: the mean of the patch tokens, then a new LayerNorm
@@ -280,7 +280,7 @@ def _build_retfound(init: InitSpec, backbone: str, where: str, seed: int, image_
     model = build_backbone(backbone, image_size=image_size, **options)
     fresh = tuple(k for k in ("fc_norm.weight", "fc_norm.bias") if options.get("fc_norm"))
     load_strict(model, _timm_layout(encoder, model), backbone, where, fresh=fresh)
-    return FeatureNet(model, backbone_dim(backbone, image_size=image_size, **options), normalize=init.normalize)
+    return FeatureNet(model, feature_width(model), normalize=init.normalize)
 
 
 def _build_dinov2(init: InitSpec, backbone: str, where: str, seed: int, image_size: int | None) -> FeatureNet:
@@ -292,7 +292,7 @@ def _build_dinov2(init: InitSpec, backbone: str, where: str, seed: int, image_si
     options = backbone_options(init)
     model = build_backbone(backbone, image_size=image_size, **options)
     load_strict(model, _timm_layout(state, model), backbone, where)
-    return FeatureNet(model, backbone_dim(backbone, image_size=image_size, **options), normalize=init.normalize)
+    return FeatureNet(model, feature_width(model), normalize=init.normalize)
 
 
 def _build_timm(init: InitSpec, backbone: str, where: str, seed: int, image_size: int | None) -> FeatureNet:
@@ -302,7 +302,7 @@ def _build_timm(init: InitSpec, backbone: str, where: str, seed: int, image_size
     classifier = model.pretrained_cfg.get("classifier") or "head"  # dropped: this tool trains its own head
     state = {k: v for k, v in state.items() if not k.startswith(f"{classifier}.")}
     load_strict(model, _timm_layout(state, model), backbone, where)
-    return FeatureNet(model, backbone_dim(backbone, image_size=image_size, **options), normalize=init.normalize)
+    return FeatureNet(model, feature_width(model), normalize=init.normalize)
 
 
 @dataclass(frozen=True)

@@ -346,7 +346,8 @@ def start_evaluation(
         raise SearchError(
             f"{folder} already exists; continue it with `fundus-search resume {folder}` or pass another --name"
         )
-    cache = prepare(config, address=address, destination=str(folder))
+    caches = prepare(config, address=address, destination=str(folder))
+    cache = caches[config.data.image_size]
     cpu = measure_cpu(config, cache)
     try:
         folder.mkdir()
@@ -364,7 +365,7 @@ def start_evaluation(
         cpu_ms_per_image=cpu,
         planned=[_planned(r) for r in runs],
     ).write()
-    _run(folder, config, cache, runs, train_fn, request.keep_models)
+    _run(folder, config, caches, runs, train_fn, request.keep_models)
     return folder
 
 
@@ -399,12 +400,18 @@ def protocol(config: Config, request: EvaluationRequest, cache: ImageCache) -> d
 
 
 def _run(
-    folder: Path, config: Config, cache: ImageCache, runs: list[dict], train_fn: Callable, keep_models: str
+    folder: Path,
+    config: Config,
+    caches: dict[int, ImageCache],
+    runs: list[dict],
+    train_fn: Callable,
+    keep_models: str,
 ) -> None:
     """Every planned run as one Ray Tune experiment, `folder` itself, then the comparisons and
     the model bundles."""
+    cache = caches[config.data.image_size]
     tuner = make_tuner(
-        trainable_with_resources(config, cache, train_fn),
+        trainable_with_resources(config, caches, train_fn),
         config,
         name=folder.name,
         storage_path=str(folder.parent),
@@ -443,17 +450,18 @@ def resume_evaluation(folder: Path, *, address: str | None = None, train_fn: Cal
     check_ray_state(folder)
     search = evaluation.search
     config = load_config(search.config_file)
-    cache = prepare(config, address=address)
+    caches = prepare(config, address=address)
     if not ray_saved_state(folder):  # stopped between evaluation.json and Ray's first snapshot
         request = EvaluationRequest.from_json(evaluation.request).resolved(config)
         runs = plan_runs(load_trials([search.path]), config, request, search.path)
         discard_unsaved(folder, (ROW_LOG, *EVALUATION_TABLES))  # what Ray never recorded runs again
-        _run(folder, config, cache, runs, train_fn, request.keep_models)
+        _run(folder, config, caches, runs, train_fn, request.keep_models)
         return folder
-    trainable = trainable_with_resources(config, cache, train_fn)
+    trainable = trainable_with_resources(config, caches, train_fn)
     restore_tuner(str(folder), trainable, local=folder).fit()
     finish_evaluation(folder)
-    write_bundles(folder, config, cache, EvaluationRequest.from_json(evaluation.request).keep_models)
+    keep_models = EvaluationRequest.from_json(evaluation.request).keep_models
+    write_bundles(folder, config, caches[config.data.image_size], keep_models)
     prune_checkpoints(folder, str(folder / RUNS_FILE))
     return folder
 
