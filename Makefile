@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 DEMO_WEIGHTS := .cache/demo-weights
 
-.PHONY: run test bench clean-venv
+.PHONY: run test bench image clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,14 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all
+
+# The container image (Dockerfile; not part of `make test`). Build arguments pass through, e.g.
+# make image DOCKER_BUILD_ARGS="--build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128"
+IMAGE ?= fundus-search:0.1.0
+DOCKER_BUILD_ARGS ?=
+
+image:
+	docker build -t $(IMAGE) $(DOCKER_BUILD_ARGS) .
 
 clean-venv:
 	rm -rf $(VENV)

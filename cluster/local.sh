@@ -2,8 +2,13 @@
 # A Ray cluster of several nodes on this machine, on loopback, for trying the cluster path.
 #
 #   cluster/local.sh up [--workers N] [--cpus-per-node C] [--gpus-per-worker G] [--port-base P]
+#                       [--gcs-port PORT] [--dashboard-port PORT]
 #   cluster/local.sh status
 #   cluster/local.sh down
+#
+# Defaults: 1 worker, 1 CPU per node, no GPUs, node ports from 20000 (node i: P + 100 i + 1..99),
+# GCS 6380, dashboard and Jobs API 8265. The nodes run the Python environment that is active
+# (a venv or conda environment with fundus-search installed), else the checkout's .venv.
 #
 # Each node is one `ray start --block` in its own process group, every server of it listening
 # on 127.0.0.1 only (cluster/ray_on_loopback.py says how), with explicit ports and resources.
@@ -16,13 +21,24 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 state_dir=${FUNDUS_CLUSTER_STATE:-$HOME/.cache/fundus-search/local-cluster}
 state=$state_dir/state
-venv_bin=$here/.venv/bin
 export RAY_AUTH_MODE=token
 # Every node, agent, worker and job driver of this cluster stays on 127.0.0.1 (see ray_on_loopback.py).
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
-export PATH="$venv_bin:$PATH"  # jobs run `python -m fundus_search` with the project's environment
 
 die() { echo "cluster/local.sh: $*" >&2; exit 2; }
+
+# The environment the nodes and their jobs run in: the active one ($VIRTUAL_ENV, or the python
+# on PATH, e.g. conda's) if it has Ray and fundus-search, else the checkout's .venv.
+python_bin() {
+  local py
+  for py in "${VIRTUAL_ENV:+$VIRTUAL_ENV/bin/python}" "$(command -v python || true)" "$here/.venv/bin/python"; do
+    if [ -n "$py" ] && [ -x "$py" ] && "$py" -c 'import ray, fundus_search' 2>/dev/null; then
+      dirname "$py"
+      return 0
+    fi
+  done
+  die "no Python with ray and fundus-search installed: activate its environment, or run make in $here"
+}
 
 node_ports() {  # the explicit ports of node $1 (0 = head) from port base $2
   local base=$(( $2 + $1 * 100 ))
@@ -56,6 +72,8 @@ PY
 }
 
 up() {
+  venv_bin=$(python_bin)
+  export PATH="$venv_bin:$PATH"  # jobs run `python -m fundus_search` in this environment
   local workers=1 cpus=1 gpus=0 base=20000 gcs_port=6380 dashboard_port=8265
   while [ $# -gt 0 ]; do
     case $1 in
@@ -65,7 +83,7 @@ up() {
       --port-base) base=$2; shift 2 ;;
       --gcs-port) gcs_port=$2; shift 2 ;;
       --dashboard-port) dashboard_port=$2; shift 2 ;;
-      *) die "unknown option $1; see the usage at the top of $0" ;;
+      *) die "unknown option $1; usage: $0 up [--workers N] [--cpus-per-node C] [--gpus-per-worker G] [--port-base P] [--gcs-port PORT] [--dashboard-port PORT]" ;;
     esac
   done
   if [ -f "$state" ]; then
@@ -98,7 +116,7 @@ up() {
   done
   wait_for_nodes "127.0.0.1:$gcs_port" $((workers + 1))
   echo "cluster up: $((workers + 1)) nodes, GCS 127.0.0.1:$gcs_port, dashboard and Jobs API http://127.0.0.1:$dashboard_port"
-  echo "submit:     fundus-search submit CONFIG --address http://127.0.0.1:$dashboard_port --follow"
+  echo "submit:     fundus-search submit CONFIG --same-host --follow   (jobs: fundus-search jobs list)"
 }
 
 status() {

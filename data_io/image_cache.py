@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 from numpy.lib.format import open_memmap
-from tqdm import tqdm
 
 from fundus_search.caching import build_once
 from fundus_search.data_io.manifest import BadFile, BadFilesError, Manifest, check_classes
 from fundus_search.data_io.preprocess import Preprocessing, decode_image, preprocess_file
+from fundus_search.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,9 @@ def _build(manifest, preprocessing, folder, key, fingerprint, skip_bad, num_work
             (str(tmp), [str(manifest.absolute(i)) for i in chunk], list(chunk), preprocessing)
             for chunk in _chunks(range(len(manifest)))
         ]
-        errors = [err for result in _map(_decode_into, jobs, num_workers, "decoding") for err in result]
+        units = [len(job[2]) for job in jobs]
+        decoded = _map(_decode_into, jobs, units, num_workers, f"image cache {key}: decoding")
+        errors = [err for result in decoded for err in result]
         bad = [BadFile(manifest.paths[i], reason) for i, reason in errors]
         if bad and not skip_bad:
             raise BadFilesError(bad)
@@ -174,7 +176,8 @@ def _drop_rows(manifest: Manifest, tmp: Path, bad: list[BadFile], rows: list[int
 def scan_images(manifest: Manifest, *, num_workers: int | None = None) -> list[tuple[int, int] | str]:
     """Decode every file once: (height, width) per row, or the error text where it fails."""
     jobs = [[str(manifest.absolute(i)) for i in chunk] for chunk in _chunks(range(len(manifest)))]
-    return [item for result in _map(_scan, jobs, num_workers, "checking") for item in result]
+    units = [len(job) for job in jobs]
+    return [item for result in _map(_scan, jobs, units, num_workers, "checking images") for item in result]
 
 
 def _decode_into(job) -> list[tuple[int, str]]:
@@ -205,19 +208,19 @@ def _chunks(indices: range) -> Iterable[range]:
     return (indices[i : i + _CHUNK] for i in range(0, len(indices), _CHUNK))
 
 
-def _map(fn: Callable, jobs: list, num_workers: int | None, desc: str) -> list:
-    """fn over jobs, in order, in worker threads (inline for 0 workers or a few jobs)."""
+def _map(fn: Callable, jobs: list, units: list[int], num_workers: int | None, desc: str) -> list:
+    """fn over jobs, in order, in worker threads (inline for 0 workers or a few jobs), its
+    progress counted in `units` (images) per job."""
     workers = (os.cpu_count() or 1) if num_workers is None else num_workers
-    bar = tqdm(total=len(jobs) * _CHUNK, desc=desc, unit="img", disable=None, leave=False)
     results = []
-    if workers <= 1 or len(jobs) < 2:
-        for job in jobs:
-            results.append(fn(job))
-            bar.update(_CHUNK)
-    else:
-        with ThreadPoolExecutor(min(workers, len(jobs))) as pool:
-            for result in pool.map(fn, jobs):
-                results.append(result)
-                bar.update(_CHUNK)
-    bar.close()
+    with Progress(sum(units), desc) as progress:
+        if workers <= 1 or len(jobs) < 2:
+            for job, n in zip(jobs, units, strict=True):
+                results.append(fn(job))
+                progress.update(n)
+        else:
+            with ThreadPoolExecutor(min(workers, len(jobs))) as pool:
+                for result, n in zip(pool.map(fn, jobs), units, strict=True):
+                    results.append(result)
+                    progress.update(n)
     return results

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,15 +164,46 @@ SOURCES: dict[str, Callable[[DataSpec], tuple[Path, tuple[str, ...], list[_Row]]
 }
 
 
+_LINKED_OUT = "under a symlink that leads outside data.root: "
+
+
 def _file_problem(root: Path, relpath: str) -> str | None:
     full = (root / relpath).resolve()
     if not full.is_relative_to(root.resolve()):
-        return "path escapes data.root"
+        link = _escaping_link(root, relpath)
+        return _LINKED_OUT + link if link else "path escapes data.root"
     if not full.is_file():
         return "no such file"
     if full.stat().st_size == 0:
         return "empty file"
     return None
+
+
+def _escaping_link(root: Path, relpath: str) -> str | None:
+    """The first symlink on `relpath` that leads outside `root`, as `link -> target`. Links that
+    stay inside the root are followed like folders."""
+    inside, here = root.resolve(), root
+    for part in Path(relpath).parts:
+        here = here / part
+        if here.is_symlink() and not here.resolve().is_relative_to(inside):
+            return f"{here.relative_to(root)} -> {os.readlink(here)}"
+    return None
+
+
+def _linked_out_error(bad: list[BadFile]) -> ManifestError | None:
+    """One line per symlink that leads files outside the root, not one entry per file."""
+    links: dict[str, int] = {}
+    for b in bad:
+        if b.reason.startswith(_LINKED_OUT):
+            link = b.reason.removeprefix(_LINKED_OUT)
+            links[link] = links.get(link, 0) + 1
+    if not links:
+        return None
+    lines = "\n".join(f"  {link}  ({n} files)" for link, n in links.items())
+    return ManifestError(
+        f"data.root: {sum(links.values())} listed files lie under symlinks that lead outside it, which "
+        f"are not followed:\n{lines}\nset data.root to the folder they lead to, or copy the files under data.root"
+    )
 
 
 def build_manifest(spec: DataSpec) -> Manifest:
@@ -204,7 +236,7 @@ def build_manifest(spec: DataSpec) -> Manifest:
         labels.append(label)
         groups.append(group or Path(relpath).name)
     if bad and (not spec.skip_bad or not paths):
-        raise BadFilesError(bad)
+        raise _linked_out_error(bad) or BadFilesError(bad)
     manifest = Manifest(root, tuple(classes), paths, np.asarray(labels, dtype=np.int64), groups, bad)
     check_classes(manifest)
     return manifest

@@ -15,6 +15,7 @@ import torch
 from fundus_search.caching import build_once
 from fundus_search.data_io import to_float
 from fundus_search.models.backbones import FeatureNet
+from fundus_search.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +27,19 @@ def autocast(device: torch.device):
 
 @torch.no_grad()
 def extract_features(
-    net: FeatureNet, images: np.ndarray, *, batch_size: int = 64, device: torch.device | str = "cpu"
+    net: FeatureNet,
+    images: np.ndarray,
+    *,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    desc: str = "frozen features",
 ) -> np.ndarray:
     """Features of every image with the backbone frozen in eval mode, no augmentation.
 
     Args:
         net: the feature network (normalisation and projection included).
         images: (N, S, S, 3) uint8.
+        desc: the step's name on its progress bar or lines (fundus_search.progress).
 
     Returns:
         (N, net.feature_dim) float32.
@@ -42,12 +49,14 @@ def extract_features(
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
     out = np.empty((len(images), net.feature_dim), dtype=np.float32)
-    for start in range(0, len(images), batch_size):
-        batch = to_float(
-            torch.from_numpy(np.array(images[start : start + batch_size])).to(device)
-        )  # copy: memmap is read-only
-        with autocast(device):
-            out[start : start + len(batch)] = net(batch).float().cpu().numpy()
+    with Progress(len(images), desc) as progress:
+        for start in range(0, len(images), batch_size):
+            batch = to_float(
+                torch.from_numpy(np.array(images[start : start + batch_size])).to(device)
+            )  # copy: memmap is read-only
+            with autocast(device):
+                out[start : start + len(batch)] = net(batch).float().cpu().numpy()
+            progress.update(len(batch))
     return out
 
 
@@ -98,7 +107,8 @@ def load_or_extract_features(
     target = folder / f"{key}.npy"
 
     def extract() -> None:
-        features = extract_features(build_net(), images, batch_size=batch_size, device=device)
+        desc = f"features {key[:8]}: extracting"
+        features = extract_features(build_net(), images, batch_size=batch_size, device=device, desc=desc)
         tmp = folder / f"{key}.{os.getpid()}.tmp.npy"
         np.save(tmp, features)
         os.replace(tmp, target)

@@ -38,6 +38,12 @@ from fundus_search.vocabulary import (
 )
 
 
+def trial_folder(trial_id: str) -> str:
+    """The folder of Ray Tune trial `trial_id` in its search or evaluation folder (short; the
+    readable names live in TensorBoard and Parquet)."""
+    return f"trial_{trial_id}"
+
+
 class FolderError(UserError):
     """A path is not the search or evaluation folder it was given as; the message says what to pass."""
 

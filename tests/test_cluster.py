@@ -206,20 +206,187 @@ def test_missing_token_fails_fast(tmp_path):
     assert "Ray token: none in RAY_AUTH_TOKEN" in done.stderr
 
 
+def test_jobs_talks_to_the_cluster_local_sh_recorded_unless_told_otherwise(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "state").write_text("address 127.0.0.1:6399\ndashboard http://127.0.0.1:9\nnode head 1\n")
+    env = {"FUNDUS_CLUSTER_STATE": str(state), "RAY_API_SERVER_ADDRESS": ""}
+    done, _ = in_process(["jobs", "list"], env)
+    assert done.returncode == 2 and "Jobs API http://127.0.0.1:9: cannot reach it" in done.stderr, done.stderr
+    done, _ = in_process(["jobs", "list", "--address", "http://127.0.0.1:7"], env)
+    assert "Jobs API http://127.0.0.1:7:" in done.stderr  # --address wins
+
+
+DEMO = ROOT / "search" / "configs" / "demo.yaml"
+
+
+def test_submit_ships_paths_that_mean_the_same_on_the_cluster(tmp_path):
+    from fundus_search.search.ops.jobs import JOB_CONFIG, stage_working_dir
+    from fundus_search.search.study.config import load_config
+
+    overrides = {
+        "storage.path": "/mnt/results",  # the cluster's shared mount: kept
+        "model.inits.imagenet.path": "~/weights/imagenet.pth",  # expanded where the job runs
+        "model.inits.flair.path": "../../models/challenge/model.py",  # a file of the checkout: it ships
+    }
+    staged = stage_working_dir(DEMO, tmp_path / "job", overrides)
+    shipped = yaml.safe_load((staged / JOB_CONFIG).read_text())
+    inits = shipped["model"]["inits"]
+    assert shipped["storage"]["path"] == "/mnt/results"
+    assert inits["imagenet"]["path"] == "~/weights/imagenet.pth"
+    assert inits["flair"]["path"] == "models/challenge/model.py" and (staged / inits["flair"]["path"]).is_file()
+    # read where the job reads it, the relative path lands in the shipped copy, not in this checkout
+    config = load_config(staged / JOB_CONFIG)
+    assert config.model.inits["flair"].path == (staged / "models" / "challenge" / "model.py").absolute()
+    assert config.model.inits["imagenet"].path == Path("~/weights/imagenet.pth").expanduser()
+    assert not (staged / ".venv").exists() and not (staged / ".cache").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({}, "storage.path: ../../runs is relative, so on the cluster it is inside the job's temporary"),
+        (  # the demo's weights live under .cache, which the job leaves out
+            {"storage.path": "/mnt/results"},
+            "model.inits.imagenet.path: ../../.cache/demo-weights/imagenet_standin_resnet18.pth is",
+        ),
+        (
+            {"storage.path": "/mnt/results", "data.source": "cgi-hrdc", "data.root": "../../../data"},
+            "data.root: ../../../data is",
+        ),
+    ],
+)
+def test_submit_refuses_a_path_only_this_machine_has_before_contacting_the_cluster(tmp_path, overrides, message):
+    argv = [str(DEMO), "--address", "http://127.0.0.1:9"]  # nothing listens: the path check comes first
+    for key, value in overrides.items():
+        argv += ["--set", f"{key}={value}"]
+    done, _ = submit(*argv)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "cannot reach" not in done.stderr
+
+
+def test_submit_same_host_resolves_the_paths_here(tmp_path):
+    from fundus_search.search.ops.jobs import shipped_config
+
+    shipped = shipped_config(DEMO, same_host=True)
+    assert shipped["storage"]["path"] == str(ROOT / "runs")
+    assert shipped["model"]["inits"]["flair"]["path"] == str(
+        ROOT / ".cache" / "demo-weights" / "flair_standin_resnet18.pth"
+    )
+
+
 def test_manifests_parse_and_carry_the_required_fields():
+    import re
+
     schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
     launcher = yaml.safe_load((ROOT / "cluster" / "aws-gpu.yaml").read_text())
     jsonschema.validate(launcher, schema)
     assert "--dashboard-host=127.0.0.1" in " ".join(launcher["head_start_ray_commands"])
     assert launcher["available_node_types"]["gpu_worker"]["resources"]["GPU"] == 1
+    # the image, not per-node installs; the token reaches every node; the big local folders stay home
+    assert launcher["docker"]["image"].endswith("fundus-search:0.1.0-cu128")
+    assert not any("pip install" in c for c in launcher.get("setup_commands", []))
+    assert launcher["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    assert {".venv", "runs", ".cache"} <= set(launcher["rsync_exclude"])
+    ray_version = re.search(r"ARG RAY_VERSION=(\S+)", (ROOT / "Dockerfile").read_text()).group(1)
+    claims = {
+        c["metadata"]["name"]: c
+        for c in yaml.safe_load_all((ROOT / "cluster" / "kuberay" / "volumes.yaml").read_text())
+    }
+    assert claims["fundus-search-results"]["spec"]["accessModes"] == ["ReadWriteMany"]
     for name in ("raycluster.yaml", "rayjob.yaml"):
         manifest = yaml.safe_load((ROOT / "cluster" / "kuberay" / name).read_text())
         spec = manifest["spec"].get("rayClusterSpec", manifest["spec"])
-        assert spec["authOptions"]["mode"] == "token"
-        workers = spec["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
-        assert workers["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert spec["authOptions"]["mode"] == "token" and spec["rayVersion"] == ray_version
+        for group in (spec["headGroupSpec"], *spec["workerGroupSpecs"]):
+            pod = group["template"]["spec"]
+            mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+            assert mounts["results"] == "/results" and mounts["weights"] == "/home/fundus/weights"
+            assert {
+                v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v
+            } <= set(claims)
+            assert pod["securityContext"]["fsGroup"] == 1000  # the image's user writes the results volume
+        workers = spec["workerGroupSpecs"][0]["template"]["spec"]
+        assert workers["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert workers["tolerations"][0]["key"] == "nvidia.com/gpu"
     job = yaml.safe_load((ROOT / "cluster" / "kuberay" / "rayjob.yaml").read_text())
     assert job["kind"] == "RayJob" and "fundus-search run" in job["spec"]["entrypoint"]
+    assert "--set storage.path=/results" in job["spec"]["entrypoint"]  # on the volume, not in the head pod
+
+
+def node_ports(index: int, base: int = 21000) -> list[str]:
+    """cluster/local.sh's explicit ports of node `index` (the module cluster's base)."""
+    at = base + index * 100
+    ports = {"node-manager": 1, "object-manager": 2, "metrics-export": 3, "dashboard-agent-listen": 4}
+    ports |= {"dashboard-agent-grpc": 5, "runtime-env-agent": 6, "min-worker": 10, "max-worker": 99}
+    return [arg for name, offset in ports.items() for arg in (f"--{name}-port", str(at + offset))]
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_run_on_nodes_that_do_not_share_the_results_folder_is_refused_before_writing(cluster, tmp_path):
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare (.ci/run has both) for a node with a mount namespace of its own")
+    config = write_config(tmp_path)
+    storage = tmp_path / "runs"
+    storage.mkdir()
+    # A third node whose `storage` is an empty tmpfs of its own: a machine without the shared mount.
+    start = [sys.executable, str(ROOT / "cluster" / "ray_on_loopback.py"), "start", "--block"]
+    start += ["--node-ip-address", "127.0.0.1", "--address", "127.0.0.1:6390", "--num-cpus", "0", *node_ports(5)]
+    script = f"mount -t tmpfs tmpfs {storage} && exec {' '.join(start)}"
+    log = tmp_path / "node.log"
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    with log.open("w") as out:
+        node = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "bash", "-c", script],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while "Ray runtime started" not in log.read_text() and time.monotonic() < deadline and node.poll() is None:
+            time.sleep(0.5)
+        assert "Ray runtime started" in log.read_text(), log.read_text()[-2000:]
+        run = subprocess.run(
+            [CLI, "run", str(config), "--address", "127.0.0.1:6390", "--name", "unshared"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert run.returncode == 2, run.stderr[-3000:]
+        errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
+        assert errors == [
+            line for line in errors if f"storage.path: {storage} is not shared by the cluster's nodes (1 of 3" in line
+        ]
+        assert len(errors) == 1 and "Traceback" not in run.stderr, run.stderr
+        assert list(storage.iterdir()) == [], "the marker, and no search folder, is left behind"
+    finally:
+        os.killpg(node.pid, signal.SIGKILL)
+        node.wait(timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_trials_shorter_than_a_worker_start_still_spread_over_both_nodes(cluster, tmp_path):
+    """Linear probes of a second or less, two at a time on two 1-CPU nodes: with Tune's actor
+    reuse every trial ran in the first node's worker (the other node's starting worker was
+    dropped each time); one trial per worker spreads them."""
+    config = write_config(tmp_path, num_samples=4, max_epochs=1, strategies=("lp",), scheduler={"type": "fifo"})
+    run = subprocess.run(
+        [CLI, "run", str(config), "--address", "127.0.0.1:6390", "--name", "fast"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    trials = pd.read_parquet(tmp_path / "runs" / "fast" / "trials.parquet")
+    assert len(trials) == 4 and (trials["status"] == "completed").all()
+    assert trials["wall_seconds"].max() < 5, "not the short trials this test is about"
+    assert trials["node"].nunique() == 2, trials[["trial_id", "node", "wall_seconds"]].to_string()
 
 
 @pytest.mark.slow

@@ -265,3 +265,38 @@ def test_data_synth_checks_the_configs_ranges_and_writes_nothing(flags, message,
     assert not out.exists()
     rc, printed, _ = run_cli(capsys, "data", "synth", out, "--n", 20, "--size", 32, "--positive-fraction", 0.5)
     assert rc == 0 and "wrote 20 images" in printed
+
+
+def test_symlinks_in_the_root_are_followed_inside_it_and_named_once_each_when_they_lead_out(
+    cgi_tree, tmp_path, write_config, capsys
+):
+    images = image_dir(cgi_tree)
+    root = images.parents[1]  # the task's folder, the root its label file's names are under
+    # a link that stays inside the root (lab storage often links folders): followed
+    shutil.move(images, root / "real-images")
+    images.symlink_to(root / "real-images", target_is_directory=True)
+    rc, out, err = run_cli(capsys, "data", "check", write_config(cgi_config(cgi_tree)))
+    assert rc == 0 and "ok: no problems found" in out, err
+    # one that leads outside it: named once, with its target and how many files it carries
+    images.unlink()
+    shutil.move(root / "real-images", tmp_path / "elsewhere")
+    images.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    rc, _, err = run_cli(capsys, "data", "check", write_config(cgi_config(cgi_tree), "again.yaml"))
+    assert rc == 2 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert (
+        lines[0] == "error: data.root: 24 listed files lie under symlinks that lead outside it, which are not followed:"
+    )
+    assert lines[1].strip() == f"{images.relative_to(root)} -> {tmp_path / 'elsewhere'}  (24 files)"
+    assert len(lines) == 3 and "set data.root to the folder they lead to" in lines[2]
+
+
+def test_slow_steps_print_progress_lines_where_stderr_is_not_a_terminal(
+    cgi_tree, tmp_path, write_config, capsys, monkeypatch
+):
+    monkeypatch.setenv("FUNDUS_SEARCH_PROGRESS_S", "0")  # a line at every update instead of every 30 s
+    rc, _, err = run_cli(capsys, "data", "cache", write_config(cgi_config(cgi_tree, cache_dir=str(tmp_path / "c"))))
+    assert rc == 0, err
+    lines = [line for line in err.splitlines() if ": decoding: " in line]
+    assert lines and lines[-1].startswith("image cache ") and " 24 of 24 img (" in lines[-1], err
+    assert "\r" not in err, "a bar's carriage returns in a log"

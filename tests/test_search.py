@@ -122,6 +122,14 @@ def test_the_progress_line_best_and_optuna_hold_one_score_per_trial(search):
             assert t.value == pytest.approx(score)
         shown = f"val_average {score:.3f} (epoch {int(trials.loc[t.number, 'best_epoch'])})"
         assert shown in lines[t.number], (shown, lines[t.number])
+        # printed to a file, each epoch has its line too (a log has no live table)
+        epochs = [
+            line for line in printed.splitlines() if line.lstrip().startswith(f"#{t.number} ") and " epoch " in line
+        ]
+        assert len(epochs) == trials.loc[t.number, "epochs_run"], printed[-2000:]
+        # optuna-dashboard's link from an Optuna trial to its Ray trial and folder
+        assert t.user_attrs["ray_trial_id"] == trials.loc[t.number, "trial_id"]
+        assert (search / t.user_attrs["trial_dir"] / "result.json").is_file()
 
 
 def _fail_once_after_epoch_3(params, **kwargs):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 
 from fundus_search.search.cli._args import UsageError
@@ -59,8 +58,7 @@ def export_command(args: argparse.Namespace) -> int:
 
 
 def score_submission_command(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from fundus_search.progress import Progress
     from fundus_search.search.evaluate.submission import labelled_images, score_submission
 
     if not args.zip.is_file():
@@ -68,19 +66,8 @@ def score_submission_command(args: argparse.Namespace) -> int:
     if args.output is not None and args.output.suffix.lower() != ".csv":
         raise UsageError(f"--output: {args.output} is not a .csv file")
     paths, labels = labelled_images(args.data, task=args.task)
-    terminal = sys.stderr.isatty()
-    bar = tqdm(total=len(paths), unit="img", disable=not terminal, file=sys.stderr)
-    last_line = [time.monotonic()]
-
-    def progress(done: int) -> None:
-        bar.update(done - bar.n)
-        if not terminal and time.monotonic() - last_line[0] > 10:  # logs: a line now and then
-            log.info("score-submission: %d of %d images", done, len(paths))
-            last_line[0] = time.monotonic()
-
-    result = score_submission(args.zip, paths, labels, progress=progress)
-    bar.update(len(paths) - bar.n)
-    bar.close()
+    with Progress(len(paths), "score-submission") as progress:
+        result = score_submission(args.zip, paths, labels, progress=lambda done: progress.update(done - progress.done))
     for row in result.failed.itertuples():
         print(f"error: {row.path}: {row.error}; not scored", file=sys.stderr)
     scored = result.rows[result.rows["error"].isna()]

@@ -87,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.debug:
         quiet_third_party_notices()
+    if getattr(args, "address", None):
+        # A driver joining a cluster sends the cluster's token only in token mode, which Ray reads
+        # when it is imported (the commands import it later): keep authentication on.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     try:
         return int(args.handler(args) or 0)
     except UserError as exc:  # expected: one line; anything else is a bug and keeps its traceback

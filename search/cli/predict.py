@@ -8,7 +8,6 @@ import csv
 import io
 import logging
 import sys
-import time
 from pathlib import Path
 
 from fundus_search.search.cli._args import UsageError, number_above
@@ -53,10 +52,10 @@ def image_paths(inputs: list[Path]) -> list[Path]:
 def predict_command(args: argparse.Namespace) -> int:
     import numpy as np
     import pandas as pd
-    from tqdm import tqdm
 
     from fundus_search.data_io import preprocess_file
     from fundus_search.models.bundle import load_bundle
+    from fundus_search.progress import Progress
     from fundus_search.results.layout import write_atomic
 
     if args.output is not None and args.output.suffix.lower() not in (".csv", ".parquet"):
@@ -64,9 +63,7 @@ def predict_command(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.bundle)
     paths = image_paths(args.inputs)
     rows, skipped = [], 0
-    terminal = sys.stderr.isatty()
-    bar = tqdm(total=len(paths), unit="img", disable=not terminal, file=sys.stderr)
-    last_line = time.monotonic()
+    progress = Progress(len(paths), "predict")
     for start in range(0, len(paths), args.batch_size):
         batch, names = [], []
         for path in paths[start : start + args.batch_size]:
@@ -83,11 +80,8 @@ def predict_command(args: argparse.Namespace) -> int:
                 {"path": str(p), "prob_positive": float(q), "class": bundle.classes[int(q >= threshold)]}
                 for p, q in zip(names, probs, strict=True)
             ]
-        bar.update(min(args.batch_size, len(paths) - start))
-        if not terminal and time.monotonic() - last_line > 10:  # logs (nohup, SLURM): a line now and then
-            log.info("predict: %d of %d images", min(start + args.batch_size, len(paths)), len(paths))
-            last_line = time.monotonic()
-    bar.close()
+        progress.update(min(args.batch_size, len(paths) - start))
+    progress.close()
     table = pd.DataFrame(rows, columns=["path", "prob_positive", "class"])
     if args.output is None:
         sys.stdout.write(table.to_csv(index=False))

@@ -222,12 +222,31 @@ class ProgressCallback(Callback):
         self.stream, self.best_epoch = stream, best_epoch
         self.best: float | None = None
         self.scores: dict[str, tuple[float, int]] = {}  # trial id -> (score, its epoch)
+        self.epochs_said: dict[str, int] = {}  # trial id -> the last epoch given its line
         self.done = 0
 
     def _better(self, value: float, than: float | None) -> bool:
         return Direction(self.mode).better(value, than)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        """Keeps the trial's score; in a log (stdout not a terminal) also says the epoch, as a
+        log reader has no live table to watch."""
+        self._score(trial, result)
+        self._epoch_line(trial, result)
+
+    def _epoch_line(self, trial: Trial, result: dict) -> None:
+        value, epoch = result.get(self.metric), result.get("epoch")
+        if (self.stream or sys.stdout).isatty() or value is None or epoch is None:
+            return
+        if self.epochs_said.get(trial.trial_id, 0) >= epoch:
+            return  # the final result, already said as a result
+        self.epochs_said[trial.trial_id] = epoch
+        seconds = result.get("epoch_seconds")
+        took = f"  ({seconds:.1f} s)" if seconds is not None else ""
+        shown = f"{epoch:>2}/{result.get('epochs_planned', '?')}"
+        self._say(f"        {self.label(trial.config)} epoch {shown}  {self.metric} {value:.3f}{took}")
+
+    def _score(self, trial: Trial, result: dict) -> None:
         value = result.get(self.metric)
         if value is None or value != value:  # NaN
             return
@@ -247,7 +266,8 @@ class ProgressCallback(Callback):
     def _finish(self, trial: Trial, status: str, error: str | None = None) -> None:
         self.done += 1
         final = trial.last_result or {}
-        self.on_trial_result(0, [], trial, final)  # the last result counts, whether or not it came as a result
+        self._score(trial, final)  # the last result counts, whether or not it came as a result
+        self._epoch_line(trial, final)
         value, epoch = self.scores.get(trial.trial_id, (None, None))
         if value is not None and status != ERROR and self._better(value, self.best):
             self.best = value

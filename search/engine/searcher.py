@@ -12,6 +12,7 @@ from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
 from fundus_search.direction import Direction
+from fundus_search.results.layout import trial_folder
 from fundus_search.search.engine.outcome import COMPLETED, ERROR, trial_status
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,16 @@ class PruningOptunaSearch(OptunaSearch):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             self._ot_study.set_metric_names([self._metric])
+
+    def suggest(self, trial_id: str) -> dict | None:
+        """Ray's suggestion, with the Optuna trial linked to its Ray trial (user attributes
+        `ray_trial_id` and `trial_dir`, the trial's folder in the search folder)."""
+        suggestion = super().suggest(trial_id)
+        trial = self._ot_trials.get(trial_id)
+        if suggestion is not None and trial is not None:
+            trial.set_user_attr("ray_trial_id", trial_id)
+            trial.set_user_attr("trial_dir", trial_folder(trial_id))
+        return suggestion
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         """Tells a completed trial's score: its best epoch's value of the metric (the one score the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import warnings
 from collections.abc import Callable
@@ -14,11 +15,12 @@ import pandas as pd
 import ray
 import yaml
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 
 from fundus_search.data_io import ImageCache
-from fundus_search.results.layout import SearchFolder, write_atomic
+from fundus_search.results.layout import SearchFolder, trial_folder, write_atomic
 from fundus_search.search.engine.callbacks import ParquetCallback, ProgressCallback
 from fundus_search.search.engine.scheduler import make_scheduler
 from fundus_search.search.engine.searcher import PruningOptunaSearch, make_searcher
@@ -26,7 +28,7 @@ from fundus_search.search.engine.tensorboard import TensorBoardCallback
 from fundus_search.search.engine.trainable import train_trial
 from fundus_search.search.engine.trial import DatasetInfo
 from fundus_search.search.errors import SearchError
-from fundus_search.search.ops.folders import check_trusted, image_caches, prepare, provenance
+from fundus_search.search.ops.folders import check_trusted, prepare, provenance
 from fundus_search.search.study.config import Config, load_config
 from fundus_search.search.study.space import SearchSpace
 from fundus_search.vocabulary import (
@@ -52,14 +54,13 @@ def default_name(config: Config) -> str:
 
 
 def trial_dirname(trial) -> str:
-    """Short trial folder names; the readable names live in TensorBoard and Parquet."""
-    return f"trial_{trial.trial_id}"
+    """Ray Tune's trial_dirname_creator: `trial_folder`."""
+    return trial_folder(trial.trial_id)
 
 
-def trainable_with_resources(config: Config, cache: ImageCache, train_fn: Callable):
-    """`train_fn` with the image arrays (one per input size) shared through the object store and
-    strategy-aware resources. `cache` is data.image_size's; the other sizes load from the cache."""
-    caches = {**image_caches(config), config.data.image_size: cache}
+def trainable_with_resources(config: Config, caches: dict[int, ImageCache], train_fn: Callable):
+    """`train_fn` with the image arrays (one per input size, `prepare`'s caches) shared through
+    the object store and strategy-aware resources."""
     cache_dir = config.data.to_spec().resolved_cache_dir()
     info = {size: DatasetInfo.of(c, cache_dir) for size, c in caches.items()}
     has_gpus = ray.cluster_resources().get("GPU", 0) > 0
@@ -73,6 +74,16 @@ def trainable_with_resources(config: Config, cache: ImageCache, train_fn: Callab
     images = {size: c.images for size, c in caches.items()}
     with_data = tune.with_parameters(train_fn, images=images, info=info, config=config)
     return tune.with_resources(with_data, resources)
+
+
+def reuse_actors() -> bool:
+    """Whether a new trial reuses a finished trial's worker process: on one node yes (no torch
+    import and array fetch per trial, B4); on several nodes no. Tune hands a freed worker to a
+    pending trial even when that trial's own worker is already starting on another node, and
+    drops the starting one: trials shorter than a worker's start (LP trials, seconds) then all
+    run, one at a time, in the first node's worker while the other nodes idle.
+    """
+    return sum(1 for node in ray.nodes() if node.get("Alive")) == 1
 
 
 def search_algorithms(
@@ -108,7 +119,7 @@ def search_algorithms(
 def build_tuner(
     config: Config,
     folder: SearchFolder,
-    cache: ImageCache,
+    caches: dict[int, ImageCache],
     *,
     num_samples: int,
     train_fn: Callable = train_trial,
@@ -119,7 +130,7 @@ def build_tuner(
     searcher, scheduler = search_algorithms(
         config, study_name=folder.name, db_path=folder.study_file, num_samples=num_samples
     )
-    meta = provenance(config, cache.meta["fingerprint"])
+    meta = provenance(config, caches[config.data.image_size].meta["fingerprint"])
     callbacks = [
         ParquetCallback(
             folder.results,
@@ -136,7 +147,7 @@ def build_tuner(
     # Ray's experiment is the search folder itself (or its remote location)
     storage, name = (config.storage.path, folder.name) if folder.remote else (str(folder.path.parent), folder.path.name)
     return make_tuner(
-        trainable_with_resources(config, cache, train_fn),
+        trainable_with_resources(config, caches, train_fn),
         config,
         name=name,
         storage_path=storage,
@@ -151,7 +162,14 @@ def make_tuner(
     trainable, config: Config, *, name: str, storage_path: str, search_alg, scheduler, num_samples: int, callbacks: list
 ) -> tune.Tuner:
     """The Tuner a search and an evaluation share: concurrency from the resources, reused
-    workers, retries from the last checkpoint, one checkpoint kept per trial."""
+    workers, retries from the last checkpoint, one checkpoint kept per trial.
+
+    Ray's own TensorBoard logger is left out (our TensorBoardCallback writes the curves, grouped,
+    in the folder), and with it Ray's banner pointing at a TensorBoard folder in its temporary
+    directory that holds none of them; its JSON and CSV loggers are kept (result.json per trial).
+    """
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # read by Tuner.fit, in this process
+    callbacks = [*callbacks, JsonLoggerCallback(), CSVLoggerCallback()]
     concurrent = config.resources.max_concurrent_trials or max(
         1, int(ray.cluster_resources().get("CPU", 1) // config.resources.cpus_per_trial)
     )
@@ -163,9 +181,7 @@ def make_tuner(
             scheduler=scheduler,
             max_concurrent_trials=concurrent,
             trial_dirname_creator=trial_dirname,
-            # a new trial reuses a finished trial's worker process (same
-            # resources): no torch import and array fetch per trial (B4)
-            reuse_actors=True,
+            reuse_actors=reuse_actors(),
         ),
         run_config=tune.RunConfig(
             name=name,
@@ -218,7 +234,7 @@ def start_search(
         raise SearchError(
             f"search folder {folder.path} already exists; pick another name or `fundus-search resume {folder.path}`"
         )
-    cache = prepare(config, address=address, destination=folder.results)
+    caches = prepare(config, address=address, destination=folder.results)
     try:
         folder.path.mkdir(parents=True)
     except FileExistsError:
@@ -227,16 +243,21 @@ def start_search(
         ) from None
     write_atomic(folder.config_file, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     folder.write()
-    return folder, _fit(config, folder, cache, total, train_fn, extra_callbacks)
+    return folder, _fit(config, folder, caches, total, train_fn, extra_callbacks)
 
 
 def _fit(
-    config: Config, folder: SearchFolder, cache: ImageCache, total: int, train_fn: Callable, extra_callbacks: tuple = ()
+    config: Config,
+    folder: SearchFolder,
+    caches: dict[int, ImageCache],
+    total: int,
+    train_fn: Callable,
+    extra_callbacks: tuple = (),
 ) -> tune.ResultGrid:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # multivariate/group TPE
         tuner = build_tuner(
-            config, folder, cache, num_samples=total, train_fn=train_fn, extra_callbacks=extra_callbacks
+            config, folder, caches, num_samples=total, train_fn=train_fn, extra_callbacks=extra_callbacks
         )
     grid = tuner.fit()
     prune_checkpoints(folder.path, folder.trials_file, folder.remote)
@@ -258,7 +279,7 @@ def prune_checkpoints(experiment: Path, table: str, remote: str | None = None) -
     ended = status.loc[status["status"].isin([COMPLETED, STOPPED_EARLY]), "trial_id"]
     freed = 0
     for trial_id in ended:
-        for checkpoint in Path(experiment).glob(f"trial_{trial_id}/checkpoint_*"):
+        for checkpoint in Path(experiment).glob(f"{trial_folder(trial_id)}/checkpoint_*"):
             if checkpoint.is_dir() and not checkpoint.is_symlink():
                 freed += sum(f.stat().st_size for f in checkpoint.rglob("*") if f.is_file())
                 shutil.rmtree(checkpoint)
@@ -297,14 +318,14 @@ def resume_search(
     if folder.remote is None:
         check_ray_state(folder.path)
     config = load_config(folder.config_file)
-    cache = prepare(config, address=address)
+    caches = prepare(config, address=address)
     if folder.remote is None and not ray_saved_state(folder.path):
         # stopped between writing the folder and Ray's first snapshot: nothing to continue, so it
         # starts again here (what was begun before is Ray's and Optuna's first seconds, dropped)
         log.info("%s: Ray saved no state before the search stopped; starting it again in this folder", folder.path)
         discard_unsaved(folder.path, (STUDY_FILE, ROW_LOG, TRIALS_FILE, EPOCHS_FILE, TENSORBOARD_DIR))
-        return folder, _fit(config, folder, cache, folder.num_samples, train_fn)
-    tuner = restore_tuner(folder.results, trainable_with_resources(config, cache, train_fn), local=folder.path)
+        return folder, _fit(config, folder, caches, folder.num_samples, train_fn)
+    tuner = restore_tuner(folder.results, trainable_with_resources(config, caches, train_fn), local=folder.path)
     grid = tuner.fit()
     prune_checkpoints(folder.path, folder.trials_file, folder.remote)
     return folder, grid

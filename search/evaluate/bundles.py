@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from fundus_search.data_io import ImageCache
 from fundus_search.models.bundle import META_FILE, Architecture, save_bundle
 from fundus_search.results.answer import Planned, evaluation_table, load_evaluation
-from fundus_search.results.layout import EvaluationFolder
+from fundus_search.results.layout import EvaluationFolder, trial_folder
 from fundus_search.search.engine.trainable import MODEL_FILE
 from fundus_search.search.ops.folders import provenance
 from fundus_search.search.study.config import Config
@@ -80,7 +80,7 @@ def write_bundles(folder: Path, config: Config, cache: ImageCache, keep: str) ->
 
 
 def _kept_model(folder: Path, trial_id: str) -> Path | None:
-    found = sorted(folder.glob(f"trial_{trial_id}/checkpoint_*/{MODEL_FILE}"))
+    found = sorted(folder.glob(f"{trial_folder(trial_id)}/checkpoint_*/{MODEL_FILE}"))
     return found[-1] if found else None
 
 

@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import platform
+import secrets
 import stat
 import subprocess
 import tempfile
@@ -25,16 +26,15 @@ from fundus_search.search.study.config import Config
 from fundus_search.vocabulary import PARTIAL_FT
 
 
-def prepare(config: Config, *, address: str | None, destination: str | None = None) -> ImageCache:
+def prepare(config: Config, *, address: str | None, destination: str | None = None) -> dict[int, ImageCache]:
     """The checks a search or an evaluation makes before it writes anything, new or resumed, in
     the order that makes a mistake cheap: the results location can be written (`destination`,
     a new folder), the Ray address answers, every init's weights load, every image decodes (the
-    cache is built once), every fold can be made, then Ray is connected and has a node big
-    enough for one trial.
+    cache is built once), every fold can be made, then Ray is connected, has a node big enough
+    for one trial, and (several nodes) shares the results location with every node.
 
     Returns:
-        the decoded-image cache of the config's data at data.image_size (the caches of the
-        inits' other input sizes are built too, and `image_caches` loads them).
+        the decoded-image caches of the config's data, by input size (`image_caches`).
 
     Raises:
         UserError (SearchError, ConfigError, WeightsError, ManifestError, ClusterError).
@@ -44,11 +44,12 @@ def prepare(config: Config, *, address: str | None, destination: str | None = No
     if address:
         check_address(address)  # seconds, not minutes, and before the images are decoded
     check_weights(config)
-    cache = image_caches(config)[config.data.image_size]
-    check_splits(config, cache)
+    caches = image_caches(config)
+    check_splits(config, caches[config.data.image_size])
     connect(address)  # a wrong address fails here, before a folder is written
     check_resources(config)
-    return cache
+    check_shared(destination or config.storage.path)
+    return caches
 
 
 def image_caches(config: Config) -> dict[int, ImageCache]:
@@ -100,9 +101,7 @@ def check_storage(results: str) -> None:
     """
     if "://" in results:
         return
-    folder = Path(results)
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    folder = _nearest_folder(results)
     try:
         if not folder.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder))
@@ -113,6 +112,72 @@ def check_storage(results: str) -> None:
             f"storage.path: cannot write results under {folder} ([Errno {exc.errno}] {exc.strerror}); "
             "choose a writable folder"
         ) from exc
+
+
+def _nearest_folder(results: str) -> Path:
+    folder = Path(results)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def check_shared(results: str, *, timeout_s: float = 120) -> None:
+    """On a Ray cluster of several nodes, every node reads what this driver writes under the
+    results location: Tune's trials write their checkpoints there, and a folder that is local to
+    each machine would scatter them (and lose them with the node). A marker file is written in
+    the nearest existing folder and read back by a task pinned to each alive node.
+
+    Raises:
+        SearchError: naming the folder and the nodes that could not read it.
+    """
+    if "://" in results:
+        return
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = {f"{n['NodeManagerHostname']}:{n['NodeID'][:12]}": n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+    if len(nodes) < 2:
+        return
+    folder = _nearest_folder(results)
+    marker = folder / f".fundus-search-shared-{secrets.token_hex(8)}"
+    marker.write_text(marker.name)
+    try:
+        read = ray.remote(num_cpus=0)(_read_marker)
+        refs = [
+            read.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote(str(marker))
+            for node_id in nodes.values()
+        ]
+        blind = [name for name, ref in zip(nodes, refs, strict=True) if not _reads(ref, marker.name, name, timeout_s)]
+    finally:
+        marker.unlink(missing_ok=True)
+    if blind:
+        raise SearchError(
+            f"storage.path: {folder} is not shared by the cluster's nodes ({len(blind)} of {len(nodes)}, e.g. "
+            f"{blind[0]}, cannot read a file written there); put results on a mount every node shares (NFS, "
+            "the KubeRay results volume) or s3://bucket/prefix"
+        )
+
+
+def _reads(ref, text: str, node: str, timeout_s: float) -> bool:
+    """Whether `node`'s task read `text`; a node gone since Ray listed it holds no trial, so it passes."""
+    import ray
+
+    try:
+        return ray.get(ref, timeout=timeout_s) == text
+    except ray.exceptions.TaskUnschedulableError:  # died after ray.nodes() listed it
+        return True
+    except ray.exceptions.GetTimeoutError:
+        raise SearchError(
+            f"storage.path: node {node} did not run the shared-storage check within {timeout_s:.0f} s; "
+            "see `ray status` for a busy or unhealthy node"
+        ) from None
+
+
+def _read_marker(path: str) -> str | None:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return None
 
 
 def check_trusted(folder: Path) -> Path:

@@ -42,6 +42,9 @@ def connect(address: str | None) -> None:
     if address:
         check_address(address)
         os.environ.setdefault("RAY_py_gcs_connect_timeout_s", str(CONNECT_TIMEOUT_S))
+        if _is_loopback(address):  # a cluster/local.sh cluster: this driver stays on 127.0.0.1 too,
+            os.environ[_LOOPBACK_SWITCH] = "0"  # or Ray looks for its GCS at the network address
+            ray_constants.ENABLE_RAY_CLUSTER = False
         try:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         except ConnectionError as exc:
@@ -64,6 +67,11 @@ def connect(address: str | None) -> None:
             log_to_driver=False,
         )
     tighten_token_file()
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.removeprefix("ray://").rpartition(":")[0]
+    return host == "localhost" or host.startswith("127.")
 
 
 def check_address(address: str) -> None:

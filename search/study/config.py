@@ -571,16 +571,8 @@ def read_yaml(path: Path) -> object:
         raise ConfigError(f"{path}: nested too deeply to be a config; a config is a few levels of sections") from None
 
 
-def load_config(path: str | Path, overrides: dict | list | None = None) -> Config:
-    """Read and validate a YAML config; relative paths resolve against the file's folder.
-
-    Args:
-        overrides: `{"data.image_size": 64}` (or pairs): values set before validation (`--set`).
-
-    Raises:
-        ConfigError: the file is missing, not YAML, or invalid (message names the key path).
-    """
-    path = Path(path)
+def read_config(path: Path, overrides: dict | list | None = None) -> dict:
+    """The config file's sections as written, with `overrides` set (unvalidated: see load_config)."""
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file; pass the path of a YAML file")
     raw = read_yaml(path) or {}
@@ -595,6 +587,20 @@ def load_config(path: str | Path, overrides: dict | list | None = None) -> Confi
                 where = ".".join(parents[: depth + 1])
                 raise ConfigError(f"--set {dotted}: {where} is a value ({section!r}), not a section")
         section[leaf] = value
+    return raw
+
+
+def load_config(path: str | Path, overrides: dict | list | None = None) -> Config:
+    """Read and validate a YAML config; relative paths resolve against the file's folder.
+
+    Args:
+        overrides: `{"data.image_size": 64}` (or pairs): values set before validation (`--set`).
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or invalid (message names the key path).
+    """
+    path = Path(path)
+    raw = read_config(path, overrides)
     try:
         return Config.model_validate(raw, context={"base_dir": path.parent.absolute()})
     except ValidationError as exc:
