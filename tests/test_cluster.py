@@ -314,6 +314,12 @@ def test_manifests_parse_and_carry_the_required_fields():
     assert "--set storage.path=/results" in job["spec"]["entrypoint"]  # on the volume, not in the head pod
 
 
+def run_on_the_cluster(config: Path, name: str) -> subprocess.CompletedProcess:
+    """`fundus-search run` as a driver joining the module cluster (not a job)."""
+    argv = [CLI, "run", str(config), "--address", "127.0.0.1:6390", "--name", name]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300)
+
+
 def node_ports(index: int, base: int = 21000) -> list[str]:
     """cluster/local.sh's explicit ports of node `index` (the module cluster's base)."""
     at = base + index * 100
@@ -351,12 +357,7 @@ def test_run_on_nodes_that_do_not_share_the_results_folder_is_refused_before_wri
         while "Ray runtime started" not in log.read_text() and time.monotonic() < deadline and node.poll() is None:
             time.sleep(0.5)
         assert "Ray runtime started" in log.read_text(), log.read_text()[-2000:]
-        run = subprocess.run(
-            [CLI, "run", str(config), "--address", "127.0.0.1:6390", "--name", "unshared"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        run = run_on_the_cluster(config, "unshared")
         assert run.returncode == 2, run.stderr[-3000:]
         errors = [line for line in run.stderr.splitlines() if line.startswith("error: ")]
         assert errors == [
@@ -376,12 +377,7 @@ def test_trials_shorter_than_a_worker_start_still_spread_over_both_nodes(cluster
     reuse every trial ran in the first node's worker (the other node's starting worker was
     dropped each time); one trial per worker spreads them."""
     config = write_config(tmp_path, num_samples=4, max_epochs=1, strategies=("lp",), scheduler={"type": "fifo"})
-    run = subprocess.run(
-        [CLI, "run", str(config), "--address", "127.0.0.1:6390", "--name", "fast"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = run_on_the_cluster(config, "fast")
     assert run.returncode == 0, run.stderr[-3000:]
     trials = pd.read_parquet(tmp_path / "runs" / "fast" / "trials.parquet")
     assert len(trials) == 4 and (trials["status"] == "completed").all()
