@@ -48,7 +48,8 @@ def prepare(config: Config, *, address: str | None, destination: str | None = No
     check_splits(config, caches[config.data.image_size])
     connect(address)  # a wrong address fails here, before a folder is written
     check_resources(config)
-    check_shared(destination or config.storage.path)
+    if address:  # an embedded Ray is one node: nothing to share
+        check_shared(destination or config.storage.path)
     return caches
 
 
