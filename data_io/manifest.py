@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import csv
 import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,11 +193,7 @@ def _escaping_link(root: Path, relpath: str) -> str | None:
 
 def _linked_out_error(bad: list[BadFile]) -> ManifestError | None:
     """One line per symlink that leads files outside the root, not one entry per file."""
-    links: dict[str, int] = {}
-    for b in bad:
-        if b.reason.startswith(_LINKED_OUT):
-            link = b.reason.removeprefix(_LINKED_OUT)
-            links[link] = links.get(link, 0) + 1
+    links = Counter(b.reason.removeprefix(_LINKED_OUT) for b in bad if b.reason.startswith(_LINKED_OUT))
     if not links:
         return None
     lines = "\n".join(f"  {link}  ({n} files)" for link, n in links.items())

@@ -44,18 +44,17 @@ def submit_command(args: argparse.Namespace) -> int:
         follow,
         job_client,
         jobs_address,
-        shipped_config,
         stage_working_dir,
     )
     from fundus_search.search.study.config import load_config
 
     config = load_config(args.config, args.overrides)  # a bad config fails here, before the cluster is contacted
-    shipped_config(args.config, args.overrides, same_host=args.same_host)  # so does a path only this machine has
-    address = jobs_address(args.address)
-    client = job_client(address)
     name = args.name or f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     with tempfile.TemporaryDirectory(prefix="fundus-search-job-") as tmp:
+        # so does a path only this machine has (shipped_config), before the cluster is contacted
         staged = stage_working_dir(args.config, Path(tmp), args.overrides, same_host=args.same_host)
+        address = jobs_address(args.address)
+        client = job_client(address)
         job_id = client.submit_job(
             entrypoint=entrypoint(name), submission_id=name, runtime_env={"working_dir": str(staged)}
         )

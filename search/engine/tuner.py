@@ -29,6 +29,7 @@ from fundus_search.search.engine.trainable import train_trial
 from fundus_search.search.engine.trial import DatasetInfo
 from fundus_search.search.errors import SearchError
 from fundus_search.search.ops.folders import check_trusted, prepare, provenance
+from fundus_search.search.ops.ray_session import alive_nodes
 from fundus_search.search.study.config import Config, load_config
 from fundus_search.search.study.space import SearchSpace
 from fundus_search.vocabulary import (
@@ -83,7 +84,7 @@ def reuse_actors() -> bool:
     drops the starting one: trials shorter than a worker's start (LP trials, seconds) then all
     run, one at a time, in the first node's worker while the other nodes idle.
     """
-    return sum(1 for node in ray.nodes() if node.get("Alive")) == 1
+    return len(alive_nodes()) == 1
 
 
 def search_algorithms(

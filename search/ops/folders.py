@@ -21,7 +21,7 @@ from fundus_search.data_io import ImageCache, prepare_images, split_indices
 from fundus_search.models import WeightsError, build_feature_net
 from fundus_search.models.backbones import depth_groups
 from fundus_search.search.errors import SearchError
-from fundus_search.search.ops.ray_session import check_address, connect
+from fundus_search.search.ops.ray_session import alive_nodes, check_address, connect
 from fundus_search.search.study.config import Config
 from fundus_search.vocabulary import PARTIAL_FT
 
@@ -136,7 +136,7 @@ def check_shared(results: str, *, timeout_s: float = 120) -> None:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    nodes = {f"{n['NodeManagerHostname']}:{n['NodeID'][:12]}": n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+    nodes = {f"{n['NodeManagerHostname']}:{n['NodeID'][:12]}": n["NodeID"] for n in alive_nodes()}
     if len(nodes) < 2:
         return
     folder = _nearest_folder(results)
@@ -230,9 +230,8 @@ def check_resources(config: Config) -> None:
     Raises:
         SearchError: naming the request and the largest node.
     """
-    import ray
 
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    nodes = [n.get("Resources", {}) for n in alive_nodes()]
     cpus = max((n.get("CPU", 0) for n in nodes), default=0)
     gpus = max((n.get("GPU", 0) for n in nodes), default=0)
     want = config.resources.cpus_per_trial

@@ -24,7 +24,7 @@ import yaml
 
 from fundus_search.search.errors import ClusterError
 from fundus_search.search.ops.ray_session import token_path
-from fundus_search.search.study.config import load_config, read_config
+from fundus_search.search.study.config import StorageConfig, load_config, read_config
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # search/ops/jobs.py -> the checkout
 # .gitignore too: what it lists is excluded here already, and Ray would log a line about it
@@ -131,7 +131,7 @@ def shipped_config(config_path: Path, overrides: list | dict | None = None, *, s
         return config.model_dump(mode="json")
     raw = read_config(Path(config_path), overrides)
     base = Path(config_path).parent.absolute()
-    storage = raw.get("storage", {}).get("path", "./runs")
+    storage = raw.get("storage", {}).get("path", StorageConfig().path)
     if not _kept(storage):
         raise ClusterError(
             f"storage.path: {storage} is relative, so on the cluster it is inside the job's temporary "

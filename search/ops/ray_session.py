@@ -69,8 +69,21 @@ def connect(address: str | None) -> None:
     tighten_token_file()
 
 
+def alive_nodes() -> list[dict]:
+    """The connected Ray's nodes that are alive (`ray.nodes()` also lists the dead)."""
+    import ray
+
+    return [node for node in ray.nodes() if node.get("Alive")]
+
+
+def _host_port(address: str) -> tuple[str, str]:
+    """`HOST:PORT` or `ray://HOST:PORT` -> (host, port); empty parts where it is neither."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    return host, port
+
+
 def _is_loopback(address: str) -> bool:
-    host = address.removeprefix("ray://").rpartition(":")[0]
+    host, _ = _host_port(address)
     return host == "localhost" or host.startswith("127.")
 
 
@@ -82,7 +95,7 @@ def check_address(address: str) -> None:
     """
     if address == "auto":
         return  # ray.init finds the local cluster's address itself and says at once when there is none
-    host, _, port = address.removeprefix("ray://").rpartition(":")
+    host, port = _host_port(address)
     if not host or not port.isdigit():
         raise ClusterError(f"Ray address: expected auto, HOST:PORT or ray://HOST:PORT (got {address!r})")
     try:

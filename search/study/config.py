@@ -526,6 +526,9 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
     return "; ".join(prefix + _describe(e) for e in exc.errors())
 
 
+_TOO_DEEP = "nested too deeply to be a config; a config is a few levels of sections"
+
+
 class _ConfigLoader(yaml.SafeLoader):
     """PyYAML's safe loader without aliases: `*name` repeats a node by reference, and a few lines
     of them ("billion laughs") expand to more values than validation can walk in a day."""
@@ -568,7 +571,7 @@ def read_yaml(path: Path) -> object:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     except RecursionError:
-        raise ConfigError(f"{path}: nested too deeply to be a config; a config is a few levels of sections") from None
+        raise ConfigError(f"{path}: {_TOO_DEEP}") from None
 
 
 def read_config(path: Path, overrides: dict | list | None = None) -> dict:
@@ -606,4 +609,4 @@ def load_config(path: str | Path, overrides: dict | list | None = None) -> Confi
     except ValidationError as exc:
         raise ConfigError(f"{path}: {format_validation_error(exc)}") from None
     except RecursionError:
-        raise ConfigError(f"{path}: nested too deeply to be a config; a config is a few levels of sections") from None
+        raise ConfigError(f"{path}: {_TOO_DEEP}") from None
