@@ -213,8 +213,11 @@ def test_jobs_talks_to_the_cluster_local_sh_recorded_unless_told_otherwise(tmp_p
     env = {"FUNDUS_CLUSTER_STATE": str(state), "RAY_API_SERVER_ADDRESS": ""}
     done, _ = in_process(["jobs", "list"], env)
     assert done.returncode == 2 and "Jobs API http://127.0.0.1:9: cannot reach it" in done.stderr, done.stderr
+    before = os.environ.get("RAY_AUTH_MODE")
     done, _ = in_process(["jobs", "list", "--address", "http://127.0.0.1:7"], env)
     assert "Jobs API http://127.0.0.1:7:" in done.stderr  # --address wins
+    # token mode held only while the command ran: a later Ray start in this process is unaffected
+    assert os.environ.get("RAY_AUTH_MODE") == before
 
 
 DEMO = ROOT / "search" / "configs" / "demo.yaml"

@@ -4,6 +4,7 @@ turns expected errors into one line on stderr."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import logging
@@ -76,6 +77,21 @@ def disk_full(exc: BaseException) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def _token_mode(on: bool):
+    """A command that contacts a cluster (as a driver, or over the Jobs API) sends the cluster's
+    token only in Ray's token mode: keep authentication on while it runs, then put the
+    environment back, so a later command in the same process (tests, notebooks) is unaffected."""
+    before = os.environ.get("RAY_AUTH_MODE")
+    if on and before is None:
+        os.environ["RAY_AUTH_MODE"] = "token"
+    try:
+        yield
+    finally:
+        if on and before is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -87,12 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.debug:
         quiet_third_party_notices()
-    if getattr(args, "address", None):
-        # A driver joining a cluster sends the cluster's token only in token mode, which Ray reads
-        # when it is imported (the commands import it later): keep authentication on.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
     try:
-        return int(args.handler(args) or 0)
+        with _token_mode(bool(getattr(args, "address", None))):
+            return int(args.handler(args) or 0)
     except UserError as exc:  # expected: one line; anything else is a bug and keeps its traceback
         if args.debug:
             raise
