@@ -155,3 +155,35 @@ def test_the_end_screen_ranks_by_the_searchs_own_metric_and_mode(results_dir, ca
     assert "flair     lp     0.500  #0 " in winners  # kappa 0.50 (#0) beats 0.55 (#1) when lower is better
     best = out.split("best configuration:")[1].splitlines()[2].split()
     assert best[:3] == ["stopped_early", "random", "ft"] and "0.3" in best  # kappa 0.30: the lowest of all
+
+
+@pytest.mark.parametrize("rows", ["few", "many"])
+def test_a_reader_that_stops_early_ends_the_command_quietly(rows, results_dir, tmp_path):
+    """`best --json | head -1`: the reader closes the pipe, before the command wrote (few rows,
+    flushed at the end) or while it writes (many rows): exit 0 and nothing on stderr."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.helpers import write_results_dir
+
+    folder = results_dir
+    if rows == "many":  # 600 searches of six trials: more JSON than a pipe holds
+        folder = tmp_path / "many"
+        for i in range(100):
+            write_results_dir(folder / f"s{i}", shift=i / 1000)
+    read, write = os.pipe()
+    os.close(read)  # the reader already left
+    try:
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "fundus-search"), "best", str(folder), "--json", "--top", "1000"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},  # stdout buffered, as usual
+        )
+    finally:
+        os.close(write)
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-2000:]

@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         quiet_third_party_notices()
     try:
         with _token_mode(bool(getattr(args, "address", None))):
-            return int(args.handler(args) or 0)
+            code = int(args.handler(args) or 0)
+        sys.stdout.flush()  # a reader gone early (`best --json | head`) is met here, not at exit
+        return code
     except UserError as exc:  # expected: one line; anything else is a bug and keeps its traceback
         if args.debug:
             raise
