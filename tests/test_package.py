@@ -25,7 +25,7 @@ def test_the_distribution_installs_one_top_level_name():
     top_level = metadata.distribution("fundus-search").read_text("top_level.txt").split()
     assert top_level == ["fundus_search"]
     scripts = {e.name: e.value for e in metadata.entry_points(group="console_scripts") if e.name == "fundus-search"}
-    assert scripts == {"fundus-search": "fundus_search.search.cli.main:main"}
+    assert scripts == {"fundus-search": "fundus_search.search.cli.main:entry_point"}
 
 
 def test_it_imports_and_runs_inside_a_project_with_its_own_models_and_results(tmp_path):
