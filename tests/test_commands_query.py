@@ -166,10 +166,8 @@ def test_a_reader_that_stops_early_ends_the_command_quietly(rows, results_dir, t
     import sys
     from pathlib import Path
 
-    from tests.helpers import write_results_dir
-
     folder = results_dir
-    if rows == "many":  # 600 searches of six trials: more JSON than a pipe holds
+    if rows == "many":  # 100 searches of six trials: more JSON than a pipe holds
         folder = tmp_path / "many"
         for i in range(100):
             write_results_dir(folder / f"s{i}", shift=i / 1000)

@@ -83,13 +83,13 @@ def _token_mode(on: bool):
     """A command that contacts a cluster (as a driver, or over the Jobs API) sends the cluster's
     token only in Ray's token mode: keep authentication on while it runs, then put the
     environment back, so a later command in the same process (tests, notebooks) is unaffected."""
-    before = os.environ.get("RAY_AUTH_MODE")
-    if on and before is None:
+    set_here = on and "RAY_AUTH_MODE" not in os.environ
+    if set_here:
         os.environ["RAY_AUTH_MODE"] = "token"
     try:
         yield
     finally:
-        if on and before is None:
+        if set_here:
             os.environ.pop("RAY_AUTH_MODE", None)
 
 
